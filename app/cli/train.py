@@ -1,0 +1,110 @@
+"""``python -m app.cli.train``: train one ESPCN and publish it into the model store.
+
+Example (the shipped ×3 model)::
+
+    python -m app.cli.train --scale 3 --train ../shared/datasets/train/t91 ../shared/datasets/train/bsd200 \\
+        --val ../shared/datasets/val/set5 --out model_store
+
+Interrupt it at any time: run the same command again and it resumes from the
+last epoch's checkpoint (``--checkpoint``, default ``runs/espcn-x{r}/checkpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from app.datasets import load_pairs
+from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
+from app.store.manifest import Metric, Training
+from app.store.registry import save_model
+from app.training.trainer import TrainConfig, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, required=True, choices=range(2, 9), metavar="{2..8}")
+    p.add_argument("--train", type=Path, nargs="+", required=True, help="folders of HR training images")
+    p.add_argument("--val", type=Path, help="folder of HR validation images (PSNR per epoch)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--steps-per-epoch", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--patch", type=int, default=24, help="LR patch size (output pixels), halo excluded")
+    p.add_argument("--stride", type=int, default=12, help="LR stride between patches")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay)")
+    p.add_argument("--lr-min", type=float, default=1e-5, help="final learning rate")
+    p.add_argument("--rescales", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6],
+                   help="each training image is also used at these sizes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--checkpoint", type=Path, help="checkpoint path stem (default runs/espcn-x{r}/checkpoint)")
+    p.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish into")
+    p.add_argument("--name", help="model name (default espcn-x{r})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = args.name or f"espcn-x{args.scale}"
+    cfg = TrainConfig(
+        scale=args.scale,
+        train_dirs=args.train,
+        val_dir=args.val,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        stride=args.stride,
+        lr=args.lr,
+        lr_min=args.lr_min,
+        seed=args.seed,
+        rescales=tuple(args.rescales),
+        checkpoint=args.checkpoint or Path(f"runs/{name}/checkpoint"),
+        device=device,
+    )
+
+    def report(record: dict[str, float]) -> None:
+        val = f" val {record['val_psnr']:.3f} dB / {record['val_ssim']:.4f}" if "val_psnr" in record else ""
+        logging.info("epoch %d loss %.3e lr %.2e%s (%.0f s)", record["epoch"], record["loss"], record["lr"], val,
+                     record["wall_time_s"])
+
+    model, wall = train(cfg, on_epoch=report)
+    metrics = []
+    if args.val is not None:
+        pairs = load_pairs(args.val, args.scale)
+        ours = mean_score(score_pairs(model_upscaler(model), pairs, args.scale))
+        bicubic = mean_score(score_pairs(bicubic_upscaler(args.scale), pairs, args.scale))
+        metrics.append(Metric(dataset=args.val.name, psnr=ours.psnr, ssim=ours.ssim,
+                              bicubic_psnr=bicubic.psnr, bicubic_ssim=bicubic.ssim))
+    training = Training(
+        data=[p.name for p in args.train],
+        command="python -m app.cli.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        epochs=cfg.epochs,
+        steps=cfg.epochs * cfg.steps_per_epoch,
+        batch_size=cfg.batch_size,
+        patch_size=cfg.patch,
+        optimizer=f"Adam(lr={cfg.lr})",
+        schedule=f"cosine {cfg.lr} → {cfg.lr_min}; rescales {list(cfg.rescales)}; 8 dihedral augmentations",
+        seed=cfg.seed,
+        wall_time_s=round(wall, 1),
+        device=f"{device} ({torch.get_num_threads()} threads)" if device == "cpu" else device,
+        history=cfg.history,
+    )
+    path = save_model(model, args.out, name, metrics=metrics, training=training)
+    logging.info("published %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""BT.601 studio-swing YCbCr, as MATLAB's ``rgb2ycbcr`` (the SR literature's Y channel).
+
+Y = 16 + (65.481·R + 128.553·G + 24.966·B)/255 for 8-bit R, G, B. The models
+are trained and scored on this Y, so the service converts with the very same
+matrix; Cb and Cr only ever travel bicubically.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_RGB_TO_YCBCR = torch.tensor(
+    [
+        [65.481, 128.553, 24.966],
+        [-37.797, -74.203, 112.0],
+        [112.0, -93.786, -18.214],
+    ],
+    dtype=torch.float64,
+) / 255.0
+_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64)
+_YCBCR_TO_RGB = torch.linalg.inv(_RGB_TO_YCBCR)
+
+
+def _apply(matrix: Tensor, x: Tensor) -> Tensor:
+    """Apply a 3×3 matrix over the channel axis ``-3`` of (…, 3, H, W)."""
+    return torch.einsum("ij,...jhw->...ihw", matrix.to(x.dtype), x)
+
+
+def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
+    """(…, 3, H, W) RGB in [0, 255] → YCbCr in [16, 235/240], floating point."""
+    if rgb.shape[-3] != 3:
+        raise ValueError(f"expected 3 channels at dim -3, got shape {tuple(rgb.shape)}")
+    return _apply(_RGB_TO_YCBCR, rgb) + _OFFSET.to(rgb.dtype).view(3, 1, 1)
+
+
+def ycbcr_to_rgb(ycbcr: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_ycbcr` (not clamped)."""
+    if ycbcr.shape[-3] != 3:
+        raise ValueError(f"expected 3 channels at dim -3, got shape {tuple(ycbcr.shape)}")
+    return _apply(_YCBCR_TO_RGB, ycbcr - _OFFSET.to(ycbcr.dtype).view(3, 1, 1))
+
+
+def rgb_to_y(rgb: Tensor) -> Tensor:
+    """(…, 3, H, W) RGB in [0, 255] → (…, 1, H, W) luma in [16, 235]."""
+    return rgb_to_ycbcr(rgb)[..., :1, :, :]
