@@ -25,7 +25,7 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
 serve: $(VENV)/.runtime
-	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	SR_HOST=$(HOST) SR_PORT=$(PORT) $(PY) -m app.serve
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

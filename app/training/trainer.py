@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
         t0 = time.perf_counter()
         model.train()
         running = 0.0
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"x{cfg.scale} epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"x{cfg.scale} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for i in bar:
             step = epoch * cfg.steps_per_epoch + i
             for group in opt.param_groups:

@@ -1,0 +1,43 @@
+# ESPCN super-resolution service — CPU image by default.
+#   docker build -t espcn-sr:cpu .
+# CUDA variant (any CUDA wheel index of the same torch release; see docker-compose.gpu.yml):
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t espcn-sr:cuda .
+# The CUDA wheels bundle their CUDA libraries, so the slim base works; the host needs the
+# NVIDIA driver and container toolkit.
+FROM python:3.11-slim
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SR_MODEL_STORE=/srv/model_store
+
+WORKDIR /srv
+
+# torch first, from its own index: the largest layer, rebuilt only when the ARGs change.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+
+# Dependencies next, cached until pyproject.toml changes: building with no app/ yet yields
+# an empty distribution whose only effect is installing the requirements (torch is satisfied).
+COPY pyproject.toml README.md ./
+RUN pip install . && pip uninstall -y espcn-service
+
+# Then the code and the models.
+COPY app/ ./app/
+RUN pip install --no-deps .
+COPY model_store/ ./model_store/
+
+# A writable home for library caches; the code itself stays root-owned and read-only.
+RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin sr
+USER sr
+
+EXPOSE 8000
+
+# /healthz = process alive (readiness is /readyz). No curl in slim images: use Python.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,1 @@
+"""The HTTP layer: settings, routes, error mapping and the app's lifespan."""

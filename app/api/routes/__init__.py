@@ -1,0 +1,1 @@
+"""One router per concern; ``app.main`` includes them (the debug ones behind a setting)."""

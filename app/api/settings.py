@@ -1,0 +1,49 @@
+"""Every setting, from ``SR_*`` environment variables (pydantic-settings), with documented defaults.
+
+Built once per process by :func:`get_settings`, never at import time; tests
+pass their own :class:`Settings` to ``create_app``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is ``SR_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SR_", extra="ignore")
+
+    model_store: Path = Field(DEFAULT_STORE, description="folder of model manifests (*.json) and safetensors weights")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    half: bool = Field(False, description="fp16 on CUDA (non-finite outputs are recomputed in fp32); ignored on CPU")
+    threads: int = Field(0, ge=0, description="PyTorch CPU threads for inference (0: PyTorch's default)")
+    tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
+    max_batch: int = Field(32, ge=1, le=256, description="most tiles per model call")
+    max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
+    max_queue_tiles: int = Field(4096, ge=1, description="pending tiles admitted at most; beyond it: 503 + Retry-After")
+    overload_status: Literal[503, 429] = Field(503, description="status when the queue is full")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with an overload answer")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; past it: 504")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body; beyond it: 413")
+    max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width × height)")
+    max_output_pixels: int = Field(8192 * 8192, ge=1, description="largest output image (width × height)")
+    codec_threads: int = Field(2, ge=1, le=64, description="threads decoding and encoding images off the event loop")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG answers (1: fast, 9: small)")
+    debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")
+    host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
+    port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes for `python -m app.serve`")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

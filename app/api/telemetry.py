@@ -1,0 +1,64 @@
+"""Wiring Prometheus into the engine (an :class:`EngineObserver`) and into every HTTP answer."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.engine.observer import EngineObserver
+from app.observability import metrics
+
+
+class PrometheusObserver(EngineObserver):
+    """Engine events → ``sr_*`` metrics."""
+
+    def queue_depth(self, tiles: int) -> None:
+        metrics.QUEUE_DEPTH.set(tiles)
+
+    def queue_wait(self, seconds: float) -> None:
+        metrics.observe_queue_wait(seconds)
+
+    def batch(self, scale: int, device: str, size: int, max_batch: int, seconds: float) -> None:
+        metrics.observe_batch(scale=scale, device=device, tiles=size, max_batch=max_batch, seconds=seconds)
+
+    def rejected(self, reason: str) -> None:
+        metrics.reject(reason)
+
+
+class RequestMetricsMiddleware:
+    """Counts every answer (errors included) by route template, scale and status, and times it.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) so streaming bodies and disconnects pass untouched.
+    Unmatched paths share one ``endpoint`` label so clients cannot mint series.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            if endpoint != "/metrics":
+                query = dict(_query_items(scope))
+                metrics.observe_request(endpoint, query.get("scale"), status, time.perf_counter() - start)
+
+
+def _query_items(scope: Scope) -> list[tuple[str, str]]:
+    return parse_qsl(scope.get("query_string", b"").decode("latin-1"))

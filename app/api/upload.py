@@ -1,0 +1,84 @@
+"""Reading an uploaded image — multipart field ``file`` or a raw ``image/*`` body — within a byte limit.
+
+Starlette has no body limit and spools multipart uploads to disk before the
+app sees them, so the body is counted while it streams: the answer is 413 as
+soon as the limit is passed (or at once, from ``Content-Length``), and only
+then is a multipart body parsed, from memory.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.types import Message
+
+from app.api.errors import ApiError
+
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or :class:`ApiError` 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_image_upload(request: Request, limit: int) -> bytes:
+    """The image bytes of an ``/upscale``-style request (415/422/413 as :class:`ApiError`)."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        body = await read_body(request, limit)
+        return await _multipart_file(request, body)
+    if content_type.startswith(RAW_TYPES):
+        return await read_body(request, limit)
+    if not content_type:
+        body = await read_body(request, limit)
+        if not body:
+            raise ApiError(422, "missing_image", "no image: send multipart field 'file' or a raw image/* body")
+        raise ApiError(415, "unsupported_media_type", "a raw body needs an image/* Content-Type")
+    raise ApiError(
+        415, "unsupported_media_type",
+        f"unsupported Content-Type {content_type.split(';')[0]!r}: use multipart/form-data or image/*",
+    )
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    buffered = Request(request.scope, replay)
+    try:
+        form = await buffered.form(max_files=1, max_fields=16)
+    except Exception as exc:  # malformed multipart framing
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from exc
+    try:
+        upload = form.get("file")
+        if upload is None:
+            raise ApiError(422, "missing_image", "multipart body has no 'file' field")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "missing_image", "multipart field 'file' must be a file, not a text field")
+        declared = (upload.content_type or "").lower()
+        if declared and not declared.startswith(RAW_TYPES):
+            raise ApiError(415, "unsupported_media_type", f"uploaded file has Content-Type {declared!r}, not image/*")
+        return await upload.read()
+    finally:
+        await form.close()

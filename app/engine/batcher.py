@@ -1,0 +1,311 @@
+"""The batching worker: tiles from any number of requests share one model call.
+
+Shape (after Ray Serve's batcher): each request is a :class:`_Job` holding its
+padded LR luma, its tile plan, an output tensor and an ``asyncio.Future``.
+One worker task per engine waits for the first pending tile, then up to
+``max_delay`` for more, takes at most ``max_batch`` tiles of one scale (oldest
+request first), cuts their windows, runs the model once in the inference
+thread, copies each tile's owned pixels into its request's output, and
+resolves every request whose last tile is done — or fails all of the batch's
+requests with the same exception.
+
+Every tile window has the same shape, and an output pixel depends only on its
+own window (see :mod:`app.core.espcn`), so a request's result does not depend
+on what it was batched with.
+
+Back-pressure: admission is refused at once when the pending tiles would pass
+``max_queue_tiles``; deadlines are re-checked when tiles are dequeued, and the
+tiles of a cancelled request (client gone, deadline) are dropped unrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from app.core.tiling import Tile, pad_image, plan_tiles, stitch_tile
+from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
+from app.engine.observer import EngineObserver
+from app.engine.runner import ModelRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    scale: int
+    padded: Tensor  # (c, H + 2R (+ fill), W + 2R (+ fill)), edge-replicated once
+    tiles: list[Tile]
+    out: Tensor  # (c, r·H, r·W)
+    future: asyncio.Future[Tensor]
+    deadline: float | None
+    admitted: float = field(default_factory=time.monotonic)
+    next_tile: int = 0  # first tile not yet handed to a batch
+    remaining: int = 0  # tiles not yet computed
+
+    @property
+    def unscheduled(self) -> int:
+        return len(self.tiles) - self.next_tile
+
+
+@dataclass(frozen=True)
+class _Slot:
+    job: _Job
+    tile: Tile
+
+
+class Engine:
+    """Admits luma images, batches their tiles across requests, returns the super-resolved luma."""
+
+    def __init__(
+        self,
+        runners: dict[int, ModelRunner],
+        *,
+        tile: int = 96,
+        max_batch: int = 32,
+        max_delay_s: float = 0.005,
+        max_queue_tiles: int = 4096,
+        retry_after_s: float = 1.0,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        if tile < 1 or max_batch < 1 or max_queue_tiles < 1:
+            raise ValueError("tile, max_batch and max_queue_tiles must be >= 1")
+        self.runners = runners
+        self.tile = tile
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue_tiles = max_queue_tiles
+        self.retry_after_s = retry_after_s
+        self.observer = observer or EngineObserver()
+        self._pending: dict[int, deque[_Job]] = {scale: deque() for scale in runners}
+        self._depth = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = False
+        self._busy = False  # a batch is in the inference thread
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Warm every model up at the serving shape, then start the worker."""
+        loop = asyncio.get_running_loop()
+        for runner in self.runners.values():
+            await loop.run_in_executor(self._executor, runner.warm_up, self.tile)
+        self._accepting = True
+        self._worker = asyncio.create_task(self._run(), name="batching-worker")
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting and self._worker is not None and not self._worker.done()
+
+    @property
+    def queue_depth(self) -> int:
+        """Tiles admitted and not yet handed to a batch."""
+        return self._depth
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop admitting, finish what was admitted (up to the timeout), then stop the worker."""
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
+        except TimeoutError:
+            log.warning("shutdown: %d tiles still pending after %.0f s; failing them", self._depth, drain_timeout_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        for jobs in self._pending.values():
+            for job in jobs:
+                self._fail(job, EngineClosed("the service is shutting down"))
+            jobs.clear()
+        self._executor.shutdown(wait=True)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def tiles_for(self, height: int, width: int) -> int:
+        """How many tiles an ``height × width`` LR image takes (for admission decisions)."""
+        return len(plan_tiles(height, width, self.tile))
+
+    async def upscale(self, luma: Tensor, scale: int, *, deadline: float | None = None) -> Tensor:
+        """(c, H, W) float32 in [0, 1] → (c, r·H, r·W); ``deadline`` is a ``time.monotonic()`` instant.
+
+        Raises :class:`QueueFull` (retry later), :class:`TooManyTiles`,
+        :class:`DeadlineExceeded`, :class:`EngineClosed` or :class:`UnknownScale`.
+        Cancelling the awaiting task drops the request's pending tiles.
+        """
+        job = self._admit(luma, scale, deadline)
+        try:
+            if deadline is None:
+                return await asyncio.shield(job.future)
+            timeout = deadline - time.monotonic()
+            return await asyncio.wait_for(asyncio.shield(job.future), max(timeout, 0.0))
+        except TimeoutError:
+            self._fail(job, DeadlineExceeded("deadline exceeded while waiting for the model"))
+            self.observer.rejected("timeout")
+            raise DeadlineExceeded("deadline exceeded while waiting for the model") from None
+        except asyncio.CancelledError:
+            if not job.future.done():
+                job.future.cancel()
+                self._forget(job)
+                self.observer.rejected("client_gone")
+            raise
+
+    def _admit(self, luma: Tensor, scale: int, deadline: float | None) -> _Job:
+        if not self._accepting:
+            raise EngineClosed("the service is not accepting work")
+        runner = self.runners.get(scale)
+        if runner is None:
+            raise UnknownScale(f"no model for scale {scale}")
+        c, h, w = luma.shape
+        tiles = plan_tiles(h, w, self.tile)
+        if len(tiles) > self.max_queue_tiles:
+            self.observer.rejected("too_large")
+            raise TooManyTiles(f"the image needs {len(tiles)} tiles; the queue holds {self.max_queue_tiles}")
+        if self._depth + len(tiles) > self.max_queue_tiles:
+            self.observer.rejected("queue_full")
+            raise QueueFull(
+                f"queue full: {self._depth} tiles pending, {len(tiles)} more would pass the bound of "
+                f"{self.max_queue_tiles}",
+                self.retry_after_s,
+            )
+        job = _Job(
+            scale=scale,
+            padded=pad_image(luma.float(), runner.radius, self.tile),
+            tiles=tiles,
+            out=luma.new_empty((c, h * scale, w * scale), dtype=torch.float32),
+            future=asyncio.get_running_loop().create_future(),
+            deadline=deadline,
+            remaining=len(tiles),
+        )
+        self._pending[scale].append(job)
+        self._set_depth(self._depth + len(tiles))
+        self._idle.clear()
+        self._wakeup.set()
+        return job
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _set_depth(self, depth: int) -> None:
+        self._depth = depth
+        self.observer.queue_depth(depth)
+
+    def _forget(self, job: _Job) -> None:
+        """Drop a finished or abandoned job's unscheduled tiles from the queue."""
+        jobs = self._pending[job.scale]
+        if job in jobs:
+            jobs.remove(job)
+            self._set_depth(self._depth - job.unscheduled)
+            job.next_tile = len(job.tiles)
+        self._check_idle()
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if not job.future.done():
+            job.future.set_exception(exc)
+            job.future.exception()  # mark retrieved: the awaiting request may be gone
+        self._forget(job)
+
+    def _check_idle(self) -> None:
+        if self._depth == 0 and not self._busy:
+            self._idle.set()
+
+    def _oldest_scale(self) -> int | None:
+        heads = [(jobs[0].admitted, scale) for scale, jobs in self._pending.items() if jobs]
+        return min(heads)[1] if heads else None
+
+    def _take(self, scale: int) -> list[_Slot]:
+        """Up to ``max_batch`` tiles of one scale, oldest request first; expired requests are failed."""
+        now = time.monotonic()
+        jobs = self._pending[scale]
+        batch: list[_Slot] = []
+        while jobs and len(batch) < self.max_batch:
+            job = jobs[0]
+            if job.future.done():
+                self._forget(job)
+                continue
+            if job.deadline is not None and now > job.deadline:
+                self._fail(job, DeadlineExceeded("deadline exceeded before the model ran"))
+                self.observer.rejected("timeout")
+                continue
+            take = min(job.unscheduled, self.max_batch - len(batch))
+            batch.extend(_Slot(job, t) for t in job.tiles[job.next_tile : job.next_tile + take])
+            job.next_tile += take
+            self._set_depth(self._depth - take)
+            if job.unscheduled == 0:
+                jobs.popleft()
+        return batch
+
+    async def _gather_window(self, scale: int) -> None:
+        """Wait up to ``max_delay`` after the oldest tile's admission for a fuller batch."""
+        jobs = self._pending[scale]
+        if not jobs or self.max_delay_s <= 0:
+            return
+        until = jobs[0].admitted + self.max_delay_s
+        while sum(j.unscheduled for j in jobs) < self.max_batch:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            scale = self._oldest_scale()
+            if scale is None:
+                self._wakeup.clear()
+                self._check_idle()
+                await self._wakeup.wait()
+                continue
+            await self._gather_window(scale)
+            batch = self._take(scale)
+            if not batch:
+                continue
+            self._busy = True
+            started = time.monotonic()
+            for slot in batch:
+                self.observer.queue_wait(started - slot.job.admitted)
+            runner = self.runners[scale]
+            try:
+                await loop.run_in_executor(self._executor, self._compute, runner, batch)
+            except Exception as exc:  # one bad batch fails its requests, never the worker
+                log.exception("model call failed for %d tiles", len(batch))
+                for job in {slot.job for slot in batch}:
+                    self._fail(job, exc)
+            else:
+                self.observer.batch(scale, runner.device.type, len(batch), self.max_batch,
+                                    time.monotonic() - started)
+                for slot in batch:
+                    job = slot.job
+                    job.remaining -= 1
+                    if job.remaining == 0 and not job.future.done():
+                        job.future.set_result(job.out)
+            finally:
+                self._busy = False
+                self._check_idle()
+
+    def _compute(self, runner: ModelRunner, batch: list[_Slot]) -> None:
+        """Inference thread: cut windows, run the model once, stitch each tile into its request."""
+        size = self.tile + 2 * runner.radius
+        windows = torch.stack(
+            [s.job.padded[:, s.tile.rows.start : s.tile.rows.start + size, s.tile.cols.start : s.tile.cols.start + size]
+             for s in batch]
+        )
+        outputs = runner(windows)
+        for slot, tile_out in zip(batch, outputs, strict=True):
+            if not slot.job.future.done():
+                stitch_tile(slot.job.out, tile_out, slot.tile, runner.scale)

@@ -1,0 +1,31 @@
+"""Why the engine refused or abandoned work; the HTTP layer maps these to status codes."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class for engine refusals."""
+
+
+class QueueFull(EngineError):
+    """Admitting the request would exceed the queue bound: retry later (503/429)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyTiles(EngineError):
+    """One image needs more tiles than the whole queue holds: it can never be admitted (413)."""
+
+
+class DeadlineExceeded(EngineError):
+    """The request's deadline passed before its tiles were computed (504)."""
+
+
+class EngineClosed(EngineError):
+    """The engine is shutting down and admits no new work (503)."""
+
+
+class UnknownScale(EngineError):
+    """No model is loaded for the requested scale."""

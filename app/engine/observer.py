@@ -1,0 +1,26 @@
+"""Hooks through which the engine reports what it does, without depending on a metrics library.
+
+The HTTP layer plugs Prometheus metrics in (``app.observability``); tests can
+plug in a recorder. Every method has a no-op default.
+"""
+
+from __future__ import annotations
+
+
+class EngineObserver:
+    """Receives one call per event; override what you need."""
+
+    def queue_depth(self, tiles: int) -> None:
+        """Tiles waiting now (after every change)."""
+
+    def queue_wait(self, seconds: float) -> None:
+        """One tile's wait from admission to the start of its batch."""
+
+    def batch(self, scale: int, device: str, size: int, max_batch: int, seconds: float) -> None:
+        """One model call over ``size`` tiles."""
+
+    def rejected(self, reason: str) -> None:
+        """Work refused or dropped: ``queue_full``, ``timeout`` or ``client_gone``."""
+
+    def fallback(self, reason: str) -> None:
+        """The runner left its fast path: ``half_nonfinite``, ``cuda_oom``."""

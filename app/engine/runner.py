@@ -1,0 +1,76 @@
+"""Run one model on batches of fixed-size tile windows: the engine's only call into PyTorch.
+
+Precision and fall-backs follow what users of SR servers tripped on: fp32 on
+the CPU always; fp16 on CUDA only when asked, and any non-finite output is
+recomputed in fp32; a CUDA out-of-memory error halves the batch, and a single
+tile that still does not fit runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import Tensor
+
+from app.core.espcn import ESPCN
+from app.engine.observer import EngineObserver
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    """Owns the device copies of one :class:`ESPCN` and runs ``forward_valid`` on window batches."""
+
+    def __init__(
+        self,
+        model: ESPCN,
+        device: torch.device,
+        *,
+        half: bool = False,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        self.scale = model.scale
+        self.radius = model.radius
+        self.device = device
+        self.half = half and device.type == "cuda"
+        self.observer = observer or EngineObserver()
+        self._cpu = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self._fp32 = copy.deepcopy(self._cpu).to(device)
+        self._main = copy.deepcopy(self._fp32).half() if self.half else self._fp32
+        if device.type == "cuda":
+            self._main = self._main.to(memory_format=torch.channels_last)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.half else torch.float32
+
+    @torch.inference_mode()
+    def __call__(self, windows: Tensor) -> Tensor:
+        """(N, c, t + 2R, t + 2R) float32 on the CPU → (N, c, r·t, r·t) float32 on the CPU in [0, 1]."""
+        return self._run(windows).clamp_(0.0, 1.0)
+
+    def _run(self, windows: Tensor) -> Tensor:
+        if self.device.type == "cpu":
+            return self._cpu.forward_valid(windows)
+        try:
+            x = windows.pin_memory().to(self.device, non_blocking=True)
+            y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
+            if self.half and not torch.isfinite(y).all():
+                self.observer.fallback("half_nonfinite")
+                y = self._fp32.forward_valid(x)
+            return y.float().cpu()
+        except torch.cuda.OutOfMemoryError:
+            self.observer.fallback("cuda_oom")
+            torch.cuda.empty_cache()
+            if len(windows) == 1:
+                log.warning("CUDA out of memory on a single tile; running it on the CPU")
+                return self._cpu.forward_valid(windows)
+            half = len(windows) // 2
+            return torch.cat([self._run(windows[:half]), self._run(windows[half:])])
+
+    def warm_up(self, tile: int) -> None:
+        """One call at the serving shape, so the first request does not pay for allocation."""
+        side = tile + 2 * self.radius
+        self(torch.zeros(1, self._cpu.channels, side, side))

@@ -1,0 +1,110 @@
+"""The colour pipeline around the model, as in the paper: Y through the network, Cb/Cr bicubic.
+
+Y is BT.601 studio-swing luma (:mod:`app.core.color`), the very signal the
+models are trained on. Greyscale images are fed as R = G = B = g, so they meet
+the same input statistics as colour ones, and they come back greyscale (no
+chroma is ever invented for them).
+
+Alpha, never seen by the model, is upscaled on its own with bicubic. Two
+measures keep transparent edges free of dark or coloured fringes (the
+colour under fully transparent pixels is often black, or junk):
+
+- chroma: the RGB+alpha image is resized with Pillow's ``RGBA`` bicubic,
+  which premultiplies by alpha internally, so invisible pixels weigh nothing;
+  its ``A`` band is exactly the separate bicubic upscale of alpha;
+- luma: before the network, Y under fully transparent pixels is replaced by
+  the mean Y of its visible neighbours, grown outwards ``BLEED_REACH`` pixels
+  ("alpha bleeding"), beyond the network's receptive field plus the bicubic
+  support, so no visible output pixel sees the hidden colour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from app.core.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from app.imaging.decode import DecodedImage
+
+BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
+_BAND_PIXELS = 1 << 20  # convert colour in bands of about a megapixel to bound the float memory
+
+
+def luma_tensor(img: DecodedImage) -> Tensor:
+    """The model input: (1, H, W) float32 studio-swing Y / 255, in [16/255, 235/255]."""
+    values = np.asarray(img.color, dtype=np.float32)
+    if img.color.mode == "L":
+        y = torch.from_numpy((16.0 + values * np.float32(219.0 / 255.0)) / np.float32(255.0))[None]
+    else:
+        y = rgb_to_y(torch.from_numpy(values).permute(2, 0, 1)) / 255.0
+    if img.alpha is not None:
+        y = _bleed(y, img.alpha)
+    return y.contiguous()
+
+
+def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
+    """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    size = (img.width * scale, img.height * scale)
+    y = _plane(sr_luma, size, scale) * 255.0
+    alpha = None
+    if img.color.mode == "L":
+        grey = y.sub_(16.0).mul_(255.0 / 219.0).round_().clamp_(0, 255).to(torch.uint8)
+        out = Image.fromarray(grey.numpy(), "L")
+    else:
+        if img.alpha is None:
+            rgb = img.color.resize(size, Image.Resampling.BICUBIC)
+        else:
+            rgba = img.color.copy()
+            rgba.putalpha(img.alpha)
+            rgba = rgba.resize(size, Image.Resampling.BICUBIC)  # premultiplied inside Pillow
+            rgb, alpha = rgba.convert("RGB"), rgba.getchannel("A")
+        out = Image.fromarray(_with_luma(np.asarray(rgb), y), "RGB")
+    if img.alpha is not None:
+        out.putalpha(alpha if alpha is not None else img.alpha.resize(size, Image.Resampling.BICUBIC))
+    return out
+
+
+def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> Tensor:
+    width, height = size
+    if sr_luma.dim() < 2 or tuple(sr_luma.shape[-2:]) != (height, width) or sr_luma.numel() != width * height:
+        raise ValueError(
+            f"sr_luma must be (1, {height}, {width}) for ×{scale} of a {width // scale}×{height // scale} image, "
+            f"got {tuple(sr_luma.shape)}"
+        )
+    return sr_luma.detach().to(device="cpu", dtype=torch.float32).reshape(height, width)
+
+
+def _with_luma(rgb: np.ndarray, y: Tensor) -> np.ndarray:
+    """Swap the Y of a (H, W, 3) uint8 RGB array for ``y`` (H, W, in [0, 255]), keeping its Cb/Cr."""
+    out = np.empty_like(rgb)
+    rows = max(1, _BAND_PIXELS // rgb.shape[1])
+    for top in range(0, rgb.shape[0], rows):
+        band = torch.from_numpy(rgb[top : top + rows].astype(np.float32)).permute(2, 0, 1)
+        ycc = rgb_to_ycbcr(band)
+        ycc[0] = y[top : top + rows]
+        back = ycbcr_to_rgb(ycc).round_().clamp_(0, 255).to(torch.uint8)
+        out[top : top + rows] = back.permute(1, 2, 0).numpy()
+    return out
+
+
+def _bleed(y: Tensor, alpha: Image.Image) -> Tensor:
+    """Fill Y under fully transparent pixels from visible neighbours, ``BLEED_REACH`` pixels deep."""
+    lowest, highest = alpha.getextrema()
+    if lowest > 0 or highest == 0:
+        return y
+    known = torch.from_numpy(np.asarray(alpha) > 0)[None, None].to(y.dtype)
+    values = y[None] * known
+    for _ in range(BLEED_REACH):
+        count = F.avg_pool2d(known, 3, stride=1, padding=1)
+        fresh = (count > 0) & (known == 0)
+        if not bool(fresh.any()):
+            break
+        mean = F.avg_pool2d(values, 3, stride=1, padding=1) / count.clamp_min(1e-12)
+        values = torch.where(fresh, mean, values)
+        known = known + fresh.to(known.dtype)
+    return torch.where(known > 0, values, y[None])[0]

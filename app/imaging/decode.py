@@ -1,0 +1,174 @@
+"""Uploaded bytes → an upright 8-bit colour image, an optional alpha plane and its ICC profile.
+
+Order matters for safety: ``Image.open`` reads only the header, so the format
+and the pixel limits are checked before ``load()`` decodes anything — a
+50000×50000 PNG of a few hundred bytes is refused without allocating it.
+
+Pixel modes are reduced to what the model pipeline handles, ``L`` or ``RGB``
+plus a separate alpha plane:
+
+- ``1`` → ``L``; ``LA``/``La`` → ``L`` + alpha; ``RGBA``/``RGBa`` → ``RGB`` + alpha;
+  ``P``/``PA`` → ``RGB``, + alpha if the palette has transparency; a tRNS
+  colour key on ``L``/``RGB`` becomes an alpha plane too.
+- 16/32-bit integer grey (``I;16``, ``I;16B``, ``I``…) → ``L`` as round(v/257)
+  over the full 16-bit range (``I`` is clipped to it first); ``F`` → ``L``
+  rounded and clipped to [0, 255]. Done with numpy, on purpose: Pillow's own
+  ``convert("L")`` clips 16-bit values at 255 and whitens the picture.
+- 16-bit RGB(A) PNGs are already 8-bit when Pillow opens them (it keeps each
+  sample's high byte: truncation, less than one level from rounding).
+- ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` → ``RGB`` by Pillow's conversion. The
+  output is RGB, so an embedded CMYK/Lab profile no longer describes it and is
+  dropped (the result is read as sRGB); any profile that does not match the
+  final colour space is dropped the same way (see :mod:`app.imaging.icc`).
+
+EXIF orientation is applied (the output carries no EXIF, so it cannot be
+applied twice); an unreadable EXIF block is ignored rather than refusing a
+picture that decodes. Multi-frame files (GIF, APNG, animated WebP, TIFF
+pages, MPO) give their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+from app.imaging import icc
+from app.imaging.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
+
+# MPO is how Pillow names the multi-picture JPEGs many phones write.
+INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"})
+_ACCEPTED = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+# What Pillow raises on malformed input (its fuzzers' list, plus the codecs').
+_BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error)
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_INT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """``color`` is ``L`` or ``RGB``; ``alpha`` (``L``, same size) is kept apart from it."""
+
+    color: Image.Image
+    alpha: Image.Image | None
+    icc_profile: bytes | None
+    source_format: str
+    source_mode: str
+
+    def __post_init__(self) -> None:
+        if self.color.mode not in ("L", "RGB"):
+            raise ValueError(f"color must be L or RGB, got {self.color.mode}")
+        if self.alpha is not None and (self.alpha.mode != "L" or self.alpha.size != self.color.size):
+            raise ValueError("alpha must be an L image of the colour image's size")
+
+    @property
+    def width(self) -> int:
+        return self.color.width
+
+    @property
+    def height(self) -> int:
+        return self.color.height
+
+    @property
+    def mode(self) -> str:
+        """The image as a whole: ``L``, ``LA``, ``RGB`` or ``RGBA`` (what :func:`compose` returns)."""
+        return self.color.mode + ("A" if self.alpha is not None else "")
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Refuse a declared type that is not an image; none or ``application/octet-stream`` lets the bytes decide."""
+    if not content_type:
+        return
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind != "application/octet-stream" and not kind.startswith("image/"):
+        raise UnsupportedImageType(f"content type {kind!r} is not an image; send {_ACCEPTED}")
+
+
+def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
+    """Decode an upload for a ×``scale`` upscale, refusing it before decoding if it is over ``limits``."""
+    if not data:
+        raise InvalidImage("the upload is empty: no image data")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except _BOMB as e:
+        raise ImageTooLarge(f"image refused as a possible decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise InvalidImage(f"the data is not a recognised image; send {_ACCEPTED}") from None
+    except _BROKEN as e:
+        raise InvalidImage(f"could not read the image header: {e}") from None
+    if im.format not in INPUT_FORMATS:
+        raise UnsupportedImageType(f"{im.format} images are not accepted; send {_ACCEPTED}")
+    fmt, source_mode = im.format, im.mode
+    check_size(im.width, im.height, scale, limits)
+    try:
+        im.load()
+    except _BOMB as e:
+        raise ImageTooLarge(f"image refused as a possible decompression bomb: {e}") from None
+    except _BROKEN as e:
+        raise InvalidImage(f"the {fmt} data is truncated or corrupt: {e}") from None
+    profile = im.info.get("icc_profile") or None
+    im = _upright(im)
+    check_size(im.width, im.height, scale, limits)
+    color, alpha = _color_and_alpha(im)
+    return DecodedImage(
+        color=color,
+        alpha=alpha,
+        icc_profile=profile if icc.fits(profile, color.mode) else None,
+        source_format=fmt,
+        source_mode=source_mode,
+    )
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return im
+        return ImageOps.exif_transpose(im)
+    except _BROKEN:
+        return im
+
+
+def _color_and_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    mode = im.mode
+    if mode in _INT_GREY:
+        return _grey16(im), _key_alpha(im)
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L"), None
+    if mode in ("1", "L", "RGB") and im.has_transparency_data:  # a tRNS colour key
+        im = im.convert("RGBA" if mode == "RGB" else "LA")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+    elif mode in ("La", "RGBa"):
+        im = im.convert(mode.upper())
+    if im.mode in ("L", "RGB"):
+        return im, None
+    if im.mode == "1":
+        return im.convert("L"), None
+    if im.mode == "LA":
+        return im.getchannel("L"), im.getchannel("A")
+    if im.mode == "RGBA":
+        return im.convert("RGB"), im.getchannel("A")
+    try:  # CMYK, YCbCr, LAB, HSV, RGBX…
+        if im.has_transparency_data:  # not "A" in bands: LAB has an A band
+            return _color_and_alpha(im.convert("RGBA"))
+        return im.convert("RGB"), None
+    except ValueError:
+        raise UnsupportedImageType(f"pixel mode {mode} is not supported") from None
+
+
+def _grey16(im: Image.Image) -> Image.Image:
+    values = np.clip(np.asarray(im).astype(np.int32), 0, 65535)
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # = round(v / 257), exactly
+
+
+def _key_alpha(im: Image.Image) -> Image.Image | None:
+    key = im.info.get("transparency")
+    if not isinstance(key, int):
+        return None
+    return Image.fromarray(np.where(np.asarray(im) == key, 0, 255).astype(np.uint8), "L")
