@@ -27,11 +27,18 @@ class PrometheusObserver(EngineObserver):
         metrics.reject(reason)
 
 
+INPUT_REJECTIONS = {400: metrics.BAD_INPUT, 415: metrics.BAD_INPUT, 422: metrics.BAD_INPUT, 413: metrics.TOO_LARGE}
+
+
 class RequestMetricsMiddleware:
     """Counts every answer (errors included) by route template, scale and status, and times it.
 
     Pure ASGI (not ``BaseHTTPMiddleware``) so streaming bodies and disconnects pass untouched.
     Unmatched paths share one ``endpoint`` label so clients cannot mint series.
+
+    Input rejections are counted here, by status, for every route alike: 400, 415 and 422
+    as ``bad_input`` (parameter validation fails before any route runs), 413 as ``too_large``.
+    Load rejections (``queue_full``, ``timeout``, ``client_gone``) come from the engine.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -58,6 +65,9 @@ class RequestMetricsMiddleware:
             if endpoint != "/metrics":
                 query = dict(_query_items(scope))
                 metrics.observe_request(endpoint, query.get("scale"), status, time.perf_counter() - start)
+                reason = INPUT_REJECTIONS.get(status)
+                if reason:
+                    metrics.reject(reason)
 
 
 def _query_items(scope: Scope) -> list[tuple[str, str]]:

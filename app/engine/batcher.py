@@ -171,7 +171,6 @@ class Engine:
         c, h, w = luma.shape
         tiles = plan_tiles(h, w, self.tile)
         if len(tiles) > self.max_queue_tiles:
-            self.observer.rejected("too_large")
             raise TooManyTiles(f"the image needs {len(tiles)} tiles; the queue holds {self.max_queue_tiles}")
         if self._depth + len(tiles) > self.max_queue_tiles:
             self.observer.rejected("queue_full")

@@ -20,7 +20,7 @@ class EngineObserver:
         """One model call over ``size`` tiles."""
 
     def rejected(self, reason: str) -> None:
-        """Work refused or dropped: ``queue_full``, ``timeout`` or ``client_gone``."""
+        """Work refused or dropped for load reasons: ``queue_full``, ``timeout`` or ``client_gone``."""
 
     def fallback(self, reason: str) -> None:
         """The runner left its fast path: ``half_nonfinite``, ``cuda_oom``."""

@@ -79,7 +79,8 @@ def _tensors(layer: SubPixelConv, deconv: Deconv) -> dict[str, torch.Tensor]:
     if layer.bias is not None and deconv.periodic_bias is not None:
         out["conv.bias"] = layer.bias
         out["deconv.periodic_bias"] = deconv.periodic_bias
-    return {k: v.detach().float().contiguous() for k, v in out.items()}
+    # clone: the periodic bias is a view of the conv bias, and safetensors refuses shared storage
+    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
 def kernels_document(model: ESPCN, name: str) -> dict[str, Any]:

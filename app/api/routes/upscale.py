@@ -142,10 +142,7 @@ async def upscale(
             state, _compose_and_encode, image, sr, r, format.value, quality, lossless, state
         )
     except (ImageError, EngineError, ApiError) as exc:
-        error = classify(exc, state.settings.overload_status)
-        if isinstance(exc, ImageError | ApiError) and error.status in (400, 413, 415, 422):
-            metrics.reject(metrics.TOO_LARGE if error.status == 413 else metrics.BAD_INPUT)
-        raise error from exc
+        raise classify(exc, state.settings.overload_status) from exc
     metrics.count_pixels(r, image.width * image.height, image.width * image.height * r * r)
     total_ms = (time.perf_counter() - started) * 1000
     model = state.models[r].manifest

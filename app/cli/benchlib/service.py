@@ -1,0 +1,248 @@
+"""The real service over loopback HTTP: one request end to end, codec costs, and throughput under load.
+
+Each variant is its own app (``create_app(Settings(...))``) served by uvicorn in a background
+thread of this process on ``127.0.0.1`` and a free port, stopped (``should_exit``) before the
+next one starts. The clients run in the main thread of the same process, so client and server
+share the interpreter (and its GIL): the numbers are a lower bound for a separate client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import torch
+from PIL import Image
+
+from app.api.settings import Settings
+from app.cli.benchlib.common import frame, luma_of, measure
+from app.cli.benchlib.model_paths import PathConfig, time_path
+from app.cli.benchlib.rows import CodecRow, RequestRow, ThroughputRow
+from app.core.espcn import ESPCN
+from app.core.tiling import extract_tiles, pad_image, plan_tiles
+from app.engine.runner import ModelRunner
+from app.imaging.compose import compose
+from app.imaging.decode import decode
+from app.imaging.encode import encode
+
+READY_TIMEOUT_S = 300.0  # models are warmed up before /readyz answers 200
+MAX_REQUESTS_PER_CLIENT = 1_000_000  # the load loops are bounded by time and by this
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    clients: int
+    duration_s: float
+    image_side: int
+    scale: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_service(settings: Settings) -> Iterator[str]:
+    """Serve a fresh app on 127.0.0.1 in a background thread; yields its base URL once /readyz is 200."""
+    import uvicorn
+
+    from app.main import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"bench-uvicorn-{port}", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, thread)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=120)
+
+
+def _wait_ready(base: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not thread.is_alive():
+            raise RuntimeError("the service thread stopped before it became ready (see the log above)")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the service at {base} was not ready within {READY_TIMEOUT_S:.0f} s")
+
+
+def png_bytes(image: Image.Image, level: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    """``decode;dur=1.2, model;dur=3.4`` → {"decode": 1.2, "model": 3.4}."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if rest:
+            out[name] = float(rest)
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def single_requests(
+    base: str, model: ESPCN, image: Image.Image, cfg: PathConfig
+) -> tuple[list[RequestRow], bytes]:
+    """×r of ``image`` → JPEG and → PNG (level 1), end to end; returns the rows and the PNG answer."""
+    body = png_bytes(image)
+    scale = model.scale
+    x = luma_of(image)
+    eager, reference = time_path("eager", model, x, cfg, None)
+    tiled, _ = time_path("tiled", model, x, cfg, reference)
+    rows, png_answer = [], b""
+    with httpx.Client(base_url=base, timeout=300) as client:
+        for fmt in ("jpeg", "png"):
+            def post(fmt: str = fmt) -> httpx.Response:
+                r = client.post("/upscale", params={"scale": scale, "format": fmt}, content=body,
+                                headers={"content-type": "image/png"})
+                r.raise_for_status()
+                return r
+
+            post()  # first request of this format: warm
+            times, stages = [], []
+            answer = b""
+            for _ in range(max(1, cfg.repeats)):
+                start = time.perf_counter()
+                response = post()
+                times.append((time.perf_counter() - start) * 1000.0)
+                stages.append(_server_timing(response.headers.get("server-timing", "")))
+                answer = response.content
+            median = statistics.median(times)
+            rows.append(RequestRow(
+                format=fmt if fmt == "jpeg" else "png (level 1)", scale=scale, width=image.width, height=image.height,
+                median_ms=median,
+                server_decode_ms=_median([s["decode"] for s in stages if "decode" in s]),
+                server_model_ms=_median([s["model"] for s in stages if "model" in s]),
+                server_encode_ms=_median([s["encode"] for s in stages if "encode" in s]),
+                model_eager_ms=eager.median_ms or float("nan"), model_tiled_ms=tiled.median_ms or float("nan"),
+                ratio_to_eager=median / eager.median_ms if eager.median_ms else float("nan"),
+                response_bytes=len(answer),
+            ))
+            if fmt == "png":
+                png_answer = answer
+    return rows, png_answer
+
+
+def codec_rows(image: Image.Image, model: ESPCN, png_answer: bytes, repeats: int, warmup: int) -> list[CodecRow]:
+    """The request's other stages, timed alone with the service's functions: decode, compose, four encodings."""
+    scale = model.scale
+    upload = png_bytes(image)
+    decoded = decode(upload, scale)
+    with torch.inference_mode():
+        sr_luma = model(luma_of(image))[0].clamp(0.0, 1.0)
+    output = Image.open(io.BytesIO(png_answer)).convert("RGB")
+    ow, oh = output.size
+    rows = []
+    t = measure(lambda: decode(upload, scale), repeats=repeats, warmup=warmup)
+    rows.append(CodecRow(f"decode input PNG ({image.width}×{image.height})", image.width, image.height, t.median_ms))
+    t = measure(lambda: compose(decoded, sr_luma, scale), repeats=repeats, warmup=warmup)
+    rows.append(CodecRow("compose (bicubic CbCr + Y swap)", ow, oh, t.median_ms))
+    encodings = {
+        "encode JPEG q90": {"fmt": "jpeg", "quality": 90},
+        "encode PNG level 1": {"fmt": "png", "png_compress_level": 1},
+        "encode PNG level 6": {"fmt": "png", "png_compress_level": 6},
+        "encode WebP q90": {"fmt": "webp", "quality": 90},
+    }
+    for stage, params in encodings.items():
+        size = len(encode(output, **params))
+        t = measure(lambda p=params: encode(output, **p), repeats=repeats, warmup=warmup)
+        rows.append(CodecRow(stage, ow, oh, t.median_ms, size))
+    return rows
+
+
+def load_images(source: Image.Image, load: LoadConfig) -> list[Image.Image]:
+    """One distinct ``side²`` crop of the source texture per client."""
+    side = load.image_side
+    return [frame(source, side, side, offset=(7 * i, 13 * i)) for i in range(load.clients)]
+
+
+def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: int) -> float:
+    """The model alone on the same tiles: ModelRunner on batches of ``batch`` windows, images per second."""
+    runner = ModelRunner(model, cfg.device)
+    windows = torch.cat([
+        extract_tiles(pad_image(luma_of(im)[0], runner.radius, cfg.tile),
+                      plan_tiles(im.height, im.width, cfg.tile), cfg.tile, runner.radius)
+        for im in images
+    ])
+
+    def run() -> None:
+        for start in range(0, len(windows), batch):
+            runner(windows[start : start + batch])
+
+    t = measure(run, repeats=cfg.repeats, warmup=max(1, cfg.warmup))
+    return len(images) / (t.median_ms / 1000.0)
+
+
+async def _hammer(base: str, bodies: list[bytes], load: LoadConfig, duration_s: float) -> tuple[int, int, list[float], float]:
+    """``clients`` concurrent loops, each posting its own image until the time is up; ok, errors, latencies, wall."""
+    limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        end = start + duration_s
+
+        async def one_client(body: bytes) -> None:
+            for _ in range(MAX_REQUESTS_PER_CLIENT):
+                if time.perf_counter() >= end:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/upscale", params={"scale": load.scale}, content=body,
+                                          headers={"content-type": "image/png"})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                counts["ok" if ok else "errors"] += 1
+                if ok:
+                    latencies.append((time.perf_counter() - t0) * 1000.0)
+
+        await asyncio.gather(*(one_client(body) for body in bodies))
+        wall = time.perf_counter() - start
+    return counts["ok"], counts["errors"], latencies, wall
+
+
+def throughput_row(
+    base: str, variant: str, max_batch: int, images: list[Image.Image], load: LoadConfig,
+    bare_batched: float, bare_same: float,
+) -> ThroughputRow:
+    bodies = [png_bytes(im) for im in images]
+    asyncio.run(_hammer(base, bodies, load, min(1.0, load.duration_s / 5)))  # warm the connections and the path
+    ok, errors, latencies, wall = asyncio.run(_hammer(base, bodies, load, load.duration_s))
+    latencies.sort()
+    rate = ok / wall if wall > 0 else 0.0
+    return ThroughputRow(
+        variant=variant, max_batch=max_batch, clients=load.clients, image_side=load.image_side, scale=load.scale,
+        duration_s=wall, ok=ok, errors=errors, req_per_s=rate,
+        p50_ms=latencies[len(latencies) // 2] if latencies else None,
+        p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None,
+        bare_batched_images_per_s=bare_batched, bare_same_batch_images_per_s=bare_same,
+        fraction_of_bare=rate / bare_batched if bare_batched > 0 else float("nan"),
+    )

@@ -1,0 +1,160 @@
+"""The batching engine on real models: exactness across batches, back-pressure, cancellation, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from app.core.espcn import ESPCN
+from app.engine.batcher import Engine
+from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
+from app.engine.observer import EngineObserver
+from app.engine.runner import ModelRunner
+
+
+class Recorder(EngineObserver):
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.rejections: list[str] = []
+        self.depths: list[int] = []
+
+    def batch(self, scale: int, device: str, size: int, max_batch: int, seconds: float) -> None:
+        self.batches.append(size)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+    def queue_depth(self, tiles: int) -> None:
+        self.depths.append(tiles)
+
+
+def models() -> dict[int, ESPCN]:
+    out = {}
+    for r in (2, 3):
+        torch.manual_seed(r)
+        out[r] = ESPCN(r).eval()
+    return out
+
+
+def engine(observer: EngineObserver | None = None, **kwargs: object) -> Engine:
+    runners = {r: ModelRunner(m, torch.device("cpu")) for r, m in models().items()}
+    options: dict = {"tile": 16, "max_batch": 8, "max_delay_s": 0.005, **kwargs}
+    return Engine(runners, observer=observer, **options)
+
+
+def whole(model: ESPCN, luma: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(luma[None])[0].clamp(0, 1)
+
+
+def test_batched_equals_alone_equals_whole_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, h, w, generator=gen) for h, w in [(5, 7), (32, 32), (80, 23), (66, 140), (1, 1), (17, 99)]]
+    scales = [2, 3, 2, 3, 3, 2]
+    reference = models()
+
+    async def run() -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+        rec = Recorder()
+        eng = engine(rec, tile=32, max_delay_s=0.05)  # 40-px windows (oneDNN may switch algorithms below)
+        await eng.start()
+        together = await asyncio.gather(*[eng.upscale(x, r) for x, r in zip(images, scales, strict=True)])
+        alone = [await eng.upscale(x, r) for x, r in zip(images, scales, strict=True)]
+        await eng.close()
+        return list(together), alone, rec.batches
+
+    together, alone, batches = asyncio.run(run())
+    assert max(batches) > 1  # requests really shared model calls
+    for x, r, a, b in zip(images, scales, together, alone, strict=True):
+        assert torch.equal(a, b)  # bit-exact: a tile's result does not depend on its batch-mates
+        assert (a - whole(reference[r], x)).abs().max() < 1e-5
+
+
+def test_queue_bound_and_too_many_tiles() -> None:
+    async def run() -> None:
+        rec = Recorder()
+        eng = engine(rec, max_queue_tiles=6, max_batch=64, max_delay_s=0.5)
+        await eng.start()
+        first = asyncio.ensure_future(eng.upscale(torch.rand(1, 32, 32), 2))  # 4 tiles
+        await asyncio.sleep(0.05)
+        assert eng.queue_depth == 4
+        with pytest.raises(QueueFull) as info:
+            await eng.upscale(torch.rand(1, 32, 32), 2)
+        assert info.value.retry_after_s == 1.0
+        with pytest.raises(TooManyTiles):
+            await eng.upscale(torch.rand(1, 64, 64), 2)  # 16 tiles > 6, ever
+        with pytest.raises(UnknownScale):
+            await eng.upscale(torch.rand(1, 8, 8), 4)
+        assert (await first).shape == (1, 64, 64)
+        assert eng.queue_depth == 0
+        await eng.close()
+        assert rec.rejections == ["queue_full"]  # too large is an input error, counted by the HTTP layer
+
+    asyncio.run(run())
+
+
+def test_cancelled_request_drops_its_tiles() -> None:
+    async def run() -> None:
+        rec = Recorder()
+        eng = engine(rec, max_batch=64, max_delay_s=0.3)
+        await eng.start()
+        doomed = asyncio.ensure_future(eng.upscale(torch.rand(1, 48, 48), 2))  # 9 tiles
+        await asyncio.sleep(0.05)
+        assert eng.queue_depth == 9
+        doomed.cancel()
+        await asyncio.sleep(0)
+        assert eng.queue_depth == 0
+        survivor = await eng.upscale(torch.rand(1, 16, 16), 2)  # 1 tile
+        await eng.close()
+        assert survivor.shape == (1, 32, 32)
+        assert rec.batches == [1]  # the cancelled tiles never ran
+        assert rec.rejections == ["client_gone"]
+
+    asyncio.run(run())
+
+
+def test_deadline_is_enforced_while_queued() -> None:
+    async def run() -> None:
+        rec = Recorder()
+        eng = engine(rec, max_batch=64, max_delay_s=0.5)
+        await eng.start()
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await eng.upscale(torch.rand(1, 20, 20), 3, deadline=time.monotonic() + 0.05)
+        assert time.monotonic() - t0 < 0.4  # answered at the deadline, not after the batch window
+        assert eng.queue_depth == 0
+        await eng.close()
+        assert rec.rejections == ["timeout"]
+
+    asyncio.run(run())
+
+
+def test_close_drains_admitted_work_then_refuses() -> None:
+    async def run() -> None:
+        eng = engine(max_batch=4, max_delay_s=0.0)
+        await eng.start()
+        pending = [asyncio.ensure_future(eng.upscale(torch.rand(1, 40, 40), 3)) for _ in range(5)]
+        await asyncio.sleep(0)
+        await eng.close(drain_timeout_s=30)
+        results = await asyncio.gather(*pending)
+        assert all(r.shape == (1, 120, 120) for r in results)
+        assert not eng.ready
+        with pytest.raises(EngineClosed):
+            await eng.upscale(torch.rand(1, 8, 8), 3)
+
+    asyncio.run(run())
+
+
+def test_a_failing_model_call_fails_its_requests_not_the_worker() -> None:
+    async def run() -> None:
+        eng = engine(max_batch=8, max_delay_s=0.0)
+        await eng.start()
+        with pytest.raises(RuntimeError):
+            await eng.upscale(torch.rand(2, 16, 16), 2)  # two channels into a one-channel model
+        assert eng.ready
+        assert (await eng.upscale(torch.rand(1, 16, 16), 2)).shape == (1, 32, 32)
+        await eng.close()
+
+    asyncio.run(run())
