@@ -37,7 +37,11 @@ def build_state(settings: Settings) -> ServiceState:
     if not models:
         log.error("no usable model in %s: the service will not become ready", settings.model_store)
     observer = PrometheusObserver()
-    runners = {s: ModelRunner(m.model, device, half=settings.half, observer=observer) for s, m in models.items()}
+    runners = {
+        s: ModelRunner(m.model, device, half=settings.half, backend=settings.backend, tile=settings.tile_size,
+                       observer=observer)
+        for s, m in models.items()
+    }
     engine = Engine(
         runners,
         tile=settings.tile_size,

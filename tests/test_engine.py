@@ -158,3 +158,17 @@ def test_a_failing_model_call_fails_its_requests_not_the_worker() -> None:
         await eng.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "eager"])
+def test_runner_backends_match_the_eager_model_and_ignore_batch_mates(backend: str) -> None:
+    torch.manual_seed(7)
+    model = ESPCN(4).eval()
+    runner = ModelRunner(model, torch.device("cpu"), backend=backend, tile=32)
+    assert runner.backend == backend
+    windows = torch.rand(6, 1, 40, 40)
+    together = runner(windows)
+    alone = torch.cat([runner(w[None]) for w in windows])
+    assert torch.equal(together, alone)
+    with torch.no_grad():
+        assert (together - model.forward_valid(windows).clamp(0, 1)).abs().max() <= 1e-4

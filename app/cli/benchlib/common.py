@@ -99,7 +99,7 @@ def machine_info(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu_model_name(),
         "logical_cores": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -16,6 +16,7 @@ All run under ``torch.inference_mode()``, fp32, on the Y channel (1, 1, H, W).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from app.api.settings import Settings
 from app.cli.benchlib.common import measure, synchronizer
 from app.cli.benchlib.rows import NOT_AVAILABLE, OK, SKIPPED, FrameRow
 from app.core.espcn import ESPCN, pad_for
@@ -73,6 +75,7 @@ def build_torchscript(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], 
     xd = x.to(cfg.device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch ≥ 2.10 deprecates TorchScript; it still runs
         traced = torch.jit.trace(WholeImage(_on(model, cfg.device)).eval(), xd)
         scripted = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     return lambda: scripted(xd)
@@ -85,23 +88,39 @@ def build_compile(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], Tens
     return lambda: compiled(xd)
 
 
-def build_tiled(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], Tensor]:
-    runner = ModelRunner(model, cfg.device)
-    luma = x[0].cpu()  # the service hands the engine (c, H, W) on the CPU
-    _, h, w = luma.shape
-    tile, radius, r = cfg.tile, runner.radius, runner.scale
-    tiles = plan_tiles(h, w, tile)
+def service_runner(model: ESPCN, device: torch.device, tile: int) -> ModelRunner:
+    """A :class:`ModelRunner` built as ``app.main`` builds it: ``backend`` from the settings and the tile
+    shape, where this version of the runner takes them."""
+    params = inspect.signature(ModelRunner).parameters
+    kwargs: dict[str, object] = {}
+    if "tile" in params:
+        kwargs["tile"] = tile
+    backend = getattr(Settings(), "backend", None)
+    if "backend" in params and backend is not None:
+        kwargs["backend"] = backend
+    return ModelRunner(model, device, **kwargs)
 
-    def run() -> Tensor:
-        padded = pad_image(luma, radius, tile)
+
+class TiledPath:
+    """What the engine does for one image: pad once, cut ``tile``² windows, run them in batches, stitch."""
+
+    def __init__(self, model: ESPCN, x: Tensor, cfg: PathConfig) -> None:
+        self.runner = service_runner(model, cfg.device, cfg.tile)
+        self.backend = getattr(self.runner, "backend", "eager")
+        self.luma = x[0].cpu()  # the service hands the engine (c, H, W) on the CPU
+        self.tile, self.max_batch = cfg.tile, cfg.max_batch
+        self.tiles = plan_tiles(x.shape[2], x.shape[3], cfg.tile)
+
+    def __call__(self) -> Tensor:
+        _, h, w = self.luma.shape
+        radius, r = self.runner.radius, self.runner.scale
+        padded = pad_image(self.luma, radius, self.tile)
         out = torch.empty(1, h * r, w * r)
-        for start in range(0, len(tiles), cfg.max_batch):
-            chunk = tiles[start : start + cfg.max_batch]
-            for t, tile_out in zip(chunk, runner(extract_tiles(padded, chunk, tile, radius)), strict=True):
+        for start in range(0, len(self.tiles), self.max_batch):
+            chunk = self.tiles[start : start + self.max_batch]
+            for t, tile_out in zip(chunk, self.runner(extract_tiles(padded, chunk, self.tile, radius)), strict=True):
                 stitch_tile(out, tile_out, t, r)
         return out[None]
-
-    return run
 
 
 BUILDERS: dict[str, Callable[[ESPCN, Tensor, PathConfig], Callable[[], Tensor]]] = {
@@ -109,7 +128,7 @@ BUILDERS: dict[str, Callable[[ESPCN, Tensor, PathConfig], Callable[[], Tensor]]]
     "channels_last": build_channels_last,
     "torchscript": build_torchscript,
     "compile": build_compile,
-    "tiled": build_tiled,
+    "tiled": TiledPath,
 }
 
 
@@ -142,7 +161,9 @@ def time_path(name: str, model: ESPCN, x: Tensor, cfg: PathConfig, reference: Te
         expected = reference.clamp(0.0, 1.0) if name == "tiled" else reference
         row.max_abs_diff = (out.contiguous() - expected).abs().max().item()
         if name == "tiled":
-            row.note = f"tile {cfg.tile}, batches of {cfg.max_batch}, pad+cut+stitch included; vs clamped eager"
+            backend = getattr(fn, "backend", "eager")
+            row.note = (f"ModelRunner ({backend}), tile {cfg.tile}, batches of {cfg.max_batch}, "
+                        "pad+cut+stitch included; vs clamped eager")
     else:
         row.max_abs_diff = 0.0
     if name != "tiled" and cfg.device.type == "cuda":

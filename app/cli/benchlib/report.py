@@ -159,10 +159,11 @@ def write_chart(results: BenchResults, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    cases, methods = _cases(results), _methods(results)
+    cases = _cases(results)
     index = {(r.scale, r.width, r.height, r.method): r for r in results.frames}
+    methods = [m for m in _methods(results) if any(index.get((*c, m)) and index[(*c, m)].median_ms for c in cases)]
     panels = 2 if results.throughput else 1
-    fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.6 * len(cases) + 4) + 5 * (panels - 1), 5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.6 * len(cases) + 4) + 5 * (panels - 1), 6), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
@@ -176,7 +177,7 @@ def write_chart(results: BenchResults, path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_ylabel("ms per frame (median)")
     ax.set_title("Model only and peers")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     if results.throughput:
         ax = axes[0][1]
         labels = [t.variant for t in results.throughput]

@@ -24,11 +24,10 @@ from PIL import Image
 
 from app.api.settings import Settings
 from app.cli.benchlib.common import frame, luma_of, measure
-from app.cli.benchlib.model_paths import PathConfig, time_path
+from app.cli.benchlib.model_paths import PathConfig, service_runner, time_path
 from app.cli.benchlib.rows import CodecRow, RequestRow, ThroughputRow
 from app.core.espcn import ESPCN
 from app.core.tiling import extract_tiles, pad_image, plan_tiles
-from app.engine.runner import ModelRunner
 from app.imaging.compose import compose
 from app.imaging.decode import decode
 from app.imaging.encode import encode
@@ -185,7 +184,7 @@ def load_images(source: Image.Image, load: LoadConfig) -> list[Image.Image]:
 
 def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: int) -> float:
     """The model alone on the same tiles: ModelRunner on batches of ``batch`` windows, images per second."""
-    runner = ModelRunner(model, cfg.device)
+    runner = service_runner(model, cfg.device, cfg.tile)
     windows = torch.cat([
         extract_tiles(pad_image(luma_of(im)[0], runner.radius, cfg.tile),
                       plan_tiles(im.height, im.width, cfg.tile), cfg.tile, runner.radius)
