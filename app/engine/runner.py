@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Literal
 
 import torch
@@ -47,7 +48,10 @@ class _ValidForward(nn.Module):
 def torchscript_cpu(model: ESPCN, example: Tensor) -> torch.jit.ScriptModule | None:
     """A frozen, inference-optimised trace of ``model.forward_valid``, or ``None`` if it is not exact."""
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        # torch.jit is deprecated in favour of torch.compile, which costs ~50 s of compilation per
+        # shape on this CPU; TorchScript still traces in well under a second, so we keep it.
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(_ValidForward(model).eval(), example, check_trace=False)
             fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             probe = torch.rand((3, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
