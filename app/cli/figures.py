@@ -1,0 +1,70 @@
+"""``python -m app.cli.figures``: the README's pictures, from the shipped models.
+
+Writes, for every model in the store, ``kernels_x{r}.png`` (what ``GET
+/kernels/deconv.png`` serves) and ``channels_x{r}.png`` (``GET /debug/channels``
+on the built-in sample image), and ``training_curves.png`` from the training
+history recorded in the manifests (matplotlib, from the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+from app.datasets import luma
+from app.store.registry import LoadedModel, discover
+from app.viz import render_channels, render_kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "app" / "assets" / "sample.png"
+
+
+def training_curves(models: dict[int, LoadedModel], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for scale, loaded in sorted(models.items()):
+        history = loaded.manifest.training.history if loaded.manifest.training else []
+        if not history:
+            continue
+        epochs = [h["epoch"] for h in history]
+        line = axes[0].plot(epochs, [h["loss"] for h in history], label=f"x{scale}")[0]
+        if "val_psnr" in history[0]:
+            axes[1].plot(epochs, [h["val_psnr"] for h in history], color=line.get_color(), label=f"x{scale}")
+            bicubic = loaded.manifest.metrics[0].bicubic_psnr if loaded.manifest.metrics else None
+            if bicubic:
+                axes[1].axhline(bicubic, color=line.get_color(), linestyle=":", linewidth=1)
+    axes[0].set(yscale="log", xlabel="epoch (1000 steps)", ylabel="training MSE (Y in [0, 1])", title="loss")
+    axes[1].set(xlabel="epoch (1000 steps)", ylabel="Set5 Y-PSNR (dB)", title="validation (dotted: bicubic)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=ROOT / "model_store")
+    p.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = discover(args.store)
+    with Image.open(SAMPLE) as im:
+        sample = luma(im)
+    for scale, loaded in sorted(models.items()):
+        model = loaded.model
+        render_kernels(model.subpixel_layer(), model.last_layer_deconv()).save(args.out / f"kernels_x{scale}.png")
+        render_channels(model, sample)[0].save(args.out / f"channels_x{scale}.png")
+    training_curves(models, args.out / "training_curves.png")
+    print(f"wrote figures for scales {sorted(models)} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
