@@ -192,6 +192,7 @@ def _png_claiming(width: int, height: int) -> bytes:
         ("scale 5", 422),
         ("format exe", 422),
         ("quality 0", 422),
+        ("lossless jpeg", 422),
         ("no file field", 422),
         ("no body", 422),
     ],
@@ -216,6 +217,8 @@ def test_bad_input_gets_a_clear_4xx(client: TestClient, kind: str, status: int) 
         r = post(client, good, format="exe")
     elif kind == "quality 0":
         r = post(client, good, format="jpeg", quality=0)
+    elif kind == "lossless jpeg":
+        r = post(client, good, format="jpeg", lossless=True)
     elif kind == "no file field":
         r = client.post("/upscale?scale=3", files={"other": ("x.png", good, "image/png")})
     else:
@@ -235,6 +238,10 @@ def test_limits_body_bytes_and_pixels(seeded_store: Path) -> None:
         # 30×30 fits the input limit, but ×4 → 120×120 passes the output limit
         assert_error(post(c, encoded(Image.new("L", (30, 30))), scale=4), 413)
         assert post(c, encoded(Image.new("L", (30, 30))), scale=3).status_code == 200
+    wide = make_settings(seeded_store, max_input_pixels=5000 * 2, max_output_pixels=10**9)
+    with TestClient(create_app(wide)) as c:  # 4096 px × 4 = 16384: within max_side, one over WebP's limit
+        assert assert_error(post(c, encoded(Image.new("L", (4096, 2))), scale=4, format="webp"), 413)["code"] == (
+            "image_too_large")
 
 
 # -- back-pressure and deadlines ------------------------------------------------------------------

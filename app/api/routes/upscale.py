@@ -23,7 +23,7 @@ from app.api.upload import read_image_upload
 from app.engine.errors import EngineError
 from app.imaging.compose import compose, luma_tensor
 from app.imaging.decode import DecodedImage, decode
-from app.imaging.encode import OUTPUT_FORMATS, encode
+from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageError
 from app.observability import metrics
 
@@ -133,8 +133,13 @@ async def upscale(
     started, deadline = time.perf_counter(), time.monotonic() + state.settings.request_timeout_s
     r = scale.value
     try:
+        if lossless and format is OutputFormat.jpeg:
+            raise ApiError(422, "invalid_parameters", "JPEG cannot be lossless: ask for format=webp or png")
         data = await read_image_upload(request, state.settings.max_body_bytes)
         image, luma, t_decode = await in_pool(state, _decode_for_model, data, r, state)
+        if format is OutputFormat.webp and max(image.width, image.height) * r > WEBP_MAX_SIDE:
+            raise ApiError(413, "image_too_large",
+                           f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
         t0 = time.perf_counter()
         sr = await unless_disconnected(request, state.engine.upscale(luma, r, deadline=deadline))
         t_model = time.perf_counter() - t0
