@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from app.core.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from app.core.color import rgb_to_y
 from app.imaging.decode import DecodedImage
 
 BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
 _BAND_PIXELS = 1 << 20  # convert colour in bands of about a megapixel to bound the float memory
+_Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
 
 
 def luma_tensor(img: DecodedImage) -> Tensor:
@@ -80,15 +81,18 @@ def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> Tensor:
 
 
 def _with_luma(rgb: np.ndarray, y: Tensor) -> np.ndarray:
-    """Swap the Y of a (H, W, 3) uint8 RGB array for ``y`` (H, W, in [0, 255]), keeping its Cb/Cr."""
+    """Swap the Y of a (H, W, 3) uint8 RGB array for ``y`` (H, W, in [0, 255]), keeping its Cb/Cr.
+
+    Fused: YCbCr → RGB is linear and its Y column is 255/219 for R, G and B
+    alike, so keeping Cb/Cr while replacing Y adds ``255/219 · (y − Y(rgb))``
+    to every channel — one dot product instead of two 3×3 colour conversions.
+    """
     out = np.empty_like(rgb)
     rows = max(1, _BAND_PIXELS // rgb.shape[1])
     for top in range(0, rgb.shape[0], rows):
-        band = torch.from_numpy(rgb[top : top + rows].astype(np.float32)).permute(2, 0, 1)
-        ycc = rgb_to_ycbcr(band)
-        ycc[0] = y[top : top + rows]
-        back = ycbcr_to_rgb(ycc).round_().clamp_(0, 255).to(torch.uint8)
-        out[top : top + rows] = back.permute(1, 2, 0).numpy()
+        band = torch.from_numpy(rgb[top : top + rows].astype(np.float32))
+        delta = (y[top : top + rows] - rgb_to_y(band.permute(2, 0, 1))[0]).mul_(_Y_TO_RGB)
+        out[top : top + rows] = band.add_(delta[..., None]).round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
 
 
