@@ -46,27 +46,39 @@ def luma_tensor(img: DecodedImage) -> Tensor:
     return y.contiguous()
 
 
-def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
-    """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``."""
+def bicubic_base(img: DecodedImage, scale: int) -> Image.Image:
+    """The bicubic upscale that supplies chroma and alpha: ``RGB``/``RGBA``, or ``L``/``LA`` for greyscale.
+
+    It depends on the input only, so the service computes it while the model
+    runs. With alpha, Pillow's ``RGBA`` bicubic premultiplies internally, so
+    invisible pixels weigh nothing; its ``A`` band is the bicubic upscale of alpha.
+    """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     size = (img.width * scale, img.height * scale)
+    base = img.color.copy() if img.alpha is not None else img.color
+    if img.alpha is not None:
+        base.putalpha(img.alpha)
+    if base.mode == "L":  # greyscale without alpha: only its size matters
+        return Image.new("L", size)
+    return base.resize(size, Image.Resampling.BICUBIC)
+
+
+def compose(img: DecodedImage, sr_luma: Tensor, scale: int, base: Image.Image | None = None) -> Image.Image:
+    """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``.
+
+    ``base`` is :func:`bicubic_base` of the same image, when it was computed beforehand.
+    """
+    base = bicubic_base(img, scale) if base is None else base
+    size = base.size
     y = _plane(sr_luma, size, scale) * 255.0
-    alpha = None
     if img.color.mode == "L":
         grey = y.sub_(16.0).mul_(255.0 / 219.0).round_().clamp_(0, 255).to(torch.uint8)
         out = Image.fromarray(grey.numpy(), "L")
     else:
-        if img.alpha is None:
-            rgb = img.color.resize(size, Image.Resampling.BICUBIC)
-        else:
-            rgba = img.color.copy()
-            rgba.putalpha(img.alpha)
-            rgba = rgba.resize(size, Image.Resampling.BICUBIC)  # premultiplied inside Pillow
-            rgb, alpha = rgba.convert("RGB"), rgba.getchannel("A")
-        out = Image.fromarray(_with_luma(np.asarray(rgb), y), "RGB")
+        out = Image.fromarray(_with_luma(np.asarray(base.convert("RGB") if base.mode == "RGBA" else base), y), "RGB")
     if img.alpha is not None:
-        out.putalpha(alpha if alpha is not None else img.alpha.resize(size, Image.Resampling.BICUBIC))
+        out.putalpha(base.getchannel("A"))
     return out
 
 
