@@ -323,3 +323,16 @@ def test_body_bytes_are_not_read_past_the_limit(seeded_store: Path) -> None:
         r = c.post("/upscale?scale=2", content=io.BytesIO(b"x" * 100_000).read(),
                    headers={"content-type": "image/png"})
         assert_error(r, 413)
+
+
+def test_settings_come_from_sr_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.api.settings import Settings
+
+    for name, value in {"SR_OVERLOAD_STATUS": "429", "SR_MAX_BATCH": "7", "SR_DEBUG_ROUTES": "false",
+                        "SR_DEVICE": "cpu", "SR_MAX_DELAY_MS": "2.5"}.items():
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert (s.overload_status, s.max_batch, s.debug_routes, s.device, s.max_delay_ms) == (429, 7, False, "cpu", 2.5)
+    monkeypatch.setenv("SR_OVERLOAD_STATUS", "500")
+    with pytest.raises(ValueError):
+        Settings()

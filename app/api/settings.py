@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=256, description="most tiles per model call")
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
     max_queue_tiles: int = Field(4096, ge=1, description="pending tiles admitted at most; beyond it: 503 + Retry-After")
-    overload_status: Literal[503, 429] = Field(503, description="status when the queue is full")
+    overload_status: int = Field(503, description="status when the queue is full: 503 or 429")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with an overload answer")
     request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; past it: 504")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body; beyond it: 413")
@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
     workers: int = Field(1, ge=1, description="uvicorn worker processes for `python -m app.serve`")
+
+    @field_validator("overload_status")
+    @classmethod
+    def _overload_status(cls, value: int) -> int:
+        # a field, not Literal[503, 429]: environment strings must coerce ("429" → 429)
+        if value not in (429, 503):
+            raise ValueError("overload_status must be 503 or 429")
+        return value
 
 
 @lru_cache

@@ -1,22 +1,25 @@
 """The real service over loopback HTTP: one request end to end, codec costs, and throughput under load.
 
-Each variant is its own app (``create_app(Settings(...))``) served by uvicorn in a background
-thread of this process on ``127.0.0.1`` and a free port, stopped (``should_exit``) before the
-next one starts. The clients run in the main thread of the same process, so client and server
-share the interpreter (and its GIL): the numbers are a lower bound for a separate client.
+Each variant is its own server process (``uvicorn app.main:app`` with the variant's settings as
+``SR_*`` environment variables) on ``127.0.0.1`` and a free port, stopped before the next one
+starts. The clients run in this process, so client and server do not share a GIL — but they do
+share the machine's cores, as a load generator on the same host always does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import torch
@@ -32,6 +35,7 @@ from app.imaging.compose import compose
 from app.imaging.decode import decode
 from app.imaging.encode import encode
 
+ROOT = Path(__file__).resolve().parents[3]
 READY_TIMEOUT_S = 300.0  # models are warmed up before /readyz answers 200
 MAX_REQUESTS_PER_CLIENT = 1_000_000  # the load loops are bounded by time and by this
 
@@ -50,33 +54,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a fresh process read exactly these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"SR_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 @contextmanager
 def running_service(settings: Settings) -> Iterator[str]:
-    """Serve a fresh app on 127.0.0.1 in a background thread; yields its base URL once /readyz is 200."""
-    import uvicorn
-
-    from app.main import create_app
-
+    """Serve the app in a separate uvicorn process on 127.0.0.1; yields its base URL once /readyz is 200."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"bench-uvicorn-{port}", daemon=True)
-    thread.start()
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "--no-access-log"]
+    server = subprocess.Popen(command, env=settings_env(settings), cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, thread)
+        _wait_ready(base, server)
         yield base
     finally:
-        server.should_exit = True
-        thread.join(timeout=120)
+        server.terminate()
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
-def _wait_ready(base: str, thread: threading.Thread) -> None:
+def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if not thread.is_alive():
-            raise RuntimeError("the service thread stopped before it became ready (see the log above)")
+        if server.poll() is not None:
+            raise RuntimeError("the service process stopped before it became ready (see the log above)")
         try:
             if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return
