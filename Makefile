@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PY      = $(VENV)/bin/python
 
-.PHONY: serve test lint install install-dev clean
+.PHONY: serve test lint bench install install-dev clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(VENV)/.dev
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Benchmarks beside the OpenCV peers (needs ../shared/peers/opencv; installs the bench extra).
+bench: $(VENV)/.dev
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m app.cli.bench --opencv ../shared/peers/opencv --out bench_results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
