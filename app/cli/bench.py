@@ -161,7 +161,7 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
             results.throughput.append(
                 service.throughput_row(url, variant, max_batch, images, load, bare[args.max_batch], bare[max_batch])
             )
-    results.notes.append("HTTP client and server share this process (and its GIL): service numbers are a lower bound")
+    results.notes.append("the service runs in its own process; the load generator (httpx) shares the machine's cores with it")
 
 
 def write_outputs(results: BenchResults, out: Path) -> str:
