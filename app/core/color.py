@@ -42,5 +42,8 @@ def ycbcr_to_rgb(ycbcr: Tensor) -> Tensor:
 
 
 def rgb_to_y(rgb: Tensor) -> Tensor:
-    """(…, 3, H, W) RGB in [0, 255] → (…, 1, H, W) luma in [16, 235]."""
-    return rgb_to_ycbcr(rgb)[..., :1, :, :]
+    """(…, 3, H, W) RGB in [0, 255] → (…, 1, H, W) luma in [16, 235] (only the Y row is computed)."""
+    if rgb.shape[-3] != 3:
+        raise ValueError(f"expected 3 channels at dim -3, got shape {tuple(rgb.shape)}")
+    weights = _RGB_TO_YCBCR[0].to(rgb.dtype).view(3, 1, 1)
+    return (rgb * weights).sum(dim=-3, keepdim=True) + _OFFSET[0].to(rgb.dtype)
