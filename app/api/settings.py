@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
+from app.store.registry import DEFAULT_STORE
 
 
 class Settings(BaseSettings):

@@ -47,9 +47,8 @@ from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_j
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
 from app.core.espcn import ESPCN
 from app.engine.device import resolve_device
-from app.store.registry import LoadedModel, discover
+from app.store.registry import DEFAULT_STORE, LoadedModel, discover
 
-DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
 FULL = {"sizes": ["256x256", "640x360", "1920x1080"], "repeats": 10, "warmup": 2, "duration": 10.0,
         "http_size": "640x360", "sgemm_size": 2048, "compile": True}
 QUICK = {"sizes": ["64x36"], "repeats": 1, "warmup": 0, "duration": 1.0,

@@ -21,9 +21,7 @@ from PIL import Image
 
 from app.datasets import load_pairs, luma
 from app.evaluation import Score, Upscaler, bicubic_upscaler, mean_score, model_upscaler, score_pairs
-from app.store.registry import discover, load_model
-
-DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"
+from app.store.registry import DEFAULT_STORE, discover, load_model
 
 
 def opencv_upscaler(path: Path, algorithm: str, scale: int) -> Upscaler:

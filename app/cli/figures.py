@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from app.datasets import luma
-from app.store.registry import LoadedModel, discover
+from app.store.registry import DEFAULT_STORE, LoadedModel, discover
 from app.viz import render_channels, render_kernels
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def training_curves(models: dict[int, LoadedModel], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", type=Path, default=ROOT / "model_store")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
