@@ -49,6 +49,7 @@ def build_state(settings: Settings) -> ServiceState:
         max_delay_s=settings.max_delay_ms / 1000,
         max_queue_tiles=settings.max_queue_tiles,
         retry_after_s=settings.retry_after_s,
+        whole_max_pixels=settings.whole_image_max_pixels,
         observer=observer,
     )
     for scale, loaded in models.items():

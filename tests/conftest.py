@@ -32,7 +32,7 @@ def seeded_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_settings(store: Path, **overrides: object) -> Settings:
     base: dict[str, object] = {
         "model_store": store, "device": "cpu", "tile_size": 32, "max_batch": 8, "max_delay_ms": 2.0,
-        "codec_threads": 2,
+        "codec_threads": 2, "whole_image_max_pixels": 0,  # tiles everywhere, unless a test asks otherwise
     }
     base.update(overrides)
     return Settings(**base)

@@ -285,8 +285,9 @@ def test_deadline_answers_504(seeded_store: Path) -> None:
 # -- batching does not change results -------------------------------------------------------------
 
 
-def test_concurrent_requests_equal_alone(seeded_store: Path) -> None:
-    settings = make_settings(seeded_store, max_batch=16, max_delay_ms=20)
+@pytest.mark.parametrize("whole_max", [0, 4096], ids=["tiles", "whole-image for mid sizes"])
+def test_concurrent_requests_equal_alone(seeded_store: Path, whole_max: int) -> None:
+    settings = make_settings(seeded_store, max_batch=16, max_delay_ms=20, whole_image_max_pixels=whole_max)
     rng = np.random.default_rng(1)
     sizes = [(int(rng.integers(8, 90)), int(rng.integers(8, 90))) for _ in range(12)]
     images = [encoded(natural(s)) for s in sizes]
@@ -336,3 +337,10 @@ def test_settings_come_from_sr_environment_variables(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SR_OVERLOAD_STATUS", "500")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_whole_image_path_equals_whole_image_inference(seeded_store: Path) -> None:
+    with TestClient(create_app(make_settings(seeded_store, whole_image_max_pixels=10_000))) as c:
+        data = encoded(natural((70, 50)))  # 3 × 2 tiles of 32, run as one call
+        out = open_bytes(post(c, data, scale=3).content)
+        assert np.abs(as_array(out) - as_array(reference(seeded_store, data, 3))).max() <= 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app.core.espcn import ESPCN
+from app.core.tiling import plan_tiles
 from app.engine.batcher import Engine
 from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
 from app.engine.observer import EngineObserver
@@ -172,3 +173,28 @@ def test_runner_backends_match_the_eager_model_and_ignore_batch_mates(backend: s
     assert torch.equal(together, alone)
     with torch.no_grad():
         assert (together - model.forward_valid(windows).clamp(0, 1)).abs().max() <= 1e-4
+
+
+def test_mid_sized_images_run_whole_and_equal_the_tiled_result() -> None:
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.rand(1, h, w, generator=gen) for h, w in [(70, 90), (20, 20), (33, 100), (90, 70)]]
+    reference = models()
+
+    async def run(whole_max: int) -> tuple[list[torch.Tensor], list[int]]:
+        rec = Recorder()
+        eng = engine(rec, tile=32, max_batch=8, whole_max_pixels=whole_max)
+        await eng.start()
+        together = await asyncio.gather(*[eng.upscale(x, 2) for x in images])
+        alone = [await eng.upscale(x, 2) for x in images]
+        await eng.close()
+        assert all(torch.equal(a, b) for a, b in zip(together, alone, strict=True))
+        return list(together), rec.batches
+
+    as_whole, whole_batches = asyncio.run(run(10_000))
+    as_tiles, _ = asyncio.run(run(0))
+    for x, a, b in zip(images, as_whole, as_tiles, strict=True):
+        assert a.shape == b.shape == (1, x.shape[1] * 2, x.shape[2] * 2)
+        assert (a - b).abs().max() < 1e-5
+        assert (a - whole(reference[2], x)).abs().max() < 1e-5
+    # the 70×90 image is one model call, reported as the 9 tiles it stands for
+    assert len(plan_tiles(70, 90, 32)) == 9 and 9 in whole_batches

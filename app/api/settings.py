@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
     max_batch: int = Field(32, ge=1, le=256, description="most tiles per model call")
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
+    whole_image_max_pixels: int = Field(
+        512 * 1024, ge=0, description="images of several tiles up to this many LR pixels run as one whole-image "
+        "model call (less halo work, more memory); 0: always tiles"
+    )
     max_queue_tiles: int = Field(4096, ge=1, description="pending tiles admitted at most; beyond it: 503 + Retry-After")
     overload_status: int = Field(503, description="status when the queue is full: 503 or 429")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with an overload answer")
