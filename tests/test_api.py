@@ -17,6 +17,7 @@ from PIL import Image, ImageCms
 
 from app.imaging.compose import compose, luma_tensor
 from app.imaging.decode import decode
+from app.imaging.limits import ImageLimits
 from app.main import create_app
 from app.store.registry import discover
 from tests.conftest import as_array, encoded, make_settings, natural, open_bytes
@@ -34,7 +35,7 @@ def post(client: TestClient, data: bytes, *, raw: bool = False, content_type: st
 def reference(store: Path, data: bytes, scale: int) -> Image.Image:
     """Whole-image inference on the same decoded image, without the service: what the answer must equal."""
     model = discover(store)[scale].model
-    image = decode(data, scale, __import__("app.imaging.limits", fromlist=["ImageLimits"]).ImageLimits())
+    image = decode(data, scale, ImageLimits())
     with torch.no_grad():
         sr = model(luma_tensor(image)[None])[0].clamp(0, 1)
     return compose(image, sr, scale)

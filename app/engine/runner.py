@@ -84,10 +84,10 @@ class ModelRunner:
         self.half = half and device.type == "cuda"
         self.observer = observer or EngineObserver()
         self._cpu = copy.deepcopy(model).float().eval().requires_grad_(False)
-        self._fp32 = copy.deepcopy(self._cpu).to(device)
-        self._main = copy.deepcopy(self._fp32).half() if self.half else self._fp32
-        if device.type == "cuda":
-            self._main = self._main.to(memory_format=torch.channels_last)
+        if device.type == "cuda":  # device copies: fp32 (the fall-back) and the fast one
+            self._fp32 = copy.deepcopy(self._cpu).to(device)
+            fast = copy.deepcopy(self._fp32).half() if self.half else self._fp32
+            self._main = fast.to(memory_format=torch.channels_last)
         self._cpu_fast: torch.jit.ScriptModule | None = None
         if device.type == "cpu" and backend in ("auto", "torchscript"):
             side = tile + 2 * self.radius
