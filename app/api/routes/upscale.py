@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from enum import Enum, StrEnum
+from collections.abc import Awaitable
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 
+from app.api.common import UPLOAD_BODY, Scale, in_pool
 from app.api.errors import ApiError, classify, error_responses
 from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
@@ -32,31 +33,11 @@ router = APIRouter(tags=["super-resolution"])
 T = TypeVar("T")
 
 
-class Scale(int, Enum):
-    x2 = 2
-    x3 = 3
-    x4 = 4
-
-
 class OutputFormat(StrEnum):
     png = "png"
     jpeg = "jpeg"
     webp = "webp"
 
-
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The image, as multipart field `file` or as the raw body with an `image/*` Content-Type.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"],
-                           "properties": {"file": {"type": "string", "format": "binary"}}}
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
 
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -64,10 +45,6 @@ IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in OUTPUT_FORMATS.values()},
     }
 }
-
-
-async def in_pool(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(state.codec_pool, fn, *args)
 
 
 async def until_disconnected(request: Request) -> None:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from app.core.color import rgb_to_y
+from app.datasets import luma
 
 SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
 
@@ -80,8 +80,7 @@ def frame(source: Image.Image, width: int, height: int, *, offset: tuple[int, in
 
 def luma_of(image: Image.Image) -> Tensor:
     """The model input, as the service computes it: (1, 1, H, W) studio-swing Y / 255, float32."""
-    rgb = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-    return (rgb_to_y(rgb) / 255.0).reshape(1, 1, image.height, image.width).contiguous()
+    return luma(image)[None].contiguous()
 
 
 def cpu_model_name() -> str:

@@ -16,7 +16,6 @@ All run under ``torch.inference_mode()``, fp32, on the Y channel (1, 1, H, W).
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -89,16 +88,8 @@ def build_compile(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], Tens
 
 
 def service_runner(model: ESPCN, device: torch.device, tile: int) -> ModelRunner:
-    """A :class:`ModelRunner` built as ``app.main`` builds it: ``backend`` from the settings and the tile
-    shape, where this version of the runner takes them."""
-    params = inspect.signature(ModelRunner).parameters
-    kwargs: dict[str, object] = {}
-    if "tile" in params:
-        kwargs["tile"] = tile
-    backend = getattr(Settings(), "backend", None)
-    if "backend" in params and backend is not None:
-        kwargs["backend"] = backend
-    return ModelRunner(model, device, **kwargs)
+    """A :class:`ModelRunner` built as ``app.main`` builds it (backend from the settings, the tile shape)."""
+    return ModelRunner(model, device, backend=Settings().backend, tile=tile)
 
 
 class TiledPath:
@@ -106,7 +97,7 @@ class TiledPath:
 
     def __init__(self, model: ESPCN, x: Tensor, cfg: PathConfig) -> None:
         self.runner = service_runner(model, cfg.device, cfg.tile)
-        self.backend = getattr(self.runner, "backend", "eager")
+        self.backend = self.runner.backend
         self.luma = x[0].cpu()  # the service hands the engine (c, H, W) on the CPU
         self.tile, self.max_batch = cfg.tile, cfg.max_batch
         self.tiles = plan_tiles(x.shape[2], x.shape[3], cfg.tile)
