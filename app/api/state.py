@@ -26,7 +26,8 @@ class ServiceState:
     limits: ImageLimits
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per request."""
     return request.app.state.service
 
 

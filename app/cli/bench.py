@@ -18,8 +18,8 @@ texture is at its native scale), each time as the median of ``--repeats`` timed 
    ``cv2`` imports; its whole ``upsample`` call on the BGR frame, colour conversion included), Pillow bicubic
    of the RGB frame, and the **compute limit**: 2 · macs_per_lr_pixel · H · W at the measured sgemm rate
    (a float32 ``torch.mm`` of ``--sgemm-size``²); our best path is reported as a percentage of it.
-3. **The service over HTTP** (unless ``--skip-http``): the real app under uvicorn on 127.0.0.1 in a
-   background thread; one ×3 request of a 640×360 frame → JPEG and → PNG (level 1), against the model
+3. **The service over HTTP** (unless ``--skip-http``): the real app under uvicorn on 127.0.0.1 in its
+   own process; one ×3 request of a 640×360 frame → JPEG and → PNG (level 1), against the model
    alone; the other stages (decode, compose, JPEG/PNG 1/PNG 6/WebP encodes) timed alone on that output;
    and throughput with ``--clients`` concurrent clients posting 96×96 PNGs for ``--duration`` seconds,
    batching on (``--max-batch``) and off (max_batch = 1), against the bare model's batched throughput on
@@ -160,7 +160,7 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
             results.throughput.append(
                 service.throughput_row(url, variant, max_batch, images, load, bare[args.max_batch], bare[max_batch])
             )
-    results.notes.append("the service runs in its own process; the load generator (httpx) shares the machine's cores with it")
+    results.notes.append("the service runs in its own process; the load generator (app/cli/benchlib/load.py, raw keep-alive HTTP/1.1) shares the machine's cores with it")
 
 
 def write_outputs(results: BenchResults, out: Path) -> str:

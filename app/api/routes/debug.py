@@ -36,7 +36,7 @@ from app.viz import render_channels, render_kernels
 SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
 
 
-def debug_enabled(state: StateDep) -> None:
+async def debug_enabled(state: StateDep) -> None:
     if not state.settings.debug_routes:
         raise ApiError(404, "not_found", "debug routes are switched off (SR_DEBUG_ROUTES=false)")
 

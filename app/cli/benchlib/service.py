@@ -27,6 +27,7 @@ from PIL import Image
 
 from app.api.settings import Settings
 from app.cli.benchlib.common import frame, luma_of, measure
+from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig, service_runner, time_path
 from app.cli.benchlib.rows import CodecRow, RequestRow, ThroughputRow
 from app.core.espcn import ESPCN
@@ -37,7 +38,6 @@ from app.imaging.encode import encode
 
 ROOT = Path(__file__).resolve().parents[3]
 READY_TIMEOUT_S = 300.0  # models are warmed up before /readyz answers 200
-MAX_REQUESTS_PER_CLIENT = 1_000_000  # the load loops are bounded by time and by this
 
 
 @dataclass(frozen=True)
@@ -208,43 +208,15 @@ def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, 
     return len(images) / (t.median_ms / 1000.0)
 
 
-async def _hammer(base: str, bodies: list[bytes], load: LoadConfig, duration_s: float) -> tuple[int, int, list[float], float]:
-    """``clients`` concurrent loops, each posting its own image until the time is up; ok, errors, latencies, wall."""
-    limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
-    latencies: list[float] = []
-    counts = {"ok": 0, "errors": 0}
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        start = time.perf_counter()
-        end = start + duration_s
-
-        async def one_client(body: bytes) -> None:
-            for _ in range(MAX_REQUESTS_PER_CLIENT):
-                if time.perf_counter() >= end:
-                    return
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/upscale", params={"scale": load.scale}, content=body,
-                                          headers={"content-type": "image/png"})
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                counts["ok" if ok else "errors"] += 1
-                if ok:
-                    latencies.append((time.perf_counter() - t0) * 1000.0)
-
-        await asyncio.gather(*(one_client(body) for body in bodies))
-        wall = time.perf_counter() - start
-    return counts["ok"], counts["errors"], latencies, wall
-
-
 def throughput_row(
     base: str, variant: str, max_batch: int, images: list[Image.Image], load: LoadConfig,
     bare_batched: float, bare_same: float,
 ) -> ThroughputRow:
     bodies = [png_bytes(im) for im in images]
-    asyncio.run(_hammer(base, bodies, load, min(1.0, load.duration_s / 5)))  # warm the connections and the path
-    ok, errors, latencies, wall = asyncio.run(_hammer(base, bodies, load, load.duration_s))
-    latencies.sort()
+    path = f"/upscale?scale={load.scale}"
+    asyncio.run(hammer(base, path, bodies, min(1.0, load.duration_s / 5)))  # warm the connections and the path
+    result = asyncio.run(hammer(base, path, bodies, load.duration_s))
+    ok, errors, latencies, wall = result.ok, result.errors, sorted(result.latencies_ms), result.wall_s
     rate = ok / wall if wall > 0 else 0.0
     return ThroughputRow(
         variant=variant, max_batch=max_batch, clients=load.clients, image_side=load.image_side, scale=load.scale,
