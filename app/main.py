@@ -20,7 +20,7 @@ from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import PrometheusObserver, RequestMetricsMiddleware
 from app.engine.batcher import Engine
-from app.engine.device import configure_threads, describe, resolve_device
+from app.engine.device import configure_threads, describe, max_batch_for, resolve_device
 from app.engine.runner import ModelRunner
 from app.imaging.limits import ImageLimits
 from app.observability import metrics
@@ -45,7 +45,7 @@ def build_state(settings: Settings) -> ServiceState:
     engine = Engine(
         runners,
         tile=settings.tile_size,
-        max_batch=settings.max_batch,
+        max_batch=max_batch_for(device, settings.max_batch),
         max_delay_s=settings.max_delay_ms / 1000,
         max_queue_tiles=settings.max_queue_tiles,
         retry_after_s=settings.retry_after_s,

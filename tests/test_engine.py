@@ -11,6 +11,7 @@ import torch
 from app.core.espcn import ESPCN
 from app.core.tiling import plan_tiles
 from app.engine.batcher import Engine
+from app.engine.device import max_batch_for
 from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
 from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
@@ -198,3 +199,28 @@ def test_mid_sized_images_run_whole_and_equal_the_tiled_result() -> None:
         assert (a - whole(reference[2], x)).abs().max() < 1e-5
     # the 70×90 image is one model call, reported as the 9 tiles it stands for
     assert len(plan_tiles(70, 90, 32)) == 9 and 9 in whole_batches
+
+
+def test_max_batch_auto_depends_on_the_device() -> None:
+    assert max_batch_for(torch.device("cpu")) == 8
+    assert max_batch_for(torch.device("cuda")) == 64  # only the device type is read: no GPU needed
+    assert max_batch_for(torch.device("cpu"), 3) == 3
+
+
+def test_padding_waits_for_the_inference_thread() -> None:
+    """Admission only queues the luma; the edge padding (PyTorch work) happens off the event loop."""
+
+    async def main() -> None:
+        eng = engine(max_batch=64, max_delay_s=0.5)
+        await eng.start()
+        try:
+            task = asyncio.ensure_future(eng.upscale(torch.rand(1, 20, 20), 2))
+            await asyncio.sleep(0)
+            (job,) = eng._pending[2]
+            assert job.padded is None
+            await task
+            assert job.padded is not None
+        finally:
+            await eng.close()
+
+    asyncio.run(main())

@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     )
     threads: int = Field(0, ge=0, description="PyTorch CPU threads for inference (0: PyTorch's default)")
     tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
-    max_batch: int = Field(32, ge=1, le=256, description="most tiles per model call")
+    max_batch: int = Field(
+        0, ge=0, le=256, description="most tiles per model call; 0: auto (8 on CPU, where bigger batches spill the "
+        "cache, 64 on CUDA)"
+    )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
     whole_image_max_pixels: int = Field(
         512 * 1024, ge=0, description="images of several tiles up to this many LR pixels run as one whole-image "

@@ -22,8 +22,8 @@ texture is at its native scale), each time as the median of ``--repeats`` timed 
    own process; one ×3 request of a 640×360 frame → JPEG and → PNG (level 1), against the model
    alone; the other stages (decode, compose, JPEG/PNG 1/PNG 6/WebP encodes) timed alone on that output;
    and throughput with ``--clients`` concurrent clients posting 96×96 PNGs for ``--duration`` seconds,
-   batching on (``--max-batch``) and off (max_batch = 1), against the bare model's batched throughput on
-   the same tiles.
+   batching on (``--max-batch``) and off (max_batch = 1), against the bare model's throughput at its best
+   batch size (of 1, 2, 4, … 32) on the same tiles.
 
 Outputs in ``--out``: ``bench.md`` (also printed), ``bench.json`` (every row and the machine) and
 ``bench.png`` (needs matplotlib). ``--quick`` is a smoke run: tiny sizes, one repeat, one second of load,
@@ -46,7 +46,7 @@ from app.cli.benchlib.peers import opencv_available, peer_rows
 from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_json
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
 from app.core.espcn import ESPCN
-from app.engine.device import resolve_device
+from app.engine.device import max_batch_for, resolve_device
 from app.store.registry import DEFAULT_STORE, LoadedModel, discover
 
 FULL = {"sizes": ["256x256", "640x360", "1920x1080"], "repeats": 10, "warmup": 2, "duration": 10.0,
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="timed calls per measurement, median reported (default 10)")
     p.add_argument("--warmup", type=int, help="untimed calls before timing (default 2)")
     p.add_argument("--tile", type=int, default=defaults["tile_size"].default, help="service tile side (Settings)")
-    p.add_argument("--max-batch", type=int, default=defaults["max_batch"].default, help="tiles per model call")
+    p.add_argument("--max-batch", type=int, default=defaults["max_batch"].default, help="tiles per model call (0: the service's auto)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -152,13 +152,15 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
     results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
     load = service.LoadConfig(args.clients, args.duration, args.load_side, scale)
     images = service.load_images(source, load)
-    bare = {b: service.bare_images_per_s(model, images, cfg, b) for b in {args.max_batch, 1}}
+    log("bare model on the same tiles, batches of 1 … 32 …")
+    bare = {b: service.bare_images_per_s(model, images, cfg, b) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch})}
+    best = max(bare.items(), key=lambda item: item[1])
     for variant, max_batch in ((f"batching on (max_batch={args.max_batch})", args.max_batch),
                                ("batching off (max_batch=1)", 1)):
         log(f"service: {variant}, {load.clients} clients for {load.duration_s:g} s …")
         with service.running_service(Settings(**base, max_batch=max_batch)) as url:
             results.throughput.append(
-                service.throughput_row(url, variant, max_batch, images, load, bare[args.max_batch], bare[max_batch])
+                service.throughput_row(url, variant, max_batch, images, load, best, bare[max_batch])
             )
     results.notes.append("the service runs in its own process; the load generator (app/cli/benchlib/load.py, raw keep-alive HTTP/1.1) shares the machine's cores with it")
 
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                      "OpenCV peers skipped")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results = BenchResults(machine=machine, config=config, notes=notes)
+    args.max_batch = max_batch_for(device, args.max_batch)
     cfg = PathConfig(device=device, tile=args.tile, max_batch=args.max_batch, repeats=args.repeats,
                      warmup=args.warmup, compile=args.compile)
     frame_section(models, args, cfg, gflops, results)

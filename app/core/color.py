@@ -20,8 +20,8 @@ _RGB_TO_YCBCR = torch.tensor(
 ) / 255.0
 _OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64)
 _YCBCR_TO_RGB = torch.linalg.inv(_RGB_TO_YCBCR)
-_Y_WEIGHTS = tuple(_RGB_TO_YCBCR[0].tolist())
-_Y_OFFSET = 16.0
+Y_WEIGHTS: tuple[float, float, float] = tuple(_RGB_TO_YCBCR[0].tolist())  # R, G, B weights of Y
+Y_OFFSET = 16.0
 
 
 def _apply(matrix: Tensor, x: Tensor) -> Tensor:
@@ -50,5 +50,5 @@ def rgb_to_y(rgb: Tensor) -> Tensor:
     # Three scaled planes added in order: the same roundings as a weighted sum over the channel axis,
     # but 3× faster on the channels-last views that decoded images arrive as.
     red, green, blue = rgb.unbind(-3)
-    wr, wg, wb = _Y_WEIGHTS
-    return (red * wr + green * wg + blue * wb + _Y_OFFSET).unsqueeze(-3)
+    wr, wg, wb = Y_WEIGHTS
+    return (red * wr + green * wg + blue * wb + Y_OFFSET).unsqueeze(-3)

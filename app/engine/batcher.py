@@ -1,7 +1,7 @@
 """The batching worker: tiles from any number of requests share one model call.
 
 Shape (after Ray Serve's batcher): each request is a :class:`_Job` holding its
-padded LR luma, its tile plan, an output tensor and an ``asyncio.Future``.
+LR luma (edge-padded once, by the inference thread), its tile plan, an output tensor and an ``asyncio.Future``.
 One worker task per engine waits for the first pending tile, then up to
 ``max_delay`` for more, takes at most ``max_batch`` tiles of one scale (oldest
 request first), cuts their windows, runs the model once in the inference
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Job:
     scale: int
-    padded: Tensor  # (c, H + 2R (+ fill), W + 2R (+ fill)), edge-replicated once
+    luma: Tensor  # (c, H, W) float32, as admitted
     tiles: list[Tile]
     out: Tensor  # (c, r·H, r·W)
     future: asyncio.Future[Tensor]
@@ -57,6 +57,13 @@ class _Job:
     next_tile: int = 0  # first tile not yet handed to a batch
     remaining: int = 0  # tiles not yet computed
     whole: bool = False  # one model call on the whole padded image instead of tiles
+    padded: Tensor | None = None  # (c, H + 2R (+ fill), W + 2R (+ fill)); made by the inference thread
+
+    def padded_for(self, radius: int, tile: int) -> Tensor:
+        """The luma edge-replicated once, on first use: in the inference thread, never on the event loop."""
+        if self.padded is None:
+            self.padded = pad_image(self.luma, radius, tile)
+        return self.padded
 
     @property
     def unscheduled(self) -> int:
@@ -191,7 +198,7 @@ class Engine:
             )
         job = _Job(
             scale=scale,
-            padded=pad_image(luma.float(), runner.radius, self.tile),
+            luma=luma.float(),
             tiles=tiles,
             out=luma.new_empty((c, h * scale, w * scale), dtype=torch.float32),
             future=asyncio.get_running_loop().create_future(),
@@ -316,15 +323,17 @@ class Engine:
         """Inference thread: cut windows, run the model once, stitch each tile into its request."""
         job = batch[0].job
         if job.whole:
-            out = runner(job.padded[None])[0]
+            out = runner(job.padded_for(runner.radius, self.tile)[None])[0]
             if not job.future.done():
                 job.out.copy_(out[:, : job.out.shape[1], : job.out.shape[2]])
             return
         size = self.tile + 2 * runner.radius
-        windows = torch.stack(
-            [s.job.padded[:, s.tile.rows.start : s.tile.rows.start + size, s.tile.cols.start : s.tile.cols.start + size]
-             for s in batch]
-        )
+        windows = torch.stack([
+            s.job.padded_for(runner.radius, self.tile)[
+                :, s.tile.rows.start : s.tile.rows.start + size, s.tile.cols.start : s.tile.cols.start + size
+            ]
+            for s in batch
+        ])
         outputs = runner(windows)
         for slot, tile_out in zip(batch, outputs, strict=True):
             if not slot.job.future.done():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from app.core.color import rgb_to_y
+from app.core.color import Y_OFFSET, Y_WEIGHTS, rgb_to_y
 from app.imaging.decode import DecodedImage
 
 BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
@@ -71,10 +71,9 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int, base: Image.Image | 
     """
     base = bicubic_base(img, scale) if base is None else base
     size = base.size
-    y = _plane(sr_luma, size, scale) * 255.0
+    y = _plane(sr_luma, size, scale)
     if img.color.mode == "L":
-        grey = y.sub_(16.0).mul_(255.0 / 219.0).round_().clamp_(0, 255).to(torch.uint8)
-        out = Image.fromarray(grey.numpy(), "L")
+        out = Image.fromarray(_grey(y), "L")
     else:
         out = Image.fromarray(_with_luma(np.asarray(base.convert("RGB") if base.mode == "RGBA" else base), y), "RGB")
     if img.alpha is not None:
@@ -82,29 +81,43 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int, base: Image.Image | 
     return out
 
 
-def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> Tensor:
+def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> np.ndarray:
+    """The model output as an (H, W) float32 array in [0, 255]."""
     width, height = size
     if sr_luma.dim() < 2 or tuple(sr_luma.shape[-2:]) != (height, width) or sr_luma.numel() != width * height:
         raise ValueError(
             f"sr_luma must be (1, {height}, {width}) for ×{scale} of a {width // scale}×{height // scale} image, "
             f"got {tuple(sr_luma.shape)}"
         )
-    return sr_luma.detach().to(device="cpu", dtype=torch.float32).reshape(height, width)
+    y = sr_luma.detach().to(device="cpu", dtype=torch.float32).reshape(height, width).numpy()
+    return y * np.float32(255.0)
 
 
-def _with_luma(rgb: np.ndarray, y: Tensor) -> np.ndarray:
+def _grey(y: np.ndarray) -> np.ndarray:
+    """Studio-swing Y in [0, 255] → full-range grey, uint8."""
+    g = (y - np.float32(16.0)) * np.float32(255.0 / 219.0)
+    return np.clip(np.rint(g, out=g), 0, 255, out=g).astype(np.uint8)
+
+
+def _with_luma(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Swap the Y of a (H, W, 3) uint8 RGB array for ``y`` (H, W, in [0, 255]), keeping its Cb/Cr.
 
     Fused: YCbCr → RGB is linear and its Y column is 255/219 for R, G and B
     alike, so keeping Cb/Cr while replacing Y adds ``255/219 · (y − Y(rgb))``
     to every channel — one dot product instead of two 3×3 colour conversions.
+    NumPy, not PyTorch, on purpose: this runs in the codec pool while the model
+    runs, and PyTorch would fan these element-wise ops out over its intra-op
+    threads, fighting the model's threads for the same cores.
     """
     out = np.empty_like(rgb)
     rows = max(1, _BAND_PIXELS // rgb.shape[1])
+    wr, wg, wb = (np.float32(w) for w in Y_WEIGHTS)
     for top in range(0, rgb.shape[0], rows):
-        band = torch.from_numpy(rgb[top : top + rows].astype(np.float32))
-        delta = (y[top : top + rows] - rgb_to_y(band.permute(2, 0, 1))[0]).mul_(_Y_TO_RGB)
-        out[top : top + rows] = band.add_(delta[..., None]).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        band = rgb[top : top + rows].astype(np.float32)
+        luma = band[..., 0] * wr + band[..., 1] * wg + band[..., 2] * wb + np.float32(Y_OFFSET)
+        delta = (y[top : top + rows] - luma) * np.float32(_Y_TO_RGB)
+        band += delta[..., None]
+        out[top : top + rows] = np.clip(np.rint(band, out=band), 0, 255, out=band)
     return out
 
 

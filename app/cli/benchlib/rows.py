@@ -83,6 +83,7 @@ class ThroughputRow:
     req_per_s: float
     p50_ms: float | None
     p95_ms: float | None
-    bare_batched_images_per_s: float  # ModelRunner, batches of the bench's max_batch, same tiles
+    bare_batched_images_per_s: float  # ModelRunner on the same tiles, at its best batch size (the strictest bar)
+    bare_best_batch: int  # the batch size that gave bare_batched_images_per_s
     bare_same_batch_images_per_s: float  # ModelRunner, batches of this variant's max_batch
     fraction_of_bare: float  # req_per_s / bare_batched_images_per_s

@@ -210,7 +210,7 @@ def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, 
 
 def throughput_row(
     base: str, variant: str, max_batch: int, images: list[Image.Image], load: LoadConfig,
-    bare_batched: float, bare_same: float,
+    bare_best: tuple[int, float], bare_same: float,
 ) -> ThroughputRow:
     bodies = [png_bytes(im) for im in images]
     path = f"/upscale?scale={load.scale}"
@@ -223,6 +223,6 @@ def throughput_row(
         duration_s=wall, ok=ok, errors=errors, req_per_s=rate,
         p50_ms=latencies[len(latencies) // 2] if latencies else None,
         p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None,
-        bare_batched_images_per_s=bare_batched, bare_same_batch_images_per_s=bare_same,
-        fraction_of_bare=rate / bare_batched if bare_batched > 0 else float("nan"),
+        bare_batched_images_per_s=bare_best[1], bare_best_batch=bare_best[0], bare_same_batch_images_per_s=bare_same,
+        fraction_of_bare=rate / bare_best[1] if bare_best[1] > 0 else float("nan"),
     )
