@@ -103,6 +103,21 @@ def test_output_formats(client: TestClient, fmt: str, media: str, pil: str) -> N
     assert out.format == pil and out.size == (144, 120)
 
 
+@pytest.mark.parametrize(("source", "media"), [("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("PNG", "image/png"),
+                                               ("GIF", "image/png"), ("BMP", "image/png")])
+def test_same_format_as_the_input(client: TestClient, source: str, media: str) -> None:
+    response = post(client, encoded(natural(), source), format="same", quality=85)
+    assert response.status_code == 200 and response.headers["content-type"] == media
+    assert open_bytes(response.content).size == (144, 120)
+
+
+def test_same_format_refuses_lossless_jpeg_and_oversized_webp(client: TestClient) -> None:
+    assert assert_error(post(client, encoded(natural(), "JPEG"), format="same", lossless=True), 422)
+    assert post(client, encoded(natural(), "WEBP"), format="same", lossless=True).status_code == 200
+    wide = encoded(Image.new("RGB", (4096, 2)), "WEBP", lossless=True)
+    assert assert_error(post(client, wide, scale=4, format="same"), 413)["code"] == "image_too_large"
+
+
 def test_lossless_webp_equals_png(client: TestClient) -> None:
     data = encoded(natural())
     png = open_bytes(post(client, data).content)

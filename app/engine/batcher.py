@@ -1,7 +1,8 @@
 """The batching worker: tiles from any number of requests share one model call.
 
 Shape (after Ray Serve's batcher): each request is a :class:`_Job` holding its
-LR luma (edge-padded once, by the inference thread), its tile plan, an output tensor and an ``asyncio.Future``.
+LR luma (edge-padded once, by the inference thread, never on the event loop),
+its tile plan, an output tensor and an ``asyncio.Future``.
 One worker task per engine waits for the first pending tile, then up to
 ``max_delay`` for more, takes at most ``max_batch`` tiles of one scale (oldest
 request first), cuts their windows, runs the model once in the inference

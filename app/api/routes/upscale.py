@@ -25,7 +25,7 @@ from app.api.upload import read_image_upload
 from app.engine.errors import EngineError
 from app.imaging.compose import bicubic_base, compose, luma_tensor
 from app.imaging.decode import DecodedImage, decode
-from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
+from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode, format_like
 from app.imaging.errors import ImageError
 from app.observability import metrics
 
@@ -37,6 +37,7 @@ class OutputFormat(StrEnum):
     png = "png"
     jpeg = "jpeg"
     webp = "webp"
+    same = "same"  # the input's: JPEG → JPEG, WebP → WebP, anything else → PNG
 
 
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -69,6 +70,11 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     except (asyncio.CancelledError, Exception):
         pass
     raise ApiError(499, "client_gone", "client disconnected before the answer was ready")
+
+
+def _check_lossless(fmt: str, lossless: bool) -> None:
+    if lossless and fmt == "jpeg":
+        raise ApiError(422, "invalid_parameters", "JPEG cannot be lossless: ask for format=webp or png")
 
 
 def _decode_for_model(data: bytes, scale: int, state: ServiceState) -> tuple[DecodedImage, Any, float]:
@@ -105,18 +111,21 @@ async def upscale(
     request: Request,
     state: StateDep,
     scale: Annotated[Scale, Query(description="upscale factor")],
-    format: Annotated[OutputFormat, Query(description="output format")] = OutputFormat.png,
+    format: Annotated[
+        OutputFormat, Query(description="output format; `same`: the input's (JPEG, WebP), PNG for any other input")
+    ] = OutputFormat.png,
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality (default 90)")] = None,
     lossless: Annotated[bool, Query(description="lossless WebP (PNG is always lossless)")] = False,
 ) -> Response:
     started, deadline = time.perf_counter(), time.monotonic() + state.settings.request_timeout_s
     r = scale.value
     try:
-        if lossless and format is OutputFormat.jpeg:
-            raise ApiError(422, "invalid_parameters", "JPEG cannot be lossless: ask for format=webp or png")
+        _check_lossless(format.value, lossless)
         data = await read_image_upload(request, state.settings.max_body_bytes)
         image, luma, t_decode = await in_pool(state, _decode_for_model, data, r, state)
-        if format is OutputFormat.webp and max(image.width, image.height) * r > WEBP_MAX_SIDE:
+        fmt = format_like(image.source_format) if format is OutputFormat.same else format.value
+        _check_lossless(fmt, lossless)
+        if fmt == "webp" and max(image.width, image.height) * r > WEBP_MAX_SIDE:
             raise ApiError(413, "image_too_large",
                            f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
         t0 = time.perf_counter()
@@ -128,7 +137,7 @@ async def upscale(
             raise
         t_model = time.perf_counter() - t0
         body, t_encode = await in_pool(
-            state, _compose_and_encode, image, sr, await base, r, format.value, quality, lossless, state
+            state, _compose_and_encode, image, sr, await base, r, fmt, quality, lossless, state
         )
     except (ImageError, EngineError, ApiError) as exc:
         raise classify(exc, state.settings.overload_status) from exc
@@ -137,7 +146,7 @@ async def upscale(
     model = state.models[r].manifest
     return Response(
         body,
-        media_type=OUTPUT_FORMATS[format.value],
+        media_type=OUTPUT_FORMATS[fmt],
         headers={
             "X-Model": model.name,
             "X-Scale": str(r),
