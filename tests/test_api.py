@@ -63,6 +63,7 @@ def test_health_ready_models_and_docs(client: TestClient) -> None:
         assert m["parameters"] == 64 * 25 + 64 * 32 * 9 + 32 * r * r * 9 + 64 + 32 + r * r
         assert m["macs_per_lr_pixel"] == 64 * 25 + 64 * 32 * 9 + 32 * r * r * 9
         assert m["device"].startswith("cpu") and m["name"] == f"seeded-x{r}"
+        assert m["backend"] == "onnxruntime"  # installed with the project: auto picks it on the CPU
     spec = client.get("/openapi.json").json()
     upscale = spec["paths"]["/upscale"]["post"]
     assert {"multipart/form-data", "image/*"} <= set(upscale["requestBody"]["content"])

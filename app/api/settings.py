@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     model_store: Path = Field(DEFAULT_STORE, description="folder of model manifests (*.json) and safetensors weights")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
     half: bool = Field(False, description="fp16 on CUDA (non-finite outputs are recomputed in fp32); ignored on CPU")
-    backend: Literal["auto", "eager", "torchscript"] = Field(
-        "auto", description="CPU inference path: auto/torchscript = frozen TorchScript (checked exact), eager = plain"
+    backend: Literal["auto", "onnxruntime", "torchscript", "eager"] = Field(
+        "auto", description="CPU inference path: auto = ONNX Runtime, else frozen TorchScript, else eager PyTorch "
+        "(each fast path checked exact against eager at start-up)"
     )
     threads: int = Field(0, ge=0, description="PyTorch CPU threads for inference (0: PyTorch's default)")
     tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")

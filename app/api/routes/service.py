@@ -24,6 +24,7 @@ class ModelInfo(BaseModel):
     architecture: dict[str, Any]
     metrics: list[dict[str, Any]]
     device: str
+    backend: str  # the inference path in use: onnxruntime, torchscript or eager (CUDA: eager)
     sha256: str
     created: str
 
@@ -49,6 +50,7 @@ async def list_models(state: StateDep) -> ModelList:
                 architecture=m.architecture.model_dump(),
                 metrics=[x.model_dump() for x in m.metrics],
                 device=state.device_name,
+                backend=state.engine.runners[scale].backend,
                 sha256=m.sha256,
                 created=m.created.isoformat(),
             )

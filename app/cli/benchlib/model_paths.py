@@ -1,9 +1,11 @@
-"""Our model, five ways, on one whole frame; each checked against eager whole-image inference.
+"""Our model, six ways, on one whole frame; each checked against eager whole-image inference.
 
 - ``eager``: ``model.forward_valid(pad_for(model, x))``, the reference output.
 - ``channels_last``: the same with weights and input in channels-last memory format.
 - ``torchscript``: traced at the frame's shape, frozen, ``torch.jit.optimize_for_inference``
   (``torch.jit.script`` cannot compile :mod:`app.core.shuffle`'s f-string checks).
+- ``onnxruntime``: the ONNX graph of :mod:`app.engine.onnx_backend` in an ONNX Runtime session, on
+  the once-padded frame (``n/a`` when onnxruntime is not installed).
 - ``compile``: ``torch.compile(dynamic=False)``, compiled afresh for each shape (the first call,
   which compiles, is not timed); failures are reported as ``n/a``.
 - ``tiled``: what the service runs: the once-padded image cut into ``tile``² windows with their
@@ -29,9 +31,10 @@ from app.cli.benchlib.common import measure, synchronizer
 from app.cli.benchlib.rows import NOT_AVAILABLE, OK, SKIPPED, FrameRow
 from app.core.espcn import ESPCN, pad_for
 from app.core.tiling import extract_tiles, pad_image, plan_tiles, stitch_tile
+from app.engine.onnx_backend import OrtModel
 from app.engine.runner import ModelRunner
 
-PATHS = ("eager", "channels_last", "torchscript", "compile", "tiled")
+PATHS = ("eager", "channels_last", "torchscript", "onnxruntime", "compile", "tiled")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ def build_torchscript(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], 
     return lambda: scripted(xd)
 
 
+def build_onnxruntime(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], Tensor]:
+    if cfg.device.type != "cpu":
+        raise RuntimeError("the ONNX Runtime path is CPU-only here")
+    session = OrtModel(model, torch.get_num_threads())
+    return lambda: session(pad_for(model, x))
+
+
 def build_compile(model: ESPCN, x: Tensor, cfg: PathConfig) -> Callable[[], Tensor]:
     torch._dynamo.reset()  # a fresh cache: shapes of earlier frames must not push this one back to eager
     compiled = torch.compile(WholeImage(_on(model, cfg.device)), dynamic=False)
@@ -118,6 +128,7 @@ BUILDERS: dict[str, Callable[[ESPCN, Tensor, PathConfig], Callable[[], Tensor]]]
     "eager": build_eager,
     "channels_last": build_channels_last,
     "torchscript": build_torchscript,
+    "onnxruntime": build_onnxruntime,
     "compile": build_compile,
     "tiled": TiledPath,
 }
@@ -163,7 +174,7 @@ def time_path(name: str, model: ESPCN, x: Tensor, cfg: PathConfig, reference: Te
 
 
 def model_rows(model: ESPCN, x: Tensor, cfg: PathConfig) -> list[FrameRow]:
-    """All five paths on one frame, eager first (it is the reference)."""
+    """All six paths on one frame, eager first (it is the reference)."""
     rows: list[FrameRow] = []
     reference: Tensor | None = None
     for name in PATHS:

@@ -14,6 +14,7 @@ COLUMN_TITLES = {
     "eager": "eager",
     "channels_last": "channels_last",
     "torchscript": "TorchScript",
+    "onnxruntime": "ONNX Runtime",
     "compile": "torch.compile",
     "tiled": "tiled (service path)",
     "opencv_espcn": "OpenCV ESPCN ¹",
