@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 from skimage import data
 
 from app.core.color import rgb_to_y
+from app.imaging import compose as compose_module
 from app.imaging import icc
 from app.imaging.compose import compose, luma_tensor
 from app.imaging.decode import _color_and_alpha, check_content_type, decode
@@ -449,3 +450,12 @@ def test_encode_refusals() -> None:
         encode(ASTRONAUT, "jpeg", lossless=True)
     with pytest.raises(ImageTooLarge, match="WebP"):
         encode(Image.new("RGB", (16384, 1)), "webp")
+
+
+def test_compose_in_parallel_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big images are composed band by band on several threads; the seams must not show."""
+    image = decode(to_bytes(ASTRONAUT, "PNG"), 2)
+    sr = torch.rand(1, 2 * image.height, 2 * image.width, generator=torch.Generator().manual_seed(5))
+    one_band = np.asarray(compose(image, sr, 2))
+    monkeypatch.setattr(compose_module, "_BAND_PIXELS", 7 * 2 * image.width + 5)  # 7 rows a band, 74 bands
+    assert np.array_equal(np.asarray(compose(image, sr, 2)), one_band)

@@ -20,6 +20,10 @@ colour under fully transparent pixels is often black, or junk):
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +34,8 @@ from app.core.color import Y_OFFSET, Y_WEIGHTS, rgb_to_y
 from app.imaging.decode import DecodedImage
 
 BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
-_BAND_PIXELS = 1 << 20  # convert colour in bands of about a megapixel to bound the float memory
+_BAND_PIXELS = 1 << 20  # colour in bands of about a megapixel: bounds the float memory, spreads big images over cores
+_WR, _WG, _WB = (np.float32(w) for w in Y_WEIGHTS)
 _Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
 
 
@@ -107,18 +112,30 @@ def _with_luma(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
     to every channel — one dot product instead of two 3×3 colour conversions.
     NumPy, not PyTorch, on purpose: this runs in the codec pool while the model
     runs, and PyTorch would fan these element-wise ops out over its intra-op
-    threads, fighting the model's threads for the same cores.
+    threads, fighting the model's threads for the same cores. Images of more
+    than one band (a megapixel) spread their bands over the cores instead.
     """
     out = np.empty_like(rgb)
     rows = max(1, _BAND_PIXELS // rgb.shape[1])
-    wr, wg, wb = (np.float32(w) for w in Y_WEIGHTS)
-    for top in range(0, rgb.shape[0], rows):
-        band = rgb[top : top + rows].astype(np.float32)
-        luma = band[..., 0] * wr + band[..., 1] * wg + band[..., 2] * wb + np.float32(Y_OFFSET)
+    tops = range(0, rgb.shape[0], rows)
+
+    def band(top: int) -> None:  # writes only its own rows of ``out``
+        values = rgb[top : top + rows].astype(np.float32)
+        luma = values[..., 0] * _WR + values[..., 1] * _WG + values[..., 2] * _WB + np.float32(Y_OFFSET)
         delta = (y[top : top + rows] - luma) * np.float32(_Y_TO_RGB)
-        band += delta[..., None]
-        out[top : top + rows] = np.clip(np.rint(band, out=band), 0, 255, out=band)
+        values += delta[..., None]
+        out[top : top + rows] = np.clip(np.rint(values, out=values), 0, 255, out=values)
+
+    if len(tops) == 1:
+        band(0)
+    else:  # big images: bands in parallel (NumPy releases the GIL); band tasks never wait, so no deadlock
+        list(_band_pool().map(band, tops))
     return out
+
+
+@functools.cache
+def _band_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="compose-band")
 
 
 def _bleed(y: Tensor, alpha: Image.Image) -> Tensor:

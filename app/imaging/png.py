@@ -7,7 +7,8 @@ filter predicts from *unfiltered* neighbours, so a filter is one vectorised
 subtraction; the Up filter (this row minus the row above) compresses photos
 almost as well as Pillow's adaptive choice (files about 5 % bigger), and
 Intel's ISA-L deflate (the ``isal`` package, a small well-kept binding) is
-about 5× faster than zlib at the same ratio. Together: about 10× faster.
+about 5× faster than zlib at the same ratio. Together: 0.55 against 6.3 ms for
+a 288² answer, 10–14 against 81 ms for 1080p.
 
 Rows are filtered and compressed in bands, so the extra memory is a few MiB
 whatever the image size. The stream is a standard zlib stream, so any PNG
@@ -32,7 +33,8 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    crc = zlib.crc32(payload, zlib.crc32(kind))  # without concatenating a payload of megabytes
+    return b"".join((struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)))
 
 
 def _idat(payload: bytes) -> bytes:
