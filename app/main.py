@@ -29,6 +29,11 @@ from app.store.registry import discover
 log = logging.getLogger("app")
 
 
+def _backend(runners: dict[int, ModelRunner]) -> str:
+    """The CPU backend the runners ended up on (they all get the same one)."""
+    return next(iter(runners.values())).backend if runners else "eager"
+
+
 def build_state(settings: Settings) -> ServiceState:
     configure_threads(settings.threads)
     device = resolve_device(settings.device)
@@ -45,7 +50,7 @@ def build_state(settings: Settings) -> ServiceState:
     engine = Engine(
         runners,
         tile=settings.tile_size,
-        max_batch=max_batch_for(device, settings.max_batch),
+        max_batch=max_batch_for(device, settings.max_batch, _backend(runners)),
         max_delay_s=settings.max_delay_ms / 1000,
         max_queue_tiles=settings.max_queue_tiles,
         retry_after_s=settings.retry_after_s,

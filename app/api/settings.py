@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="PyTorch CPU threads for inference (0: PyTorch's default)")
     tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
     max_batch: int = Field(
-        0, ge=0, le=256, description="most tiles per model call; 0: auto (8 on CPU, where bigger batches spill the "
-        "cache, 64 on CUDA)"
+        0, ge=0, le=256, description="most tiles per model call; 0: auto (CPU: 32 with ONNX Runtime, 8 with "
+        "TorchScript, where bigger batches spill the cache; CUDA: 64)"
     )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
     whole_image_max_pixels: int = Field(

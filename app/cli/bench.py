@@ -41,7 +41,7 @@ import torch
 
 from app.api.settings import Settings
 from app.cli.benchlib.common import frame, load_source, luma_of, machine_info, parse_size, sgemm_gflops
-from app.cli.benchlib.model_paths import PathConfig, exact_macs, model_rows
+from app.cli.benchlib.model_paths import PathConfig, exact_macs, model_rows, service_runner
 from app.cli.benchlib.peers import opencv_available, peer_rows
 from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_json
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
@@ -196,9 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.opencv is not None and not opencv_available():
         notes.append("cv2 with dnn_superres is not importable (pip install opencv-contrib-python-headless): "
                      "OpenCV peers skipped")
+    if models:  # the service's auto batch depends on the backend its runners end up on
+        backend = service_runner(next(iter(models.values())).model, device, args.tile).backend
+        args.max_batch = max_batch_for(device, args.max_batch, backend)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results = BenchResults(machine=machine, config=config, notes=notes)
-    args.max_batch = max_batch_for(device, args.max_batch)
     cfg = PathConfig(device=device, tile=args.tile, max_batch=args.max_batch, repeats=args.repeats,
                      warmup=args.warmup, compile=args.compile)
     frame_section(models, args, cfg, gflops, results)

@@ -21,18 +21,20 @@ def resolve_device(setting: DeviceSetting) -> torch.device:
     return torch.device("cuda")
 
 
-AUTO_MAX_BATCH = {"cpu": 8, "cuda": 64}
+AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 32, "torchscript": 8, "eager": 8}
 
 
-def max_batch_for(device: torch.device, setting: int = 0) -> int:
-    """Tiles per model call: ``setting`` when positive, else the device's default.
+def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchscript") -> int:
+    """Tiles per model call: ``setting`` when positive, else what suits the device and CPU backend.
 
-    CPU: 8. Measured on the 2-core bench machine (×3, 104² windows, TorchScript),
-    3.1 ms per tile at batches of 1–8 but 3.8 at 16 and 4.4 at 32: a batch's
-    64-channel activations (2.8 MB per window) then spill the cache, so larger
-    batches only add cost. CUDA: 64, where batching is what keeps the GPU busy.
+    Measured on the 2-core bench machine, ×3, 104² windows, ms per tile at batches of 1 / 8 / 16 / 32 / 64:
+    TorchScript 2.7 / 2.7 / 3.7 / 4.1 / 4.4 (a batch's 64-channel activations, 2.8 MB per window,
+    spill the cache: 8); ONNX Runtime 5.7 / 3.2 / 2.8 / 2.65 / 2.5 (its kernels want work: 32,
+    where latency stays bounded). CUDA: 64, where batching is what keeps the GPU busy.
     """
-    return setting if setting > 0 else AUTO_MAX_BATCH.get(device.type, 8)
+    if setting > 0:
+        return setting
+    return AUTO_MAX_BATCH["cuda"] if device.type == "cuda" else AUTO_MAX_BATCH.get(backend, 8)
 
 
 def configure_threads(threads: int) -> int:
