@@ -92,6 +92,9 @@ class ModelRunner:
         self.observer = observer or EngineObserver()
         self._cpu = copy.deepcopy(model).float().eval().requires_grad_(False)
         if device.type == "cuda":  # device copies: fp32 (the fall-back) and the fast one
+            # cuDNN convolutions default to TF32 on Ampere and later (10-bit mantissa): the fp32 path is
+            # the exact one here, SR_HALF the fast one, so keep fp32 convolutions in full precision.
+            torch.backends.cudnn.allow_tf32 = False
             self._fp32 = copy.deepcopy(self._cpu).to(device)
             fast = copy.deepcopy(self._fp32).half() if self.half else self._fp32
             self._main = fast.to(memory_format=torch.channels_last)
