@@ -184,7 +184,7 @@ def write_chart(results: BenchResults, path: Path) -> bool:
         labels = [t.variant for t in results.throughput]
         ax.bar(labels, [t.req_per_s for t in results.throughput], color="tab:blue", label="service requests/s")
         ax.axhline(results.throughput[0].bare_batched_images_per_s, color="black", linestyle="--",
-                   label="bare model images/s (batched)")
+                   label="bare model images/s (best batch)")
         ax.set_ylabel("images per second")
         ax.set_title(f"{results.throughput[0].clients} clients, {results.throughput[0].image_side}² PNG")
         ax.legend(fontsize=7)
