@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PY      = $(VENV)/bin/python
 
-.PHONY: serve test lint bench install install-dev clean
+.PHONY: serve test lint bench install install-dev clean device-wheels
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m app.cli.bench --opencv ../shared/peers/opencv --out bench_results
+
+# Wheels (Python 3.12, x86-64) of what a GPU device image lacks, for scripts/device_check.sh (carry .whl).
+DEVICE_WHEELS = fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+	pydantic-settings==2.16.3 python-dotenv==1.2.4 python-multipart==0.0.34 uvicorn==0.54.0 \
+	isal==1.9.1 annotated-types==0.8.0 typing-inspection==0.4.5 httptools==0.9.0 opentelemetry-api==1.45.2
+device-wheels: $(VENV)/.runtime
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
