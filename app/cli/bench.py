@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of load per throughput variant (default 10)")
     p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients (default 32)")
     p.add_argument("--load-side", type=int, default=96, help="side of the throughput PNGs (default 96)")
+    p.add_argument("--throughput-only", action="store_true",
+                   help="only the concurrent-clients section (and the bare model it is compared with)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repeat, 1 s of load, no compile")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="output folder (default bench_results/)")
     args = p.parse_args(argv)
@@ -145,11 +147,12 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
     base = {"model_store": args.store, "device": args.device, "tile_size": args.tile, "threads": args.threads}
     width, height = parse_size(args.http_size)
     image = frame(source, width, height)
-    log(f"service: one request ×{scale} of {width}×{height} …")
-    with service.running_service(Settings(**base, max_batch=args.max_batch)) as url:
-        rows, png_answer = service.single_requests(url, model, image, cfg)
-    results.requests += rows
-    results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
+    if not args.throughput_only:
+        log(f"service: one request ×{scale} of {width}×{height} …")
+        with service.running_service(Settings(**base, max_batch=args.max_batch)) as url:
+            rows, png_answer = service.single_requests(url, model, image, cfg)
+        results.requests += rows
+        results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
     load = service.LoadConfig(args.clients, args.duration, args.load_side, scale)
     images = service.load_images(source, load)
     log("bare model on the same tiles, batches of 1 … 32 …")
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     results = BenchResults(machine=machine, config=config, notes=notes)
     cfg = PathConfig(device=device, tile=args.tile, max_batch=args.max_batch, repeats=args.repeats,
                      warmup=args.warmup, compile=args.compile)
-    frame_section(models, args, cfg, gflops, results)
+    if not args.throughput_only:
+        frame_section(models, args, cfg, gflops, results)
     if not args.skip_http:
         service_section(models, args, cfg, results)
     print(write_outputs(results, args.out))
