@@ -244,3 +244,19 @@ def test_onnx_graph_equals_the_eager_model_on_any_shape(activation: str, scale: 
         x = torch.rand(shape)
         with torch.no_grad():
             assert (ort_model(x) - model.forward_valid(x)).abs().max() <= 1e-5
+
+
+def test_a_whole_image_call_does_not_wait_for_batch_mates() -> None:
+    """It runs alone anyway, so the batching window (here 2 s) must not delay it."""
+
+    async def main() -> float:
+        eng = engine(max_batch=64, max_delay_s=2.0, whole_max_pixels=100_000)
+        await eng.start()
+        try:
+            start = time.monotonic()
+            await eng.upscale(torch.rand(1, 40, 40), 2)  # 9 tiles of 16: one whole-image call
+            return time.monotonic() - start
+        finally:
+            await eng.close()
+
+    assert asyncio.run(main()) < 1.0

@@ -271,7 +271,7 @@ class Engine:
     async def _gather_window(self, scale: int) -> None:
         """Wait up to ``max_delay`` after the oldest tile's admission for a fuller batch."""
         jobs = self._pending[scale]
-        if not jobs or self.max_delay_s <= 0:
+        if not jobs or self.max_delay_s <= 0 or jobs[0].whole:  # a whole-image call runs alone: no one to wait for
             return
         until = jobs[0].admitted + self.max_delay_s
         while sum(j.unscheduled for j in jobs) < self.max_batch:
