@@ -28,6 +28,7 @@ from app.core.espcn import ESPCN
 log = logging.getLogger(__name__)
 
 OPSET = 17
+IR_VERSION = 8  # what opset 17 needs; pinned so a newer onnx package cannot outrun an older onnxruntime
 
 
 def available() -> bool:
@@ -75,7 +76,8 @@ def espcn_graph(model: ESPCN) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", model.channels, "H", "W"])],
         initializer=weights,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="app")
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="app",
+                              ir_version=IR_VERSION)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
