@@ -57,7 +57,11 @@ async def hammer(base: str, path: str, bodies: list[bytes], duration_s: float,
 
     async def one_client(body: bytes) -> None:
         request = request_bytes(f"{host}:{port}", path, body, content_type)
-        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            result.errors += 1
+            return
         try:
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
