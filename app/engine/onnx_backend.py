@@ -9,23 +9,20 @@ in ``CRD`` mode, which is ``torch.pixel_shuffle``'s channel order) rather than
 through ``torch.onnx.export``, whose tracing front-ends change between PyTorch
 releases. Nothing is written to disk and nothing is unpickled.
 
-``onnxruntime`` and ``onnx`` are imported lazily: without them the runner falls
-back to TorchScript. ORT's threads sleep when idle (``allow_spinning = 0``), for
+``onnxruntime`` and ``onnx`` are imported lazily: without them (see :func:`available`)
+the runner falls back to TorchScript; it also checks the session against eager. ORT's threads sleep when idle (``allow_spinning = 0``), for
 the same reason as ``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from app.core.espcn import ESPCN
-
-log = logging.getLogger(__name__)
 
 OPSET = 17
 IR_VERSION = 8  # what opset 17 needs; pinned so a newer onnx package cannot outrun an older onnxruntime
@@ -103,21 +100,3 @@ class OrtModel:
             return torch.from_numpy(self.session.run(["y"], {"x": array})[0])
         except Exception as exc:
             raise RuntimeError(f"ONNX Runtime failed on input {tuple(x.shape)}: {exc}") from exc
-
-
-def onnxruntime_cpu(model: ESPCN, example: Tensor, exactness: float) -> OrtModel | None:
-    """An ORT session for ``model``, or ``None`` when ORT is missing, fails, or is not within ``exactness``."""
-    if not available():
-        return None
-    try:
-        fast = OrtModel(model, torch.get_num_threads())
-        probe = torch.rand((3, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            diff = float((fast(probe) - model.forward_valid(probe)).abs().max())
-    except Exception:  # a broken install or an unsupported layer: the caller falls back
-        log.exception("ONNX Runtime backend failed to build")
-        return None
-    if diff > exactness:
-        log.warning("ONNX Runtime output differs from eager by %.2e; not using it", diff)
-        return None
-    return fast

@@ -25,14 +25,15 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from app.core.espcn import ESPCN
+from app.engine import onnx_backend
 from app.engine.observer import EngineObserver
-from app.engine.onnx_backend import onnxruntime_cpu
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,30 @@ class _ValidForward(nn.Module):
         return torch.pixel_shuffle(self.model.forward_lr(x), self.scale)
 
 
-def torchscript_cpu(model: ESPCN, example: Tensor) -> torch.jit.ScriptModule | None:
-    """A frozen, inference-optimised trace of ``model.forward_valid``, or ``None`` if it is not exact."""
+def torchscript_cpu(model: ESPCN, example: Tensor) -> torch.jit.ScriptModule:
+    """A frozen, inference-optimised trace of ``model.forward_valid``."""
+    # torch.jit is deprecated in favour of torch.compile, which costs ~50 s of compilation per
+    # shape on this CPU; TorchScript still traces in well under a second, so we keep it.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(_ValidForward(model).eval(), example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def exact_or_none(
+    name: str, build: Callable[[], Callable[[Tensor], Tensor]], model: ESPCN, example: Tensor
+) -> Callable[[Tensor], Tensor] | None:
+    """``build()``, kept only if it builds and matches ``model.forward_valid`` within :data:`EXACTNESS`."""
     try:
-        # torch.jit is deprecated in favour of torch.compile, which costs ~50 s of compilation per
-        # shape on this CPU; TorchScript still traces in well under a second, so we keep it.
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(_ValidForward(model).eval(), example, check_trace=False)
-            fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            probe = torch.rand((3, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
+        fast = build()
+        probe = torch.rand((3, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
             diff = float((fast(probe) - model.forward_valid(probe)).abs().max())
-    except Exception:  # any tracing failure: stay on eager
-        log.exception("TorchScript tracing failed; using eager PyTorch")
+    except Exception:  # a tracing failure, a broken install, an unsupported layer: fall back
+        log.exception("%s backend failed to build; falling back", name)
         return None
     if diff > EXACTNESS:
-        log.warning("TorchScript output differs from eager by %.2e; using eager PyTorch", diff)
+        log.warning("%s output differs from eager by %.2e; falling back", name, diff)
         return None
     return fast
 
@@ -104,12 +113,15 @@ class ModelRunner:
             side = tile + 2 * self.radius
             example = torch.zeros(1, self._cpu.channels, side, side)
             if backend in ("auto", "onnxruntime"):
-                self._cpu_fast = onnxruntime_cpu(self._cpu, example, EXACTNESS)
+                if onnx_backend.available():
+                    build = partial(onnx_backend.OrtModel, self._cpu, torch.get_num_threads())
+                    self._cpu_fast = exact_or_none("ONNX Runtime", build, self._cpu, example)
                 self.backend = "onnxruntime" if self._cpu_fast is not None else self.backend
                 if self._cpu_fast is None and backend == "onnxruntime":
                     log.warning("SR_BACKEND=onnxruntime but ONNX Runtime is not usable here; trying TorchScript")
             if self._cpu_fast is None:
-                self._cpu_fast = torchscript_cpu(self._cpu, example)
+                build = partial(torchscript_cpu, self._cpu, example)
+                self._cpu_fast = exact_or_none("TorchScript", build, self._cpu, example)
                 self.backend = "torchscript" if self._cpu_fast is not None else "eager"
 
     @property

@@ -22,7 +22,6 @@ class LoadResult:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
-    statuses: dict[int, int] = field(default_factory=dict)
 
 
 def request_bytes(host: str, path: str, body: bytes, content_type: str) -> bytes:
@@ -68,7 +67,6 @@ async def hammer(base: str, path: str, bodies: list[bytes], duration_s: float,
                 writer.write(request)
                 await writer.drain()
                 status, _ = await read_response(reader)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
                 if status == 200:
                     result.ok += 1
                     result.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
