@@ -77,3 +77,15 @@ def test_service_on_cuda(seeded_store: Path) -> None:
         r = c.post("/upscale", params={"scale": 2}, files={"file": ("x.png", encoded(natural()), "image/png")})
         assert r.status_code == 200
         assert np.asarray(open_bytes(r.content)).shape == (80, 96, 3)
+
+
+def test_gpu_benchmark_rows_are_exact_in_fp32_and_close_in_half() -> None:
+    from app.cli.benchlib.gpu import gpu_rows
+
+    x = torch.rand(1, 1, 45, 80, device=CUDA)
+    rows = gpu_rows(model(3), x, batches=(1, 4), replays=3)
+    assert {(r.dtype, r.batch) for r in rows} == {(d, b) for d in ("fp32", "fp16", "bf16") for b in (1, 4)}
+    for r in rows:
+        assert r.frames_per_s and r.frames_per_s > 0, r.note
+        limit = {"fp32": 1e-4 * 255, "fp16": 1.0, "bf16": 8.0}[r.dtype]
+        assert r.max_abs_diff_levels is not None and r.max_abs_diff_levels <= limit, r

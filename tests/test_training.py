@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from app.cli.train import main as train_main
-from app.store.registry import load_model
+from app.store.registry import load_model, save_model
 from app.training.checkpoint import load_checkpoint
-from app.training.trainer import TrainConfig, dihedral, train
+from app.training.trainer import TrainConfig, build, dihedral, fit_epochs, train
 
 
 def synthetic_folder(folder: Path, n: int = 3, size: int = 72) -> Path:
@@ -62,3 +63,37 @@ def test_dihedral_covers_the_eight_symmetries() -> None:
     x = torch.arange(9.0).view(1, 1, 3, 3)
     seen = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
     assert len(seen) == 8
+
+
+def test_warm_start_begins_from_the_stored_weights(tmp_path: Path) -> None:
+    data = synthetic_folder(tmp_path / "data", n=2)
+    base = TrainConfig(scale=2, train_dirs=[data], epochs=1, steps_per_epoch=1, batch_size=2, patch=10,
+                       rescales=(1.0,), checkpoint=tmp_path / "a" / "state")
+    torch.manual_seed(123)
+    start = build(base)
+    manifest = save_model(start, tmp_path / "store", "start-x2")
+    # a vanishing learning rate: one step leaves the warm-started weights where they were
+    cfg = TrainConfig(**{**base.__dict__, "init": manifest, "lr": 1e-12, "lr_min": 1e-12, "history": []})
+    model, _ = train(cfg)
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, atol=1e-9, rtol=0)
+    other = save_model(build(TrainConfig(**{**base.__dict__, "widths": (8, 4)})), tmp_path / "store", "narrow-x2")
+    bad = TrainConfig(**{**base.__dict__, "init": other, "checkpoint": tmp_path / "b" / "state", "history": []})
+    with pytest.raises(ValueError, match="architecture"):
+        train(bad)
+
+
+def test_fit_epochs_follows_the_pace_within_the_request() -> None:
+    assert fit_epochs(requested=100, done=1, epoch_s=10.0, left_s=95.0) == 10  # 9 more fit
+    assert fit_epochs(requested=5, done=1, epoch_s=10.0, left_s=95.0) == 5  # never past the request
+    assert fit_epochs(requested=100, done=3, epoch_s=10.0, left_s=5.0) == 3  # out of time: stop now
+    assert fit_epochs(requested=100, done=3, epoch_s=10.0, left_s=-20.0) == 3
+
+
+def test_a_spent_time_budget_stops_after_the_epoch_in_progress(tmp_path: Path) -> None:
+    data = synthetic_folder(tmp_path / "data", n=2)
+    cfg = TrainConfig(scale=2, train_dirs=[data], epochs=50, steps_per_epoch=2, batch_size=2, patch=10,
+                      rescales=(1.0,), checkpoint=tmp_path / "ck" / "state", time_budget=0.0)
+    train(cfg)
+    assert cfg.epochs == 1 and len(cfg.history) == 1
+    assert load_checkpoint(cfg.checkpoint)["epoch"] == 1

@@ -137,6 +137,17 @@ def frame_section(models: dict[int, LoadedModel], args: argparse.Namespace, cfg:
             results.limits.append(limit_row(loaded.model, rows, gflops))
 
 
+def gpu_section(models: dict[int, LoadedModel], args: argparse.Namespace, device: torch.device,
+                results: BenchResults) -> None:
+    from app.cli.benchlib.gpu import gpu_rows, lr_size
+
+    source = load_source(args.image)
+    for scale, loaded in models.items():
+        width, height = lr_size(scale)
+        log(f"GPU: ×{scale} 1080p frames in batches, fp32/fp16/bf16 …")
+        results.gpu += gpu_rows(loaded.model, luma_of(frame(source, width, height)).to(device))
+
+
 def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cfg: PathConfig,
                     results: BenchResults) -> None:
     from app.cli.benchlib import service  # httpx/uvicorn only when the service is benchmarked
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                      warmup=args.warmup, compile=args.compile)
     if not args.throughput_only:
         frame_section(models, args, cfg, gflops, results)
+        if device.type == "cuda":
+            gpu_section(models, args, device, results)
     if not args.skip_http:
         service_section(models, args, cfg, results)
     print(write_outputs(results, args.out))

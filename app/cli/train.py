@@ -43,10 +43,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--init", type=Path, metavar="MANIFEST",
+                   help="warm start from a stored model (its JSON manifest), e.g. model_store/espcn-x3.json")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="fit the run into this wall time: --epochs becomes an upper bound, the cosine follows the pace")
     p.add_argument("--checkpoint", type=Path, help="checkpoint path stem (default runs/espcn-x{r}/checkpoint)")
     p.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish into")
     p.add_argument("--name", help="model name (default espcn-x{r})")
     return p.parse_args(argv)
+
+
+def schedule(cfg: TrainConfig) -> str:
+    text = f"cosine {cfg.lr} → {cfg.lr_min} over {cfg.epochs} epochs"
+    if cfg.time_budget is not None:
+        text += f" (epochs fitted to a {cfg.time_budget:.0f} s budget)"
+    if cfg.init is not None:
+        text += f"; warm start from {cfg.init}"
+    return text + f"; rescales {list(cfg.rescales)}; 8 dihedral augmentations"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"{device} ({torch.get_num_threads()} threads)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         rescales=tuple(args.rescales),
         checkpoint=args.checkpoint or Path(f"runs/{name}/checkpoint"),
         device=device,
+        init=args.init,
+        time_budget=args.time_budget,
     )
 
     def report(record: dict[str, float]) -> None:
@@ -96,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=cfg.batch_size,
         patch_size=cfg.patch,
         optimizer=f"Adam(lr={cfg.lr})",
-        schedule=f"cosine {cfg.lr} → {cfg.lr_min}; rescales {list(cfg.rescales)}; 8 dihedral augmentations",
+        schedule=schedule(cfg),
         seed=cfg.seed,
         wall_time_s=round(wall, 1),
-        device=f"{device} ({torch.get_num_threads()} threads)" if device == "cpu" else device,
+        device=device_name(device),
         history=cfg.history,
     )
     path = save_model(model, args.out, name, metrics=metrics, training=training)

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.cli.benchlib.gpu import GpuRow
 from app.cli.benchlib.model_paths import PATHS
 from app.cli.benchlib.rows import OK, CodecRow, FrameRow, LimitRow, RequestRow, ThroughputRow
 
@@ -32,6 +33,7 @@ class BenchResults:
     codecs: list[CodecRow] = field(default_factory=list)
     requests: list[RequestRow] = field(default_factory=list)
     throughput: list[ThroughputRow] = field(default_factory=list)
+    gpu: list[GpuRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -113,6 +115,17 @@ def service_tables(results: BenchResults) -> list[str]:
     return lines
 
 
+def gpu_tables(results: BenchResults) -> list[str]:
+    if not results.gpu:
+        return []
+    body = [[f"×{g.scale}", f"{g.width}×{g.height} → 1920×1080", g.dtype, str(g.batch),
+             f"{g.frames_per_s:,.0f}" if g.frames_per_s else (g.note or "—"), _ms(g.ms_per_batch),
+             f"{g.max_abs_diff_levels:.3g}" if g.max_abs_diff_levels is not None else "—"] for g in results.gpu]
+    header = ["×r", "frame", "dtype", "batch", "frames/s", "ms per batch", "max |Δ| vs fp32 eager (grey levels)"]
+    return ["## GPU: 1080p output frames in batches, model only (CUDA graph replay, channels-last)", "",
+            *_table(header, body), ""]
+
+
 def markdown(results: BenchResults) -> str:
     m = results.machine
     lines = [
@@ -125,6 +138,7 @@ def markdown(results: BenchResults) -> str:
         f"Settings: {', '.join(f'{k}={v}' for k, v in results.config.items())}.",
         "",
         *frame_tables(results),
+        *gpu_tables(results),
         *service_tables(results),
         "## Notes", "",
         "¹ OpenCV `dnn_superres` `upsample()` on the BGR frame: its own colour conversion and chroma upscaling "
@@ -146,6 +160,7 @@ def write_json(results: BenchResults, path: Path) -> None:
         "codecs": [asdict(r) for r in results.codecs],
         "requests": [asdict(r) for r in results.requests],
         "throughput": [asdict(r) for r in results.throughput],
+        "gpu": [asdict(r) for r in results.gpu],
         "notes": results.notes,
     }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

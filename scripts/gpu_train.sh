@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train ×2, ×3 and ×4 side by side on one GPU, each two ways, within a wall-time budget (seconds):
+#   warm:    from the shipped model (model_store/espcn-x{r}.json), cosine 3e-4 → 1e-6;
+#   scratch: from a fresh initialisation, cosine 1e-3 → 1e-6.
+# Both: batches of 128 patches, 2000 steps per epoch, the number of epochs fitted to the budget.
+#
+#   scripts/gpu_train.sh DATA OUT BUDGET_S      (DATA holds t91/, bsd200/ and set5/)
+#
+# Each run writes OUT/{warm,scratch}-x{r}/ (resumable checkpoint, and the published model in store/)
+# and OUT/{warm,scratch}-x{r}.log. Compare the candidates afterwards with python -m app.cli.evaluate.
+set -uo pipefail
+data=$1 out=$2 budget=$3
+device=${DEVICE:-cuda} steps=${STEPS:-2000} python=${PYTHON:-python3}  # DEVICE=cpu STEPS=5: a smoke run
+mkdir -p "$out"
+for r in 2 3 4; do
+    for variant in warm scratch; do
+        if [[ $variant == warm ]]; then
+            extra=(--init "model_store/espcn-x$r.json" --lr 3e-4)
+        else
+            extra=(--lr 1e-3)
+        fi
+        "$python" -m app.cli.train --scale "$r" --train "$data/t91" "$data/bsd200" --val "$data/set5" \
+            --device "$device" --epochs 1000 --steps-per-epoch "$steps" --batch-size 128 --lr-min 1e-6 \
+            --time-budget "$budget" "${extra[@]}" \
+            --checkpoint "$out/$variant-x$r/state" --out "$out/$variant-x$r/store" \
+            > "$out/$variant-x$r.log" 2>&1 &
+    done
+done
+wait
