@@ -59,6 +59,22 @@ def test_cli_publishes_a_loadable_model(tmp_path: Path) -> None:
     assert "python -m app.cli.train" in manifest.training.command
 
 
+def test_a_warm_started_model_records_the_phases_before_it(tmp_path: Path) -> None:
+    data = synthetic_folder(tmp_path / "data", n=2)
+    common = ["--scale", "2", "--train", str(data), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+              "--patch", "10", "--rescales", "1.0", "--out", str(tmp_path / "store")]
+    train_main([*common, "--checkpoint", str(tmp_path / "ck1"), "--name", "first-x2"])
+    train_main([*common, "--checkpoint", str(tmp_path / "ck2"), "--name", "second-x2", "--lr", "1e-4",
+                "--init", str(tmp_path / "store" / "first-x2.json")])
+    first = load_model(tmp_path / "store" / "first-x2.json").manifest.training
+    second = load_model(tmp_path / "store" / "second-x2.json").manifest.training
+    assert first is not None and second is not None
+    assert second.previous == [first] and first.previous == []
+    phases = second.phases()
+    assert [p.optimizer for p in phases] == ["Adam(lr=0.001)", "Adam(lr=0.0001)"]
+    assert "warm start from" in phases[-1].schedule and "--init" in phases[-1].command
+
+
 def test_dihedral_covers_the_eight_symmetries() -> None:
     x = torch.arange(9.0).view(1, 1, 3, 3)
     seen = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}

@@ -29,18 +29,31 @@ def training_curves(models: dict[int, LoadedModel], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for scale, loaded in sorted(models.items()):
-        history = loaded.manifest.training.history if loaded.manifest.training else []
-        if not history:
+        training = loaded.manifest.training
+        seen, losses, psnrs, boundaries = [], [], [], []
+        done = 0.0  # training patches seen before the current phase, in millions
+        for phase in training.phases() if training else []:
+            per_epoch = phase.steps / max(phase.epochs, 1) * phase.batch_size / 1e6
+            first = phase.history[0]["epoch"] - 1 if phase.history else 0
+            for h in phase.history:
+                seen.append(done + (h["epoch"] - first) * per_epoch)
+                losses.append(h["loss"])
+                psnrs.append(h.get("val_psnr", float("nan")))
+            done += (phase.epochs - first) * per_epoch
+            boundaries.append(done)
+        if not seen:
             continue
-        epochs = [h["epoch"] for h in history]
-        line = axes[0].plot(epochs, [h["loss"] for h in history], label=f"x{scale}")[0]
-        if "val_psnr" in history[0]:
-            axes[1].plot(epochs, [h["val_psnr"] for h in history], color=line.get_color(), label=f"x{scale}")
-            bicubic = loaded.manifest.metrics[0].bicubic_psnr if loaded.manifest.metrics else None
-            if bicubic:
-                axes[1].axhline(bicubic, color=line.get_color(), linestyle=":", linewidth=1)
-    axes[0].set(yscale="log", xlabel="epoch (1000 steps)", ylabel="training MSE (Y in [0, 1])", title="loss")
-    axes[1].set(xlabel="epoch (1000 steps)", ylabel="Set5 Y-PSNR (dB)", title="validation (dotted: bicubic)")
+        line = axes[0].plot(seen, losses, label=f"x{scale}")[0]
+        axes[1].plot(seen, psnrs, color=line.get_color(), label=f"x{scale}")
+        for b in boundaries[:-1]:
+            for ax in axes:
+                ax.axvline(b, color=line.get_color(), linestyle="--", linewidth=0.6, alpha=0.5)
+        bicubic = loaded.manifest.metrics[0].bicubic_psnr if loaded.manifest.metrics else None
+        if bicubic:
+            axes[1].axhline(bicubic, color=line.get_color(), linestyle=":", linewidth=1)
+    xlabel = "training patches seen (millions); dashed: a new phase (warm start)"
+    axes[0].set(xscale="log", yscale="log", xlabel=xlabel, ylabel="training MSE (Y in [0, 1])", title="loss")
+    axes[1].set(xscale="log", xlabel=xlabel, ylabel="Set5 Y-PSNR (dB)", title="validation (dotted: bicubic)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()

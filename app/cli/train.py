@@ -22,7 +22,7 @@ import torch
 from app.datasets import load_pairs
 from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
 from app.store.manifest import Metric, Training
-from app.store.registry import save_model
+from app.store.registry import load_manifest, save_model
 from app.training.trainer import TrainConfig, train
 
 
@@ -51,6 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("model_store"), help="model store to publish into")
     p.add_argument("--name", help="model name (default espcn-x{r})")
     return p.parse_args(argv)
+
+
+def earlier_phases(init: Path | None) -> list[Training]:
+    """A warm start inherits the lineage of the model it started from."""
+    if init is None:
+        return []
+    training = load_manifest(init).training
+    return training.phases() if training is not None else []
 
 
 def schedule(cfg: TrainConfig) -> str:
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         wall_time_s=round(wall, 1),
         device=device_name(device),
         history=cfg.history,
+        previous=earlier_phases(args.init),
     )
     path = save_model(model, args.out, name, metrics=metrics, training=training)
     logging.info("published %s", path)

@@ -50,6 +50,14 @@ class Training(BaseModel):
     wall_time_s: float
     device: str
     history: list[dict[str, float]] = Field(default_factory=list)
+    previous: list[Training] = Field(
+        default_factory=list,
+        description="the phases this one warm-started from (train --init), oldest first, each without its own previous",
+    )
+
+    def phases(self) -> list[Training]:
+        """Every phase that produced these weights, oldest first, this one last."""
+        return [*self.previous, self.model_copy(update={"previous": []})]
 
 
 class Manifest(BaseModel):
