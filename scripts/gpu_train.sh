@@ -7,7 +7,8 @@
 #   scripts/gpu_train.sh DATA OUT BUDGET_S      (DATA holds t91/, bsd200/ and set5/)
 #
 # Each run writes OUT/{warm,scratch}-x{r}/ (resumable checkpoint, and the published model in store/)
-# and OUT/{warm,scratch}-x{r}.log. Compare the candidates afterwards with python -m app.cli.evaluate.
+# and OUT/{warm,scratch}-x{r}.log. Compare the candidates side by side afterwards, on photos they never saw:
+#   python -m app.cli.evaluate PHOTOS --scale 3 --model OUT/*-x3/store/espcn-x3.json
 set -uo pipefail
 data=$1 out=$2 budget=$3
 device=${DEVICE:-cuda} steps=${STEPS:-2000} python=${PYTHON:-python3}  # DEVICE=cpu STEPS=5: a smoke run

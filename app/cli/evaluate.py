@@ -52,13 +52,18 @@ def upscalers(args: argparse.Namespace) -> dict[str, Upscaler]:
                     print("opencv-contrib-python is not installed: skipping the OpenCV peers")
                     break
     if args.model:
-        loaded = load_model(Path(args.model))
+        for path in args.model:
+            loaded = load_model(path)
+            if loaded.manifest.scale != args.scale:
+                raise SystemExit(f"{path} is a x{loaded.manifest.scale} model, not x{args.scale}")
+            # candidates often share a name (every run publishes espcn-x3): label them by folder too
+            label = loaded.manifest.name if len(args.model) == 1 else f"{loaded.manifest.name} ({path.parent})"
+            found[label] = model_upscaler(loaded.model)
     else:
         models = discover(Path(args.store))
         if args.scale not in models:
             raise SystemExit(f"no model for x{args.scale} in {args.store}")
-        loaded = models[args.scale]
-    found[loaded.manifest.name] = model_upscaler(loaded.model)
+        found[models[args.scale].manifest.name] = model_upscaler(models[args.scale].model)
     return found
 
 
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("folder", type=Path, help="folder of HR images")
     p.add_argument("--scale", type=int, required=True)
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store (the model for --scale)")
-    p.add_argument("--model", type=Path, help="a manifest path instead of the store's model")
+    p.add_argument("--model", type=Path, nargs="+",
+                   help="manifest path(s) instead of the store's model: several are compared side by side")
     p.add_argument("--opencv", type=Path, help="folder of OpenCV dnn_superres .pb models (ESPCN/FSRCNN)")
     p.add_argument("--json", type=Path, help="also write the scores as JSON")
     args = p.parse_args(argv)
