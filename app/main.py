@@ -20,7 +20,7 @@ from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import PrometheusObserver, RequestMetricsMiddleware
 from app.engine.batcher import Engine
-from app.engine.device import configure_threads, describe, max_batch_for, resolve_device
+from app.engine.device import codec_threads_for, configure_threads, describe, max_batch_for, resolve_device
 from app.engine.runner import ModelRunner
 from app.imaging.limits import ImageLimits
 from app.observability import metrics
@@ -69,7 +69,7 @@ def build_state(settings: Settings) -> ServiceState:
         engine=engine,
         device=device,
         device_name=device_name,
-        codec_pool=ThreadPoolExecutor(settings.codec_threads, thread_name_prefix="codec"),
+        codec_pool=ThreadPoolExecutor(codec_threads_for(settings.codec_threads), thread_name_prefix="codec"),
         limits=ImageLimits(max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from app.core.espcn import ESPCN
 from app.core.tiling import plan_tiles
 from app.engine.batcher import Engine
-from app.engine.device import max_batch_for
+from app.engine.device import codec_threads_for, max_batch_for
 from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
 from app.engine.observer import EngineObserver
 from app.engine.onnx_backend import OrtModel
@@ -260,3 +261,8 @@ def test_a_whole_image_call_does_not_wait_for_batch_mates() -> None:
             await eng.close()
 
     assert asyncio.run(main()) < 1.0
+
+
+def test_codec_threads_follow_the_usable_cores_unless_set() -> None:
+    assert codec_threads_for(3) == 3
+    assert codec_threads_for(0) == max(2, len(os.sched_getaffinity(0)))

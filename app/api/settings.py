@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body; beyond it: 413")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width × height)")
     max_output_pixels: int = Field(8192 * 8192, ge=1, description="largest output image (width × height)")
-    codec_threads: int = Field(2, ge=1, le=64, description="threads decoding and encoding images off the event loop")
+    codec_threads: int = Field(
+        0, ge=0, le=64,
+        description="threads decoding and encoding images off the event loop (0: one per usable CPU core, at least 2)",
+    )
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")

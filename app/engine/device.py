@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 import torch
@@ -35,6 +36,23 @@ def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchs
     if setting > 0:
         return setting
     return AUTO_MAX_BATCH["cuda"] if device.type == "cuda" else AUTO_MAX_BATCH.get(backend, 8)
+
+
+def codec_threads_for(setting: int = 0) -> int:
+    """Codec pool size: ``setting`` when positive, else one thread per usable core (at least 2).
+
+    On a GPU machine the model is rarely the bottleneck: decode, bicubic chroma,
+    compose and encode on the CPU are (an H200 machine with 2 codec threads served
+    235 small requests/s while its GPU could take 10,000 images/s). On a 2-core
+    machine this is 2, as before.
+    """
+    if setting > 0:
+        return setting
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores)
 
 
 def configure_threads(threads: int) -> int:
