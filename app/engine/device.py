@@ -41,10 +41,10 @@ def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchs
 def codec_threads_for(setting: int = 0) -> int:
     """Codec pool size: ``setting`` when positive, else one thread per usable core (at least 2).
 
-    On a GPU machine the model is rarely the bottleneck: decode, bicubic chroma,
-    compose and encode on the CPU are (an H200 machine with 2 codec threads served
-    235 small requests/s while its GPU could take 10,000 images/s). On a 2-core
-    machine this is 2, as before.
+    On a GPU machine the model is rarely the bottleneck, the CPU side is: with 2
+    codec threads an H200 machine served 235 small requests/s while its GPU could
+    take 10,000 images/s (decode, chroma, compose and encode run here; the event
+    loop and the GIL may cap it too). On a 2-core machine this is 2, as before.
     """
     if setting > 0:
         return setting
