@@ -26,13 +26,13 @@ from app.imaging.png import FAST_LEVELS, encode_png
 
 OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _SAME_AS_SOURCE = {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}  # any other input (PNG, GIF, BMP, TIFF) → PNG
+DEFAULT_QUALITY = 90
+WEBP_MAX_SIDE = 16383  # libwebp's hard limit
 
 
 def format_like(source_format: str) -> str:
     """The output format that matches a decoded image's format (Pillow's name): JPEG, WebP, else PNG."""
     return _SAME_AS_SOURCE.get(source_format.upper(), "png")
-DEFAULT_QUALITY = 90
-WEBP_MAX_SIDE = 16383  # libwebp's hard limit
 
 
 def encode(
