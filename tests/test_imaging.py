@@ -452,10 +452,21 @@ def test_encode_refusals() -> None:
         encode(Image.new("RGB", (16384, 1)), "webp")
 
 
-def test_compose_in_parallel_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Big images are composed band by band on several threads; the seams must not show."""
-    image = decode(to_bytes(ASTRONAUT, "PNG"), 2)
-    sr = torch.rand(1, 2 * image.height, 2 * image.width, generator=torch.Generator().manual_seed(5))
-    one_band = np.asarray(compose(image, sr, 2))
-    monkeypatch.setattr(compose_module, "_BAND_PIXELS", 7 * 2 * image.width + 5)  # 7 rows a band, 74 bands
-    assert np.array_equal(np.asarray(compose(image, sr, 2)), one_band)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_compose_in_parallel_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch, mode: str, scale: int) -> None:
+    """Big images are upscaled and composed band by band on several threads; the seams must not show."""
+    source = Image.fromarray(data.astronaut()).crop((100, 20, 260, 150))  # 160×130: face, helmet, flag
+    if mode == "RGBA":
+        source.putalpha(Image.fromarray(data.camera()).resize(source.size))
+    image = decode(to_bytes(source, "PNG"), scale)
+    sr = torch.rand(1, scale * image.height, scale * image.width, generator=torch.Generator().manual_seed(5))
+    one_band = np.asarray(compose(image, sr, scale))
+    rows = 7
+    monkeypatch.setattr(compose_module, "_BAND_PIXELS", rows * scale * scale * image.width + 5)
+    assert np.array_equal(np.asarray(compose(image, sr, scale)), one_band)  # 19 bands of 7 rows, the last of 4
+    # the bicubic under it, band by band with its halo, is Pillow's whole-image bicubic to the bit
+    whole = np.asarray(source.resize((scale * source.width, scale * source.height), Image.Resampling.BICUBIC))
+    banded = [compose_module._bicubic_rows(source, top, min(top + rows, source.height), scale)
+              for top in range(0, source.height, rows)]
+    assert np.array_equal(np.concatenate(banded), whole)

@@ -34,7 +34,9 @@ from app.core.color import Y_OFFSET, Y_WEIGHTS, rgb_to_y
 from app.imaging.decode import DecodedImage
 
 BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
-_BAND_PIXELS = 1 << 20  # colour in bands of about a megapixel: bounds the float memory, spreads big images over cores
+_BAND_PIXELS = 1 << 19  # output pixels per colour band: bounds the scratch memory, spreads big images over cores
+_CHUNK_PIXELS = 1 << 15  # pixels per step of the luma swap: its scratch stays in the core's cache
+_HALO = 3  # source rows around a band: bicubic reads 2 on each side when upscaling
 _WR, _WG, _WB = (np.float32(w) for w in Y_WEIGHTS)
 _Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
 
@@ -51,39 +53,58 @@ def luma_tensor(img: DecodedImage) -> Tensor:
     return y.contiguous()
 
 
-def bicubic_base(img: DecodedImage, scale: int) -> Image.Image:
-    """The bicubic upscale that supplies chroma and alpha: ``RGB``/``RGBA``, or ``L``/``LA`` for greyscale.
+def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
+    """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``.
 
-    It depends on the input only, so the service computes it while the model
-    runs. With alpha, Pillow's ``RGBA`` bicubic premultiplies internally, so
-    invisible pixels weigh nothing; its ``A`` band is the bicubic upscale of alpha.
+    Colour images go band by band: each band of the source is upscaled with
+    Pillow's bicubic (a few rows of halo make it bit-identical to upscaling
+    the whole image, see :func:`_bicubic_rows`) and gets its luma swapped at
+    once, while it is still in cache. Bands of a big image run on all cores:
+    this runs after the model, when the cores are free again.
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     size = (img.width * scale, img.height * scale)
-    base = img.color.copy() if img.alpha is not None else img.color
-    if img.alpha is not None:
-        base.putalpha(img.alpha)
-    if base.mode == "L":  # greyscale without alpha: only its size matters
-        return Image.new("L", size)
-    return base.resize(size, Image.Resampling.BICUBIC)
-
-
-def compose(img: DecodedImage, sr_luma: Tensor, scale: int, base: Image.Image | None = None) -> Image.Image:
-    """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``.
-
-    ``base`` is :func:`bicubic_base` of the same image, when it was computed beforehand.
-    """
-    base = bicubic_base(img, scale) if base is None else base
-    size = base.size
     y = _plane(sr_luma, size, scale)
     if img.color.mode == "L":
         out = Image.fromarray(_grey(y), "L")
-    else:
-        out = Image.fromarray(_with_luma(np.asarray(base.convert("RGB") if base.mode == "RGBA" else base), y), "RGB")
+        if img.alpha is not None:
+            out.putalpha(img.alpha.resize(size, Image.Resampling.BICUBIC))
+        return out
+    source = img.color
     if img.alpha is not None:
-        out.putalpha(base.getchannel("A"))
-    return out
+        source = img.color.copy()
+        source.putalpha(img.alpha)  # Pillow's RGBA bicubic premultiplies: invisible colour weighs nothing
+    pixels = np.empty((size[1], size[0], len(source.mode)), np.uint8)
+    rows = max(1, _BAND_PIXELS // (img.width * scale * scale))  # source rows per band
+
+    def band(top: int) -> None:  # writes only its own rows of ``pixels``
+        bottom = min(img.height, top + rows)
+        upscaled = _bicubic_rows(source, top, bottom, scale)
+        hr = slice(top * scale, bottom * scale)
+        _swap_luma(upscaled, y[hr], pixels[hr])
+
+    tops = range(0, img.height, rows)
+    if len(tops) == 1:
+        band(0)
+    else:  # NumPy and Pillow's resize release the GIL; band tasks never wait, so no deadlock
+        list(_band_pool().map(band, tops))
+    return Image.fromarray(pixels, source.mode)
+
+
+def _bicubic_rows(source: Image.Image, top: int, bottom: int, scale: int) -> np.ndarray:
+    """Rows ``top:bottom`` of ``source`` upscaled ×``scale`` with Pillow's bicubic, as an (r·h, r·W, C) array.
+
+    Bit-identical to the same rows of the whole image's upscale: the crop
+    keeps ``_HALO`` source rows on each side (bicubic reads two), and where
+    it meets the image border it is the image border, so Pillow computes the
+    same weights. (Pillow's own ``box=`` argument does not give the same
+    numbers; a test holds this to exactness.)
+    """
+    first, last = max(0, top - _HALO), min(source.height, bottom + _HALO)
+    window = source.crop((0, first, source.width, last)) if (first, last) != (0, source.height) else source
+    upscaled = window.resize((source.width * scale, (last - first) * scale), Image.Resampling.BICUBIC)
+    return np.asarray(upscaled)[(top - first) * scale : (bottom - first) * scale]
 
 
 def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> np.ndarray:
@@ -104,33 +125,33 @@ def _grey(y: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(g, out=g), 0, 255, out=g).astype(np.uint8)
 
 
-def _with_luma(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Swap the Y of a (H, W, 3) uint8 RGB array for ``y`` (H, W, in [0, 255]), keeping its Cb/Cr.
+def _swap_luma(upscaled: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """Give the RGB of ``upscaled`` (h, W, 3 or 4) the luma ``y`` (h, W, in [0, 255]), keeping its Cb/Cr.
 
-    Fused: YCbCr → RGB is linear and its Y column is 255/219 for R, G and B
-    alike, so keeping Cb/Cr while replacing Y adds ``255/219 · (y − Y(rgb))``
-    to every channel — one dot product instead of two 3×3 colour conversions.
-    NumPy, not PyTorch, on purpose: this runs in the codec pool while the model
-    runs, and PyTorch would fan these element-wise ops out over its intra-op
-    threads, fighting the model's threads for the same cores. Images of more
-    than one band (a megapixel) spread their bands over the cores instead.
+    YCbCr → RGB is linear and its Y column is 255/219 for R, G and B alike,
+    so keeping Cb/Cr while replacing Y moves every channel by the same
+    ``255/219 · (y − Y(rgb))``: one plane of float work, rounded once to whole
+    levels, then a small-integer add to the three channels (each is clipped
+    to [0, 255] on its own, as any YCbCr → RGB conversion does). A 4th
+    channel (alpha) is copied. NumPy, not PyTorch, on purpose: this runs in
+    the codec pool beside other requests' model calls, and PyTorch would fan
+    these element-wise ops out over its intra-op threads, fighting the model
+    for the same cores.
     """
-    out = np.empty_like(rgb)
-    rows = max(1, _BAND_PIXELS // rgb.shape[1])
-    tops = range(0, rgb.shape[0], rows)
-
-    def band(top: int) -> None:  # writes only its own rows of ``out``
-        values = rgb[top : top + rows].astype(np.float32)
-        luma = values[..., 0] * _WR + values[..., 1] * _WG + values[..., 2] * _WB + np.float32(Y_OFFSET)
-        delta = (y[top : top + rows] - luma) * np.float32(_Y_TO_RGB)
-        values += delta[..., None]
-        out[top : top + rows] = np.clip(np.rint(values, out=values), 0, 255, out=values)
-
-    if len(tops) == 1:
-        band(0)
-    else:  # big images: bands in parallel (NumPy releases the GIL); band tasks never wait, so no deadlock
-        list(_band_pool().map(band, tops))
-    return out
+    step = max(1, _CHUNK_PIXELS // upscaled.shape[1])
+    for top in range(0, len(upscaled), step):  # chunks that stay in cache: this is memory-bound
+        rgb, chunk = upscaled[top : top + step], out[top : top + step]
+        shift = rgb[..., 0] * _WR
+        shift += rgb[..., 1] * _WG
+        shift += rgb[..., 2] * _WB
+        shift += np.float32(Y_OFFSET)
+        np.subtract(y[top : top + step], shift, out=shift)
+        shift *= np.float32(_Y_TO_RGB)
+        moved = rgb[..., :3].astype(np.int16)
+        moved += np.rint(shift, out=shift).astype(np.int16)[..., None]
+        chunk[..., :3] = np.clip(moved, 0, 255, out=moved)
+        if rgb.shape[-1] == 4:
+            chunk[..., 3] = rgb[..., 3]
 
 
 @functools.cache

@@ -16,14 +16,13 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
-from PIL import Image
 
 from app.api.common import UPLOAD_BODY, Scale, in_pool
 from app.api.errors import ApiError, classify, error_responses
 from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
 from app.engine.errors import EngineError
-from app.imaging.compose import bicubic_base, compose, luma_tensor
+from app.imaging.compose import compose, luma_tensor
 from app.imaging.decode import DecodedImage, decode
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode, format_like
 from app.imaging.errors import ImageError
@@ -87,12 +86,11 @@ def _decode_for_model(data: bytes, scale: int, state: ServiceState) -> tuple[Dec
 
 
 def _compose_and_encode(
-    image: DecodedImage, sr: Any, base: Image.Image, scale: int, fmt: str, quality: int | None, lossless: bool,
-    state: ServiceState,
+    image: DecodedImage, sr: Any, scale: int, fmt: str, quality: int | None, lossless: bool, state: ServiceState
 ) -> tuple[bytes, float]:
     start = time.perf_counter()
     try:
-        result = compose(image, sr, scale, base)
+        result = compose(image, sr, scale)
         body = encode(result, fmt, quality=quality, lossless=lossless, icc_profile=image.icc_profile,
                       png_compress_level=state.settings.png_compress_level)
         return body, time.perf_counter() - start
@@ -129,16 +127,9 @@ async def upscale(
             raise ApiError(413, "image_too_large",
                            f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
         t0 = time.perf_counter()
-        base = asyncio.ensure_future(in_pool(state, bicubic_base, image, r))  # chroma, while the model runs
-        try:
-            sr = await unless_disconnected(request, state.engine.upscale(luma, r, deadline=deadline))
-        except BaseException:
-            base.cancel()
-            raise
+        sr = await unless_disconnected(request, state.engine.upscale(luma, r, deadline=deadline))
         t_model = time.perf_counter() - t0
-        body, t_encode = await in_pool(
-            state, _compose_and_encode, image, sr, await base, r, fmt, quality, lossless, state
-        )
+        body, t_encode = await in_pool(state, _compose_and_encode, image, sr, r, fmt, quality, lossless, state)
     except (ImageError, EngineError, ApiError) as exc:
         raise classify(exc, state.settings.overload_status) from exc
     metrics.count_pixels(r, image.width * image.height, image.width * image.height * r * r)
