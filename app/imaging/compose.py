@@ -35,7 +35,7 @@ from app.imaging.decode import DecodedImage
 
 BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
 _BAND_PIXELS = 1 << 19  # output pixels per colour band: bounds the scratch memory, spreads big images over cores
-_CHUNK_PIXELS = 1 << 15  # pixels per step of the luma swap: its scratch stays in the core's cache
+_CHUNK_PIXELS = 1 << 17  # pixels per step of the luma swap: its scratch stays in the core's cache
 _HALO = 3  # source rows around a band: bicubic reads 2 on each side when upscaling
 _WR, _WG, _WB = (np.float32(w) for w in Y_WEIGHTS)
 _Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
