@@ -58,16 +58,36 @@ class Pair:
     lr: Image.Image  # RGB, bicubic-downscaled
 
 
-def make_pair(image: Image.Image, scale: int, name: str = "") -> Pair:
-    hr = crop_to_multiple(image.convert("RGB"), scale)
+HR_FITS = ("crop", "resize")
+
+
+def fit_to_multiple(image: Image.Image, scale: int, fit: str = "crop") -> Image.Image:
+    """The HR image at a size divisible by ``scale``: ``crop`` (the protocol) or ``resize``.
+
+    ``resize`` resamples the image to that size with bicubic instead, as some
+    public reimplementations do (yjn870/ESPCN-pytorch's ``prepare.py``). Even a
+    shrink of one or two pixels blurs the ground truth and makes it easier to
+    reach: at ×3 on Set5 it lifts bicubic from 30.39 to 30.88 dB. It exists to
+    put their figures beside ours, never to report our own.
+    """
+    if fit == "crop":
+        return crop_to_multiple(image, scale)
+    if fit == "resize":
+        w, h = image.size
+        return image.resize((w - w % scale, h - h % scale), Image.Resampling.BICUBIC)
+    raise ValueError(f"fit must be one of {HR_FITS}, got {fit!r}")
+
+
+def make_pair(image: Image.Image, scale: int, name: str = "", fit: str = "crop") -> Pair:
+    hr = fit_to_multiple(image.convert("RGB"), scale, fit)
     return Pair(name=name, hr=hr, lr=bicubic_downscale(hr, scale))
 
 
-def load_pairs(folder: Path, scale: int) -> list[Pair]:
+def load_pairs(folder: Path, scale: int, fit: str = "crop") -> list[Pair]:
     pairs = []
     for path in image_files(folder):
         with Image.open(path) as im:
-            pairs.append(make_pair(im, scale, path.stem))
+            pairs.append(make_pair(im, scale, path.stem, fit))
     return pairs
 
 

@@ -45,3 +45,20 @@ def test_two_candidates_side_by_side_with_bicubic(photos: Path, tmp_path: Path,
 def test_a_model_of_another_scale_is_refused(photos: Path) -> None:
     with pytest.raises(SystemExit, match="x2 model, not x3"):
         evaluate_main([str(photos), "--scale", "3", "--model", str(STORE / "espcn-x2.json")])
+
+
+def test_resizing_the_hr_instead_of_cropping_it_inflates_the_scores(tmp_path: Path, capsys) -> None:
+    """``--hr-fit resize`` (how some reimplementations fit HR sizes) blurs the ground truth: every score rises."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skdata, name)()).crop((100, 40, 281, 201)).save(folder / f"{name}.png")  # 181×161
+    means = {}
+    for fit in ("crop", "resize"):
+        out = tmp_path / f"{fit}.json"
+        evaluate_main([str(folder), "--scale", "3", "--hr-fit", fit, "--json", str(out)])
+        scores = json.loads(out.read_text())
+        means[fit] = {name: sum(s["psnr"] for s in rows) / len(rows) for name, rows in scores.items()}
+    assert "NOT the protocol" in capsys.readouterr().out
+    for name, crop in means["crop"].items():
+        assert means["resize"][name] > crop + 0.2, name
