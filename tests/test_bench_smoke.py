@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -55,3 +56,6 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
         assert t["ok"] > 0 and t["errors"] == 0 and t["req_per_s"] > 0 and t["bare_batched_images_per_s"] > 0
         assert t["bare_best_batch"] in (1, 2, 4, 8, 16, 32)
         assert t["bare_batched_images_per_s"] >= t["bare_same_batch_images_per_s"]  # the best over all sizes
+        assert t["bare_cpu_ms_per_image"] > 0 and t["client_cpu_ms_per_request"] > 0
+        if Path("/proc/self/stat").is_file():  # the server's CPU time is read from /proc
+            assert t["server_cpu_ms_per_request"] > 0 and t["cores_busy"] > 0

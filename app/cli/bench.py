@@ -160,21 +160,21 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
     image = frame(source, width, height)
     if not args.throughput_only:
         log(f"service: one request ×{scale} of {width}×{height} …")
-        with service.running_service(Settings(**base, max_batch=args.max_batch)) as url:
-            rows, png_answer = service.single_requests(url, model, image, cfg)
+        with service.running_service(Settings(**base, max_batch=args.max_batch)) as served:
+            rows, png_answer = service.single_requests(served.url, model, image, cfg)
         results.requests += rows
         results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
     load = service.LoadConfig(args.clients, args.duration, args.load_side, scale)
     images = service.load_images(source, load)
     log("bare model on the same tiles, batches of 1 … 32 …")
-    bare = {b: service.bare_images_per_s(model, images, cfg, b) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch})}
-    best = max(bare.items(), key=lambda item: item[1])
+    bare = {b: service.bare_run(model, images, cfg, b) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch})}
+    best = max(bare.items(), key=lambda item: item[1].images_per_s)
     for variant, max_batch in ((f"batching on (max_batch={args.max_batch})", args.max_batch),
                                ("batching off (max_batch=1)", 1)):
         log(f"service: {variant}, {load.clients} clients for {load.duration_s:g} s …")
-        with service.running_service(Settings(**base, max_batch=max_batch)) as url:
+        with service.running_service(Settings(**base, max_batch=max_batch)) as served:
             results.throughput.append(
-                service.throughput_row(url, variant, max_batch, images, load, best, bare[max_batch])
+                service.throughput_row(served, variant, max_batch, images, load, best, bare[max_batch])
             )
     results.notes.append("the service runs in its own process; the load generator (app/cli/benchlib/load.py, raw keep-alive HTTP/1.1) shares the machine's cores with it")
 

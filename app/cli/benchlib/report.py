@@ -43,6 +43,12 @@ def _ms(value: float | None) -> str:
     return f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
 
+def _ratio(bare: float | None, server: float | None, client: float | None) -> str:
+    if bare is None or server is None or client is None or server + client <= 0:
+        return "—"
+    return f"{bare / (server + client):.2f}"
+
+
 def _cell(row: FrameRow | None) -> str:
     if row is None:
         return "—"
@@ -112,6 +118,17 @@ def service_tables(results: BenchResults) -> list[str]:
         header = ["service", "max_batch", "load", "requests/s", "ok / errors", "p50 ms", "p95 ms",
                   "bare model img/s, same batch", "bare model img/s, best batch", "requests/s ÷ bare best"]
         lines += ["## Throughput under concurrent clients", "", *_table(header, body), ""]
+        cpu = [t for t in results.throughput if t.server_cpu_ms_per_request is not None]
+        if cpu:
+            body = [[t.variant, _ms(t.server_cpu_ms_per_request), _ms(t.client_cpu_ms_per_request),
+                     f"{t.cores_busy:.2f}" if t.cores_busy is not None else "—", _ms(t.bare_cpu_ms_per_image),
+                     _ratio(t.bare_cpu_ms_per_image, t.server_cpu_ms_per_request, t.client_cpu_ms_per_request)]
+                    for t in cpu]
+            header = ["service", "server core-ms / request", "load generator core-ms / request", "cores busy",
+                      "bare model core-ms / image (best batch)", "bare ÷ (server + client)"]
+            lines += ["CPU time per request during the load (all threads, from `/proc`). The last column is the ratio "
+                      "this work would give if the service and the bare model both kept every core busy: what "
+                      "separates it from the measured ratio is idle time, what separates it from 1 is work.", "", *_table(header, body), ""]
     return lines
 
 

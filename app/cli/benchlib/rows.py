@@ -87,3 +87,9 @@ class ThroughputRow:
     bare_best_batch: int  # the batch size that gave bare_batched_images_per_s
     bare_same_batch_images_per_s: float  # ModelRunner, batches of this variant's max_batch
     fraction_of_bare: float  # req_per_s / bare_batched_images_per_s
+    # CPU time per request during the load (Linux /proc; None elsewhere): the server process, all threads;
+    # the load generator (this process); cores kept busy by both; the bare model's CPU per image at its best batch
+    server_cpu_ms_per_request: float | None = None
+    client_cpu_ms_per_request: float | None = None
+    cores_busy: float | None = None
+    bare_cpu_ms_per_image: float | None = None

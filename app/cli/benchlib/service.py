@@ -62,9 +62,30 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str  # base URL, http://127.0.0.1:PORT
+    pid: int  # the server process, for reading its CPU time
+
+
+@dataclass(frozen=True)
+class BareRun:
+    images_per_s: float
+    cpu_ms_per_image: float  # CPU time of this process (all threads) per image: what the model costs the cores
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid``, all threads together (Linux ``/proc``); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def running_service(settings: Settings) -> Iterator[str]:
-    """Serve the app in a separate uvicorn process on 127.0.0.1; yields its base URL once /readyz is 200."""
+def running_service(settings: Settings) -> Iterator[Served]:
+    """Serve the app in a separate uvicorn process on 127.0.0.1; yields its URL and pid once /readyz is 200."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--no-access-log"]
@@ -72,7 +93,7 @@ def running_service(settings: Settings) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, server)
-        yield base
+        yield Served(base, server.pid)
     finally:
         server.terminate()
         try:
@@ -191,8 +212,8 @@ def load_images(source: Image.Image, load: LoadConfig) -> list[Image.Image]:
     return [frame(source, side, side, offset=(7 * i, 13 * i)) for i in range(load.clients)]
 
 
-def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: int) -> float:
-    """The model alone on the same tiles: ModelRunner on batches of ``batch`` windows, images per second."""
+def bare_run(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: int) -> BareRun:
+    """The model alone on the same tiles: ModelRunner on batches of ``batch`` windows; images/s and CPU per image."""
     runner = service_runner(model, cfg.device, cfg.tile)
     windows = torch.cat([
         extract_tiles(pad_image(luma_of(im)[0], runner.radius, cfg.tile),
@@ -204,25 +225,38 @@ def bare_images_per_s(model: ESPCN, images: list[Image.Image], cfg: PathConfig, 
         for start in range(0, len(windows), batch):
             runner(windows[start : start + batch])
 
-    t = measure(run, repeats=cfg.repeats, warmup=max(1, cfg.warmup))
-    return len(images) / (t.median_ms / 1000.0)
+    warmup = max(1, cfg.warmup)
+    cpu = time.process_time()
+    t = measure(run, repeats=cfg.repeats, warmup=warmup)
+    cpu = time.process_time() - cpu  # every call, warm-up included, on all of this process's threads
+    return BareRun(len(images) / (t.median_ms / 1000.0), cpu * 1000.0 / (len(images) * (warmup + t.repeats)))
 
 
 def throughput_row(
-    base: str, variant: str, max_batch: int, images: list[Image.Image], load: LoadConfig,
-    bare_best: tuple[int, float], bare_same: float,
+    served: Served, variant: str, max_batch: int, images: list[Image.Image], load: LoadConfig,
+    bare_best: tuple[int, BareRun], bare_same: BareRun,
 ) -> ThroughputRow:
+    """The load run, and where its CPU went: the server process and this one (the load generator), per request."""
     bodies = [png_bytes(im) for im in images]
     path = f"/upscale?scale={load.scale}"
-    asyncio.run(hammer(base, path, bodies, min(1.0, load.duration_s / 5)))  # warm the connections and the path
-    result = asyncio.run(hammer(base, path, bodies, load.duration_s))
+    asyncio.run(hammer(served.url, path, bodies, min(1.0, load.duration_s / 5)))  # warm the connections and path
+    server_cpu, client_cpu = process_cpu_s(served.pid), time.process_time()
+    result = asyncio.run(hammer(served.url, path, bodies, load.duration_s))
+    server_after, client_cpu = process_cpu_s(served.pid), time.process_time() - client_cpu
     ok, errors, latencies, wall = result.ok, result.errors, sorted(result.latencies_ms), result.wall_s
     rate = ok / wall if wall > 0 else 0.0
+    server_ms = (server_after - server_cpu) * 1000.0 / ok if ok and None not in (server_cpu, server_after) else None
+    client_ms = client_cpu * 1000.0 / ok if ok else None
+    busy = (server_ms + client_ms) * ok / 1000.0 / wall if server_ms is not None and client_ms is not None else None
+    best_batch, best = bare_best
     return ThroughputRow(
         variant=variant, max_batch=max_batch, clients=load.clients, image_side=load.image_side, scale=load.scale,
         duration_s=wall, ok=ok, errors=errors, req_per_s=rate,
         p50_ms=latencies[len(latencies) // 2] if latencies else None,
         p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None,
-        bare_batched_images_per_s=bare_best[1], bare_best_batch=bare_best[0], bare_same_batch_images_per_s=bare_same,
-        fraction_of_bare=rate / bare_best[1] if bare_best[1] > 0 else float("nan"),
+        bare_batched_images_per_s=best.images_per_s, bare_best_batch=best_batch,
+        bare_same_batch_images_per_s=bare_same.images_per_s,
+        fraction_of_bare=rate / best.images_per_s if best.images_per_s > 0 else float("nan"),
+        server_cpu_ms_per_request=server_ms, client_cpu_ms_per_request=client_ms, cores_busy=busy,
+        bare_cpu_ms_per_image=best.cpu_ms_per_image,
     )
