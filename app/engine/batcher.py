@@ -51,7 +51,7 @@ class _Job:
     scale: int
     luma: Tensor  # (c, H, W) float32, as admitted
     tiles: list[Tile]
-    out: Tensor  # (c, r·H, r·W)
+    out: Tensor  # (c, r·H, r·W); a whole-image job gets a view of the model output instead
     future: asyncio.Future[Tensor]
     deadline: float | None
     admitted: float = field(default_factory=time.monotonic)
@@ -325,8 +325,7 @@ class Engine:
         job = batch[0].job
         if job.whole:
             out = runner(job.padded_for(runner.radius, self.tile)[None])[0]
-            if not job.future.done():
-                job.out.copy_(out[:, : job.out.shape[1], : job.out.shape[2]])
+            job.out = out[:, : job.out.shape[1], : job.out.shape[2]]  # the model's own output: no copy
             return
         size = self.tile + 2 * runner.radius
         windows = torch.stack([

@@ -110,29 +110,30 @@ def _bicubic_rows(source: Image.Image, top: int, bottom: int, scale: int) -> np.
 
 
 def _plane(sr_luma: Tensor, size: tuple[int, int], scale: int) -> np.ndarray:
-    """The model output as an (H, W) float32 array in [0, 255]."""
+    """The model output as an (H, W) float32 array in [0, 1]: a view of it, when it is on the CPU already."""
     width, height = size
     if sr_luma.dim() < 2 or tuple(sr_luma.shape[-2:]) != (height, width) or sr_luma.numel() != width * height:
         raise ValueError(
             f"sr_luma must be (1, {height}, {width}) for ×{scale} of a {width // scale}×{height // scale} image, "
             f"got {tuple(sr_luma.shape)}"
         )
-    y = sr_luma.detach().to(device="cpu", dtype=torch.float32).reshape(height, width).numpy()
-    return y * np.float32(255.0)
+    return sr_luma.detach().to(device="cpu", dtype=torch.float32).reshape(height, width).numpy()
 
 
 def _grey(y: np.ndarray) -> np.ndarray:
-    """Studio-swing Y in [0, 255] → full-range grey, uint8."""
-    g = (y - np.float32(16.0)) * np.float32(255.0 / 219.0)
+    """Studio-swing Y in [0, 1] → full-range grey, uint8."""
+    g = y * np.float32(255.0)
+    g -= np.float32(16.0)
+    g *= np.float32(255.0 / 219.0)
     return np.clip(np.rint(g, out=g), 0, 255, out=g).astype(np.uint8)
 
 
 def _swap_luma(upscaled: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-    """Give the RGB of ``upscaled`` (h, W, 3 or 4) the luma ``y`` (h, W, in [0, 255]), keeping its Cb/Cr.
+    """Give the RGB of ``upscaled`` (h, W, 3 or 4) the luma ``y`` (h, W, in [0, 1]), keeping its Cb/Cr.
 
     YCbCr → RGB is linear and its Y column is 255/219 for R, G and B alike,
     so keeping Cb/Cr while replacing Y moves every channel by the same
-    ``255/219 · (y − Y(rgb))``: one plane of float work, rounded once to whole
+    ``255/219 · (255·y − Y(rgb))``: one plane of float work, rounded once to whole
     levels, then a small-integer add to the three channels (each is clipped
     to [0, 255] on its own, as any YCbCr → RGB conversion does). A 4th
     channel (alpha) is copied. NumPy, not PyTorch, on purpose: this runs in
@@ -147,7 +148,7 @@ def _swap_luma(upscaled: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         shift += rgb[..., 1] * _WG
         shift += rgb[..., 2] * _WB
         shift += np.float32(Y_OFFSET)
-        np.subtract(y[top : top + step], shift, out=shift)
+        np.subtract(y[top : top + step] * np.float32(255.0), shift, out=shift)
         shift *= np.float32(_Y_TO_RGB)
         moved = rgb[..., :3].astype(np.int16)
         moved += np.rint(shift, out=shift).astype(np.int16)[..., None]
