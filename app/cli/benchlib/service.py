@@ -71,7 +71,7 @@ class Served:
 @dataclass(frozen=True)
 class BareRun:
     images_per_s: float
-    cpu_ms_per_image: float  # CPU time of this process (all threads) per image: what the model costs the cores
+    cpu_ms_per_image: float | None  # CPU time of this process (all threads) per image; None on a GPU (not its work)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -229,7 +229,8 @@ def bare_run(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: in
     cpu = time.process_time()
     t = measure(run, repeats=cfg.repeats, warmup=warmup)
     cpu = time.process_time() - cpu  # every call, warm-up included, on all of this process's threads
-    return BareRun(len(images) / (t.median_ms / 1000.0), cpu * 1000.0 / (len(images) * (warmup + t.repeats)))
+    per_image = cpu * 1000.0 / (len(images) * (warmup + t.repeats)) if cfg.device.type == "cpu" else None
+    return BareRun(len(images) / (t.median_ms / 1000.0), per_image)
 
 
 def throughput_row(
