@@ -167,7 +167,7 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
     load = service.LoadConfig(args.clients, args.duration, args.load_side, scale)
     images = service.load_images(source, load)
     log("bare model on the same tiles, batches of 1 … 32 …")
-    bare = {b: service.bare_run(model, images, cfg, b) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch})}
+    bare = service.bare_runs(model, images, cfg, sorted({1, 2, 4, 8, 16, 32, args.max_batch}))
     best = max(bare.items(), key=lambda item: item[1].images_per_s)
     for variant, max_batch in ((f"batching on (max_batch={args.max_batch})", args.max_batch),
                                ("batching off (max_batch=1)", 1)):

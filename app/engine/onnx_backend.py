@@ -10,8 +10,9 @@ through ``torch.onnx.export``, whose tracing front-ends change between PyTorch
 releases. Nothing is written to disk and nothing is unpickled.
 
 ``onnxruntime`` and ``onnx`` are imported lazily: without them (see :func:`available`)
-the runner falls back to TorchScript; it also checks the session against eager. ORT's threads sleep when idle (``allow_spinning = 0``), for
-the same reason as ``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores.
+the runner falls back to TorchScript; it also checks the session against eager.
+ORT's threads sleep when idle (``allow_spinning = 0``), for the same reason as
+``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores.
 """
 
 from __future__ import annotations

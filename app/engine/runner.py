@@ -112,17 +112,17 @@ class ModelRunner:
         if device.type == "cpu" and backend != "eager":
             side = tile + 2 * self.radius
             example = torch.zeros(1, self._cpu.channels, side, side)
-            if backend in ("auto", "onnxruntime"):
-                if onnx_backend.available():
-                    build = partial(onnx_backend.OrtModel, self._cpu, torch.get_num_threads())
-                    self._cpu_fast = exact_or_none("ONNX Runtime", build, self._cpu, example)
-                self.backend = "onnxruntime" if self._cpu_fast is not None else self.backend
-                if self._cpu_fast is None and backend == "onnxruntime":
-                    log.warning("SR_BACKEND=onnxruntime but ONNX Runtime is not usable here; trying TorchScript")
-            if self._cpu_fast is None:
-                build = partial(torchscript_cpu, self._cpu, example)
-                self._cpu_fast = exact_or_none("TorchScript", build, self._cpu, example)
-                self.backend = "torchscript" if self._cpu_fast is not None else "eager"
+            candidates: list[tuple[str, Callable[[], Callable[[Tensor], Tensor]]]] = []
+            if backend in ("auto", "onnxruntime") and onnx_backend.available():
+                candidates.append(("onnxruntime", partial(onnx_backend.OrtModel, self._cpu, torch.get_num_threads())))
+            candidates.append(("torchscript", partial(torchscript_cpu, self._cpu, example)))
+            for name, build in candidates:  # the first exact one wins; eager if none
+                self._cpu_fast = exact_or_none(name, build, self._cpu, example)
+                if self._cpu_fast is not None:
+                    self.backend = name
+                    break
+            if backend == "onnxruntime" and self.backend != "onnxruntime":
+                log.warning("SR_BACKEND=onnxruntime but ONNX Runtime is not usable here; using %s", self.backend)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -212,25 +212,28 @@ def load_images(source: Image.Image, load: LoadConfig) -> list[Image.Image]:
     return [frame(source, side, side, offset=(7 * i, 13 * i)) for i in range(load.clients)]
 
 
-def bare_run(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batch: int) -> BareRun:
-    """The model alone on the same tiles: ModelRunner on batches of ``batch`` windows; images/s and CPU per image."""
+def bare_runs(model: ESPCN, images: list[Image.Image], cfg: PathConfig, batches: list[int]) -> dict[int, BareRun]:
+    """The model alone on the same tiles: one ModelRunner, the same windows, batches of each size in ``batches``;
+    images/s and CPU per image for each."""
     runner = service_runner(model, cfg.device, cfg.tile)
     windows = torch.cat([
         extract_tiles(pad_image(luma_of(im)[0], runner.radius, cfg.tile),
                       plan_tiles(im.height, im.width, cfg.tile), cfg.tile, runner.radius)
         for im in images
     ])
-
-    def run() -> None:
-        for start in range(0, len(windows), batch):
-            runner(windows[start : start + batch])
-
     warmup = max(1, cfg.warmup)
-    cpu = time.process_time()
-    t = measure(run, repeats=cfg.repeats, warmup=warmup)
-    cpu = time.process_time() - cpu  # every call, warm-up included, on all of this process's threads
-    per_image = cpu * 1000.0 / (len(images) * (warmup + t.repeats)) if cfg.device.type == "cpu" else None
-    return BareRun(len(images) / (t.median_ms / 1000.0), per_image)
+    runs = {}
+    for batch in batches:
+        def run(batch: int = batch) -> None:
+            for start in range(0, len(windows), batch):
+                runner(windows[start : start + batch])
+
+        cpu = time.process_time()
+        t = measure(run, repeats=cfg.repeats, warmup=warmup)
+        cpu = time.process_time() - cpu  # every call, warm-up included, on all of this process's threads
+        per_image = cpu * 1000.0 / (len(images) * (warmup + t.repeats)) if cfg.device.type == "cpu" else None
+        runs[batch] = BareRun(len(images) / (t.median_ms / 1000.0), per_image)
+    return runs
 
 
 def throughput_row(
