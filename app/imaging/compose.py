@@ -13,48 +13,45 @@ colour under fully transparent pixels is often black, or junk):
   which premultiplies by alpha internally, so invisible pixels weigh nothing;
   its ``A`` band is exactly the separate bicubic upscale of alpha;
 - luma: before the network, Y under fully transparent pixels is replaced by
-  the mean Y of its visible neighbours, grown outwards ``BLEED_REACH`` pixels
+  the mean Y of its visible neighbours, grown outwards ``planes.BLEED_REACH`` pixels
   ("alpha bleeding"), beyond the network's receptive field plus the bicubic
   support, so no visible output pixel sees the hidden colour.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from app.core.color import Y_OFFSET, Y_WEIGHTS, rgb_to_y
+from app.core import planes
+from app.core.color import Y_OFFSET, Y_WEIGHTS
 from app.imaging.decode import DecodedImage
 
-BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
 _BAND_PIXELS = 1 << 19  # output pixels per colour band: bounds the scratch memory, spreads big images over cores
 _CHUNK_PIXELS = 1 << 17  # pixels per step of the luma swap: its scratch stays in the core's cache
 _HALO = 3  # source rows around a band: bicubic reads 2 on each side when upscaling
 _MIN_BAND_ROWS = 32  # source rows: keeps the halo's extra resize work under a fifth on very wide images
 _WR, _WG, _WB = (np.float32(w) for w in Y_WEIGHTS)
-_Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
+
+
+def planes_of(img: DecodedImage) -> tuple[Tensor, Tensor | None]:
+    """The decoded image as 8-bit tensor planes: colour (1 or 3, H, W) and alpha (H, W), views of its pixels."""
+    values = torch.from_numpy(np.array(img.color))  # a writable copy (Pillow's buffer is read-only)
+    color = values[None] if values.dim() == 2 else values.permute(2, 0, 1)
+    alpha = torch.from_numpy(np.array(img.alpha)) if img.alpha is not None else None
+    return color, alpha
 
 
 def luma_tensor(img: DecodedImage) -> Tensor:
-    """The model input: (1, H, W) float32 studio-swing Y / 255, in [16/255, 235/255]."""
-    values = np.asarray(img.color, dtype=np.float32)
-    if img.color.mode == "L":
-        y = torch.from_numpy((16.0 + values * np.float32(219.0 / 255.0)) / np.float32(255.0))[None]
-    else:
-        y = rgb_to_y(torch.from_numpy(values).permute(2, 0, 1)) / 255.0
-    if img.alpha is not None:
-        y = _bleed(y, img.alpha)
-    return y.contiguous()
+    """The model input: (1, H, W) float32 studio-swing Y / 255, in [16/255, 235/255] (see :func:`planes.luma`)."""
+    return planes.luma(*planes_of(img))
 
 
-def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
+def compose(img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | None = None) -> Image.Image:
     """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``.
 
     Colour images go band by band: each band of the source is upscaled with
@@ -62,7 +59,8 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
     the whole image, see :func:`_bicubic_rows`) and gets its luma swapped at
     once, while it is still in cache. Bands of a big image run on all cores
     (this runs after the request's model call, so a lone big request has
-    them all).
+    them all) when ``bands`` is given: a pool of its own, never the pool this
+    runs in, since a task waiting on tasks queued behind it could deadlock.
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
@@ -87,10 +85,11 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int) -> Image.Image:
         _swap_luma(upscaled, y[hr], pixels[hr])
 
     tops = range(0, img.height, rows)
-    if len(tops) == 1:
-        band(0)
-    else:  # NumPy and Pillow's resize release the GIL; band tasks never wait, so no deadlock
-        list(_band_pool().map(band, tops))
+    if len(tops) == 1 or bands is None:
+        for top in tops:
+            band(top)
+    else:  # NumPy and Pillow's resize release the GIL
+        list(bands.map(band, tops))
     return Image.fromarray(pixels, source.mode)
 
 
@@ -149,32 +148,9 @@ def _swap_luma(upscaled: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         shift += rgb[..., 2] * _WB
         shift += np.float32(Y_OFFSET)
         np.subtract(y[top : top + step] * np.float32(255.0), shift, out=shift)
-        shift *= np.float32(_Y_TO_RGB)
+        shift *= np.float32(planes.Y_TO_RGB)
         moved = rgb[..., :3].astype(np.int16)
         moved += np.rint(shift, out=shift).astype(np.int16)[..., None]
         chunk[..., :3] = np.clip(moved, 0, 255, out=moved)
         if rgb.shape[-1] == 4:
             chunk[..., 3] = rgb[..., 3]
-
-
-@functools.cache
-def _band_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="compose-band")
-
-
-def _bleed(y: Tensor, alpha: Image.Image) -> Tensor:
-    """Fill Y under fully transparent pixels from visible neighbours, ``BLEED_REACH`` pixels deep."""
-    lowest, highest = alpha.getextrema()
-    if lowest > 0 or highest == 0:
-        return y
-    known = torch.from_numpy(np.asarray(alpha) > 0)[None, None].to(y.dtype)
-    values = y[None] * known
-    for _ in range(BLEED_REACH):
-        count = F.avg_pool2d(known, 3, stride=1, padding=1)
-        fresh = (count > 0) & (known == 0)
-        if not bool(fresh.any()):
-            break
-        mean = F.avg_pool2d(values, 3, stride=1, padding=1) / count.clamp_min(1e-12)
-        values = torch.where(fresh, mean, values)
-        known = known + fresh.to(known.dtype)
-    return torch.where(known > 0, values, y[None])[0]

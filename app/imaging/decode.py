@@ -80,15 +80,6 @@ class DecodedImage:
         return self.color.mode + ("A" if self.alpha is not None else "")
 
 
-def check_content_type(content_type: str | None) -> None:
-    """Refuse a declared type that is not an image; none or ``application/octet-stream`` lets the bytes decide."""
-    if not content_type:
-        return
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind != "application/octet-stream" and not kind.startswith("image/"):
-        raise UnsupportedImageType(f"content type {kind!r} is not an image; send {_ACCEPTED}")
-
-
 def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode an upload for a ×``scale`` upscale, refusing it before decoding if it is over ``limits``."""
     if not data:

@@ -1,0 +1,118 @@
+"""The colour work around the model as tensor operations: 8-bit planes in, luma out; model Y in, 8-bit planes out.
+
+One implementation for every device. On a GPU the decoded frame crosses the
+bus once as 8-bit planes, and luma, alpha bleeding, bicubic chroma and the
+luma swap all run beside the model; on the CPU the same functions are the
+reference the Pillow/NumPy path (:mod:`app.imaging.compose`) is tested against.
+
+Colour follows the paper: the network sees BT.601 studio-swing Y, Cb/Cr travel
+bicubically. Keeping Cb/Cr while replacing Y moves R, G and B by the same
+``255/219 · (255·y − Y(rgb))`` (the Y column of YCbCr → RGB is 255/219 for all
+three), so the swap is one plane of float work rounded once, added to the
+three channels and clipped. The float32 operations are the ones
+:mod:`app.imaging.compose` makes, in the same order, so both paths give the
+same bytes.
+
+Alpha, never seen by the model, is upscaled with Pillow's premultiplied RGBA
+bicubic (:func:`app.core.resample.bicubic_upscale_rgba`), and the luma under
+fully transparent pixels is replaced by the mean of its visible neighbours,
+:data:`BLEED_REACH` pixels deep, before the network, so no visible output pixel
+sees the colour hidden there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.core.color import Y_OFFSET, Y_WEIGHTS, rgb_to_y
+from app.core.resample import bicubic_upscale, bicubic_upscale_rgba
+
+BLEED_REACH = 8  # LR pixels: ESPCN's radius 4 + bicubic support 2, with margin
+Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, equal for R, G, B
+_F32 = torch.float32
+_GREY_TO_Y = torch.tensor(219.0 / 255.0, dtype=_F32)  # float32 constants: the NumPy path's exact roundings
+_Y_TO_RGB32 = torch.tensor(Y_TO_RGB, dtype=_F32)
+
+
+def luma(color: Tensor, alpha: Tensor | None = None) -> Tensor:
+    """(1 or 3, H, W) 8-bit values (any dtype) → the model input (1, H, W) float32, studio-swing Y / 255.
+
+    Grey is fed as R = G = B = g would be (Y = 16 + 219·g/255), so it meets the
+    statistics the models were trained on. With ``alpha`` (H, W), Y under fully
+    transparent pixels is bled from visible neighbours.
+    """
+    values = color.to(torch.float32)
+    if values.shape[0] == 1:
+        y = (16.0 + values * _GREY_TO_Y) / 255.0
+    elif values.shape[0] == 3:
+        y = rgb_to_y(values) / 255.0
+    else:
+        raise ValueError(f"expected 1 or 3 colour planes, got shape {tuple(color.shape)}")
+    if alpha is not None:
+        y = bleed(y, alpha)
+    return y.contiguous()
+
+
+def bleed(y: Tensor, alpha: Tensor) -> Tensor:
+    """Fill Y (1, H, W) under fully transparent pixels of ``alpha`` (H, W) from visible ones, reach-limited."""
+    visible = alpha > 0
+    if bool(visible.all()) or not bool(visible.any()):
+        return y
+    known = visible[None, None].to(y.dtype)
+    values = y[None] * known
+    for _ in range(BLEED_REACH):
+        count = F.avg_pool2d(known, 3, stride=1, padding=1)
+        fresh = (count > 0) & (known == 0)
+        if not bool(fresh.any()):
+            break
+        mean = F.avg_pool2d(values, 3, stride=1, padding=1) / count.clamp_min(1e-12)
+        values = torch.where(fresh, mean, values)
+        known = known + fresh.to(known.dtype)
+    return torch.where(known > 0, values, y[None])[0]
+
+
+def grey_from_luma(y: Tensor) -> Tensor:
+    """Studio-swing Y in [0, 1] (any shape) → full-range grey, uint8."""
+    g = y.to(torch.float32) * 255.0
+    g -= 16.0
+    g *= _Y_TO_RGB32
+    return torch.round(g).clamp_(0, 255).to(torch.uint8)
+
+
+def swap_luma(rgb: Tensor, y: Tensor) -> Tensor:
+    """Give (3, h, w) uint8 RGB the luma ``y`` ((1, h, w) or (h, w) in [0, 1]), keeping its Cb/Cr; uint8 out."""
+    wr, wg, wb = (torch.tensor(w, dtype=_F32) for w in Y_WEIGHTS)
+    planes = rgb.to(torch.float32)
+    shift = planes[0] * wr
+    shift += planes[1] * wg
+    shift += planes[2] * wb
+    shift += Y_OFFSET
+    shift = y.reshape(shift.shape).to(torch.float32) * 255.0 - shift
+    shift *= _Y_TO_RGB32
+    moved = rgb.to(torch.int16) + torch.round(shift).to(torch.int16)[None]
+    return moved.clamp_(0, 255).to(torch.uint8)
+
+
+def compose(color: Tensor, alpha: Tensor | None, sr_luma: Tensor, scale: int) -> Tensor:
+    """8-bit source planes (1 or 3, H, W) (+ alpha (H, W)) and the model's Y (1, r·H, r·W) → uint8 output planes.
+
+    Returns (C, r·H, r·W): 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) planes, the
+    bytes :func:`app.imaging.compose.compose` gives for the same input.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    c, h, w = color.shape
+    if tuple(sr_luma.shape[-2:]) != (h * scale, w * scale) or sr_luma.numel() != h * w * scale * scale:
+        raise ValueError(f"sr_luma must be (1, {h * scale}, {w * scale}), got {tuple(sr_luma.shape)}")
+    y = sr_luma.reshape(h * scale, w * scale)
+    if c == 1:
+        planes = [grey_from_luma(y)[None]]
+        if alpha is not None:
+            planes.append(bicubic_upscale(alpha[None], scale))
+        return torch.cat(planes)
+    if alpha is None:
+        return swap_luma(bicubic_upscale(color, scale), y)
+    rgb, a = bicubic_upscale_rgba(color, alpha, scale)
+    return torch.cat([swap_luma(rgb, y), a[None]])
