@@ -1,0 +1,79 @@
+"""The web page at ``/``, its static files under ``/static``, and ``/docs`` / ``/redoc`` without a CDN.
+
+:func:`install` wires it all into an app built with ``docs_url=None, redoc_url=None``
+(FastAPI's own docs pages load Swagger UI and ReDoc from a CDN; these load the
+copies shipped in ``app/web/static/vendor/``).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from app.api.routes.debug import SAMPLE_IMAGE
+from app.api.routes.upscale import OutputFormat
+from app.api.state import StateDep
+from app.web import STATIC_DIR
+
+STATIC_URL = "/static"
+SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
+SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
+REDOC_JS = f"{STATIC_URL}/vendor/redoc/redoc.standalone.js"
+FAVICON = f"{STATIC_URL}/favicon.svg"
+OAUTH2_REDIRECT = "/docs/oauth2-redirect"
+
+router = APIRouter()
+
+
+class WebConfig(BaseModel):
+    """What the page needs to know beyond ``GET /models``."""
+
+    debug_routes: bool  # false: /kernels/* and /debug/* answer 404, so the page hides "Look inside"
+    formats: list[str]
+    max_body_bytes: int
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/web/config", response_model=WebConfig, tags=["web"], summary="Settings the web page adapts to")
+async def web_config(state: StateDep) -> WebConfig:
+    return WebConfig(debug_routes=state.settings.debug_routes, formats=[f.value for f in OutputFormat],
+                     max_body_bytes=state.settings.max_body_bytes)
+
+
+@router.get("/web/sample.png", include_in_schema=False)
+async def sample_image() -> FileResponse:
+    """The photograph ``GET /debug/channels`` draws, for the page's "use the sample" button."""
+    return FileResponse(SAMPLE_IMAGE, media_type="image/png")
+
+
+def install(app: FastAPI) -> None:
+    """Serve the page at ``/``, ``/static/*``, and offline ``/docs`` and ``/redoc`` for ``app``."""
+    openapi_url = app.openapi_url or "/openapi.json"
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url, title=f"{title} — API docs", swagger_js_url=SWAGGER_JS, swagger_css_url=SWAGGER_CSS,
+            swagger_favicon_url=FAVICON, oauth2_redirect_url=OAUTH2_REDIRECT,
+            swagger_ui_parameters={"validatorUrl": None},  # no badge that calls validator.swagger.io
+        )
+
+    @app.get(OAUTH2_REDIRECT, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{title} — ReDoc", redoc_js_url=REDOC_JS,
+                              redoc_favicon_url=FAVICON, with_google_fonts=False)
+
+    app.include_router(router)
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
