@@ -311,10 +311,14 @@ def test_channel_uploads_obey_the_size_limits(seeded_store: Path) -> None:
         assert post_channels(c, encoded(Image.new("L", (30, 30))), scale=3).status_code == 200
 
 
-@pytest.mark.parametrize("params", [{"scale": 5}, {"scale": 1}, {"scale": "x"}, {}])
+@pytest.mark.parametrize("params", [{"scale": 5}, {"scale": 1}, {"scale": "x"}, {}, {"scale": 9}])
 def test_bad_scale_is_422_on_every_debug_route(client: TestClient, params: dict) -> None:
     for path in DEBUG_GETS:
-        assert assert_error(client.get(path, params=params), 422)["code"] == "invalid_parameters"
+        error = assert_error(client.get(path, params=params), 422)
+        if params.get("scale") in (1, 5):  # a valid factor no loaded model serves
+            assert error["code"] == "unknown_scale" and "scales served: 2, 3, 4" in error["detail"]
+        else:
+            assert error["code"] == "invalid_parameters"
     upload = {"file": ("x.png", encoded(natural()), "image/png")}
     assert_error(client.post("/debug/channels", params=params, files=upload), 422)
 

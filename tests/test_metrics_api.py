@@ -115,7 +115,7 @@ def test_model_info_and_parameters(client: TestClient, seeded_store: Path) -> No
 @pytest.mark.parametrize(
     ("kind", "status", "reason", "scale_label"),
     [
-        ("scale 5", 422, "bad_input", ""),  # parameter validation: before the route runs
+        ("scale 5", 422, "bad_input", "5"),  # no model serves it: refused before the body is read
         ("no file field", 422, "bad_input", "3"),  # raised inside the route
         ("not an image", 400, "bad_input", "3"),
         ("text/plain", 415, "bad_input", "3"),

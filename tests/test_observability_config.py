@@ -97,7 +97,7 @@ def test_labels_and_bucket_boundaries_are_the_contract() -> None:
     assert metrics.REQUESTS._labelnames == ("endpoint", "scale", "status")
     assert metrics.INFERENCE_DURATION._labelnames == ("scale", "device")
     assert metrics.MODEL_INFO._labelnames == ("name", "scale", "device", "psnr", "ssim", "dataset")
-    assert metrics.STAGES == ("decode", "encode", "queue", "inference")
+    assert metrics.STAGES == ("decode", "compose", "encode", "queue", "inference")
     assert metrics.REJECT_REASONS == ("queue_full", "too_large", "timeout", "bad_input", "client_gone")
     for objective in (0.1, 0.25, 0.5, 1.0, 2.5, 60.0):
         assert objective in metrics.REQUEST_BUCKETS
@@ -107,7 +107,7 @@ def test_labels_and_bucket_boundaries_are_the_contract() -> None:
 
 
 def test_label_values_stay_bounded() -> None:
-    assert [metrics.scale_label(s) for s in (2, "3", 4, None, 5, "x", "")] == ["2", "3", "4", "", "", "", ""]
+    assert [metrics.scale_label(s) for s in (2, "3", 4, None, 9, "x", "")] == ["2", "3", "4", "", "", "", ""]
     with pytest.raises(ValueError):
         metrics.reject("because")
     with pytest.raises(ValueError):

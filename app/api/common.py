@@ -1,22 +1,18 @@
-"""What the routes that take an image share: the scale parameter, the request-body schema, the codec pool."""
+"""What the routes that take an image share: the scale parameter and the request-body schema."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
-from app.api.state import ServiceState
+from fastapi import Query
 
-T = TypeVar("T")
+from app.store.manifest import MAX_SCALE, MIN_SCALE
 
-
-class Scale(int, Enum):
-    x2 = 2
-    x3 = 3
-    x4 = 4
-
+# A plain integer, checked against the loaded store by the pipeline before the body is read:
+# the scales served are a fact of the store, not of the code (the 422 lists them; so does GET /models).
+ScaleQuery = Annotated[
+    int, Query(ge=MIN_SCALE, le=MAX_SCALE, description="upscale factor: one of the served scales (`GET /models`)")
+]
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -31,7 +27,3 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-async def in_pool(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(state.codec_pool, fn, *args)

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles, UnknownScale
-from app.imaging.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedImageType
+from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedImageType
+from app.pipeline.options import InvalidOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
         return ApiError(413, "image_too_large", str(exc))
     if isinstance(exc, UnsupportedImageType):
         return ApiError(415, "unsupported_media_type", str(exc))
+    if isinstance(exc, ImageTooComplex):
+        return ApiError(422, "image_too_complex", str(exc))
     if isinstance(exc, InvalidImage | ImageError):
         return ApiError(400, "invalid_image", str(exc))
     if isinstance(exc, TooManyTiles):
@@ -62,6 +65,8 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
         return ApiError(503, "shutting_down", str(exc), {"Retry-After": "1"})
     if isinstance(exc, UnknownScale):
         return ApiError(422, "unknown_scale", str(exc))
+    if isinstance(exc, InvalidOptions):
+        return ApiError(422, "invalid_parameters", str(exc))
     if isinstance(exc, EngineError):
         return ApiError(503, "engine_error", str(exc))
     raise TypeError(f"unclassified exception {type(exc).__name__}") from exc
@@ -95,7 +100,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         404: "Not found (or debug routes switched off)",
         413: "Body over the byte limit, or image over the pixel limit (input or output)",
         415: "Unsupported media type",
-        422: "Bad or missing parameters",
+        422: "Bad or missing parameters, or an image too costly to decode (code image_too_complex)",
         429: "Queue full (when SR_OVERLOAD_STATUS=429); see Retry-After",
         503: "Queue full or not ready; see Retry-After",
         504: "Request deadline exceeded",

@@ -50,12 +50,29 @@ class Settings(BaseSettings):
         0, ge=0, le=64,
         description="threads decoding and encoding images off the event loop (0: one per usable CPU core, at least 2)",
     )
+    compose_threads: int = Field(
+        0, ge=0, le=64,
+        description="threads composing one big answer band by band (0: one per usable CPU core, at least 2; 1: none)",
+    )
+    compose: Literal["auto", "tensor", "pillow"] = Field(
+        "auto", description="where the colour work around the model runs: auto = tensor code on the model's "
+        "device when it is CUDA, else the banded Pillow/NumPy compose (same bytes); tensor / pillow force one"
+    )
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes for `python -m app.serve`")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="worker processes for `python -m app.serve`; auto: see app.engine.device.workers_for"
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers must be 'auto' or at least 1")
+        return value
 
     @field_validator("overload_status")
     @classmethod

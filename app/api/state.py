@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
-import torch
 from fastapi import Depends, Request
 
 from app.api.settings import Settings
-from app.engine.batcher import Engine
-from app.imaging.limits import ImageLimits
-from app.store.registry import LoadedModel
+from app.pipeline import Pipeline
 
 
 @dataclass
 class ServiceState:
     settings: Settings
-    models: dict[int, LoadedModel]
-    engine: Engine
-    device: torch.device
+    pipeline: Pipeline  # models, engine, pools: everything below HTTP
     device_name: str
-    codec_pool: ThreadPoolExecutor
-    limits: ImageLimits
 
 
 async def get_state(request: Request) -> ServiceState:

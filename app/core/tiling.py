@@ -76,11 +76,3 @@ def stitch_tile(out: Tensor, tile_out: Tensor, t: Tile, scale: int) -> None:
     ox0, ox1 = t.cols.own_start * r, t.cols.own_stop * r
     sy, sx = (t.rows.own_start - t.rows.start) * r, (t.cols.own_start - t.cols.start) * r
     out[:, oy0:oy1, ox0:ox1] = tile_out[:, sy : sy + oy1 - oy0, sx : sx + ox1 - ox0]
-
-
-def stitch(tile_outputs: Tensor, tiles: list[Tile], height: int, width: int, scale: int) -> Tensor:
-    """Assemble (N, C, r·t, r·t) tile outputs into the (C, r·H, r·W) image."""
-    out = tile_outputs.new_empty((tile_outputs.shape[1], height * scale, width * scale))
-    for tile_out, t in zip(tile_outputs, tiles, strict=True):
-        stitch_tile(out, tile_out, t, scale)
-    return out

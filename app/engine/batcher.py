@@ -152,12 +152,8 @@ class Engine:
 
     # -- admission -------------------------------------------------------------------------
 
-    def tiles_for(self, height: int, width: int) -> int:
-        """How many tiles an ``height × width`` LR image takes (for admission decisions)."""
-        return len(plan_tiles(height, width, self.tile))
-
     async def upscale(self, luma: Tensor, scale: int, *, deadline: float | None = None) -> Tensor:
-        """(c, H, W) float32 in [0, 1] → (c, r·H, r·W); ``deadline`` is a ``time.monotonic()`` instant.
+        """(c, H, W) float32 in [0, 1] → (c, r·H, r·W) on the same device; ``deadline`` is a ``time.monotonic()`` instant.
 
         Raises :class:`QueueFull` (retry later), :class:`TooManyTiles`,
         :class:`DeadlineExceeded`, :class:`EngineClosed` or :class:`UnknownScale`.

@@ -28,4 +28,8 @@ class EngineClosed(EngineError):
 
 
 class UnknownScale(EngineError):
-    """No model is loaded for the requested scale."""
+    """No model is loaded for the requested scale; ``served`` lists the scales that are."""
+
+    def __init__(self, message: str, served: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.served = served

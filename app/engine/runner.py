@@ -130,25 +130,30 @@ class ModelRunner:
 
     @torch.inference_mode()
     def __call__(self, windows: Tensor) -> Tensor:
-        """(N, c, t + 2R, t + 2R) float32 on the CPU → (N, c, r·t, r·t) float32 on the CPU in [0, 1]."""
+        """(N, c, t + 2R, t + 2R) float32 → (N, c, r·t, r·t) float32 in [0, 1], on the device the windows are on.
+
+        Windows already on the model's GPU (the pipeline's tensor path) stay there; CPU windows make one
+        round trip.
+        """
         return self._run(windows).clamp_(0.0, 1.0)
 
     def _run(self, windows: Tensor) -> Tensor:
         if self.device.type == "cpu":
             return self._cpu_fast(windows) if self._cpu_fast is not None else self._cpu.forward_valid(windows)
+        source = windows.device
         try:
-            x = windows.pin_memory().to(self.device, non_blocking=True)
+            x = windows if source == self.device else windows.pin_memory().to(self.device, non_blocking=True)
             y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
             if self.half and not torch.isfinite(y).all():
                 self.observer.fallback("half_nonfinite")
                 y = self._fp32.forward_valid(x)
-            return y.float().cpu()
+            return y.float().to(source)
         except torch.cuda.OutOfMemoryError:
             self.observer.fallback("cuda_oom")
             torch.cuda.empty_cache()
             if len(windows) == 1:
                 log.warning("CUDA out of memory on a single tile; running it on the CPU")
-                return self._cpu.forward_valid(windows)
+                return self._cpu.forward_valid(windows.cpu()).to(source)
             half = len(windows) // 2
             return torch.cat([self._run(windows[:half]), self._run(windows[half:])])
 

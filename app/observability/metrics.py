@@ -20,11 +20,11 @@ sr_rejected_total                  reason                      refused request (
 sr_model_info                      name, scale, device,        (gauge = 1) model loaded
                                    psnr, ssim, dataset
 sr_model_parameters                scale                       (gauge) learnable parameters of that model
-sr_stage_duration_seconds          stage                       decode/encode per request, queue per tile,
+sr_stage_duration_seconds          stage                       decode/compose/encode per request, queue per tile,
                                                                inference per model call
 =================================  ==========================  =============================================
 
-Labels stay bounded: ``scale`` is ``"2"``/``"3"``/``"4"`` or ``""`` (unknown or invalid),
+Labels stay bounded: ``scale`` is ``"1"``…``"8"`` (the manifests' range) or ``""`` (invalid),
 ``endpoint`` must be a route template, never a raw path, and reasons and stages are
 checked against fixed sets, so no client input can mint new series.
 
@@ -54,6 +54,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
+from app.store.manifest import MAX_SCALE, MIN_SCALE
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Rejection reasons (label values of sr_rejected_total).
@@ -66,12 +68,13 @@ REJECT_REASONS = (QUEUE_FULL, TOO_LARGE, TIMEOUT, BAD_INPUT, CLIENT_GONE)
 
 # Stages (label values of sr_stage_duration_seconds).
 STAGE_DECODE = "decode"
+STAGE_COMPOSE = "compose"
 STAGE_ENCODE = "encode"
 STAGE_QUEUE = "queue"
 STAGE_INFERENCE = "inference"
-STAGES = (STAGE_DECODE, STAGE_ENCODE, STAGE_QUEUE, STAGE_INFERENCE)
+STAGES = (STAGE_DECODE, STAGE_COMPOSE, STAGE_ENCODE, STAGE_QUEUE, STAGE_INFERENCE)
 
-KNOWN_SCALES = ("2", "3", "4")
+KNOWN_SCALES = tuple(str(s) for s in range(MIN_SCALE, MAX_SCALE + 1))  # any scale a manifest may declare
 MAX_BATCH_LIMIT = 256  # the largest max_batch the settings allow
 
 
@@ -125,7 +128,7 @@ METRIC_DOCS: dict[str, str] = {
     "sr_rejected_total": "Requests refused, by reason: " + ", ".join(REJECT_REASONS) + ".",
     "sr_model_info": "1 per loaded model; labels carry its name, device and validation PSNR/SSIM on dataset.",
     "sr_model_parameters": "Learnable parameters of the model served at each scale.",
-    "sr_stage_duration_seconds": "Time per stage: decode/encode per request, queue per tile, inference per model call.",
+    "sr_stage_duration_seconds": "Time per stage: decode/compose/encode per request, queue per tile, inference per model call.",
 }
 
 REQUESTS = _metric(Counter, "sr_requests_total", METRIC_DOCS["sr_requests_total"], ("endpoint", "scale", "status"))

@@ -12,13 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MIN_SCALE, MAX_SCALE = 1, 8  # the scales a manifest may declare; what is served comes from the loaded store
+
 
 class Architecture(BaseModel):
     """``ESPCN(**architecture)`` hyper-parameters."""
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: int = Field(ge=1, le=8)
+    scale: int = Field(ge=MIN_SCALE, le=MAX_SCALE)
     channels: int = Field(default=1, ge=1)
     widths: list[int] = Field(default=[64, 32], min_length=1)
     kernel_sizes: list[int] = Field(default=[5, 3, 3], min_length=2)
@@ -67,7 +69,7 @@ class Manifest(BaseModel):
 
     format_version: Literal[1] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    scale: int = Field(ge=1, le=8)
+    scale: int = Field(ge=MIN_SCALE, le=MAX_SCALE)
     architecture: Architecture
     weights: str = Field(description="weights file name, relative to the manifest")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

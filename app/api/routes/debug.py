@@ -22,14 +22,15 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from safetensors.torch import save as save_safetensors
 
-from app.api.common import UPLOAD_BODY, Scale, in_pool
+from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
 from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
 from app.core.espcn import ESPCN
 from app.core.subpixel import Deconv, SubPixelConv
+from app.engine.errors import UnknownScale
 from app.imaging.compose import luma_tensor
-from app.imaging.decode import decode
+from app.imaging.decode import DecodedImage
 from app.imaging.errors import ImageError
 from app.viz import render_channels, render_kernels
 
@@ -55,11 +56,12 @@ class ChannelsFormat(StrEnum):
     json = "json"
 
 
-def _model(state: ServiceState, scale: Scale) -> ESPCN:
-    loaded = state.models.get(scale.value)
-    if loaded is None:
-        raise ApiError(404, "no_model", f"no model is served for x{scale.value}")
-    return loaded.model
+def _model(state: ServiceState, scale: int) -> ESPCN:
+    try:
+        state.pipeline.check_scale(scale)
+    except UnknownScale as exc:
+        raise classify(exc, state.settings.overload_status) from exc
+    return state.pipeline.models[scale].model
 
 
 def verify(layer: SubPixelConv, deconv: Deconv, seed: int = 0) -> float:
@@ -125,11 +127,11 @@ def kernels_document(model: ESPCN, name: str) -> dict[str, Any]:
 )
 async def kernels_deconv(
     state: StateDep,
-    scale: Annotated[Scale, Query(description="which served model")],
+    scale: ScaleQuery,
     format: Annotated[KernelFormat, Query(description="json, or a download: npz / safetensors")] = KernelFormat.json,
 ) -> Response:
     model = _model(state, scale)
-    name = state.models[scale.value].manifest.name
+    name = state.pipeline.models[scale].manifest.name
     if format is KernelFormat.json:
         return JSONResponse(kernels_document(model, name))
     layer, deconv = model.subpixel_layer(), model.last_layer_deconv()
@@ -154,7 +156,7 @@ async def kernels_deconv(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)},
 )
-async def kernels_png(state: StateDep, scale: Annotated[Scale, Query()]) -> Response:
+async def kernels_png(state: StateDep, scale: ScaleQuery) -> Response:
     model = _model(state, scale)
 
     def draw() -> bytes:
@@ -163,21 +165,20 @@ async def kernels_png(state: StateDep, scale: Annotated[Scale, Query()]) -> Resp
         image.save(buf, "PNG", optimize=False, compress_level=3)
         return buf.getvalue()
 
-    return Response(await in_pool(state, draw), media_type="image/png")
+    return Response(await state.pipeline.in_pool(draw), media_type="image/png")
 
 
-async def _channels(state: ServiceState, scale: Scale, data: bytes, fmt: ChannelsFormat) -> Response:
+async def _channels(state: ServiceState, scale: int, data: bytes, fmt: ChannelsFormat) -> Response:
     model = _model(state, scale)
 
-    def work() -> tuple[bytes, dict[str, Any]]:
-        image = decode(data, scale.value, state.limits)
+    def draw(image: DecodedImage) -> tuple[bytes, dict[str, Any]]:
         figure, stats = render_channels(model, luma_tensor(image))
         buf = io.BytesIO()
         figure.save(buf, "PNG", compress_level=3)
         return buf.getvalue(), stats
 
     try:
-        png, stats = await in_pool(state, work)
+        png, stats = await state.pipeline.in_pool(draw, await state.pipeline.decode(data, scale))
     except ImageError as exc:
         raise classify(exc, state.settings.overload_status) from exc
     if fmt is ChannelsFormat.json:
@@ -201,11 +202,12 @@ CHANNEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def channels_upload(
     request: Request,
     state: StateDep,
-    scale: Annotated[Scale, Query()],
+    scale: ScaleQuery,
     format: Annotated[ChannelsFormat, Query(description="png figure or json per-channel statistics")] = (
         ChannelsFormat.png
     ),
 ) -> Response:
+    _model(state, scale)  # an unknown scale is refused before the body is read
     data = await read_image_upload(request, state.settings.max_body_bytes)
     return await _channels(state, scale, data, format)
 
@@ -218,7 +220,7 @@ async def channels_upload(
 )
 async def channels_sample(
     state: StateDep,
-    scale: Annotated[Scale, Query()],
+    scale: ScaleQuery,
     format: Annotated[ChannelsFormat, Query()] = ChannelsFormat.png,
 ) -> Response:
     return await _channels(state, scale, SAMPLE_IMAGE.read_bytes(), format)

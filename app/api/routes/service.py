@@ -36,7 +36,8 @@ class ModelList(BaseModel):
 @router.get("/models", response_model=ModelList, tags=["models"], summary="The served models and their metrics")
 async def list_models(state: StateDep) -> ModelList:
     out = []
-    for scale, loaded in sorted(state.models.items()):
+    pipeline = state.pipeline
+    for scale, loaded in sorted(pipeline.models.items()):
         m, model = loaded.manifest, loaded.model
         macs = model.macs_per_lr_pixel()
         out.append(
@@ -50,7 +51,7 @@ async def list_models(state: StateDep) -> ModelList:
                 architecture=m.architecture.model_dump(),
                 metrics=[x.model_dump() for x in m.metrics],
                 device=state.device_name,
-                backend=state.engine.runners[scale].backend,
+                backend=pipeline.engine.runners[scale].backend,
                 sha256=m.sha256,
                 created=m.created.isoformat(),
             )
@@ -71,11 +72,11 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "service", None)
-    if state is None or not state.models or not state.engine.ready:
+    if state is None or not state.pipeline.ready:
         return JSONResponse({"status": "not ready"}, status_code=503)
     return JSONResponse(
-        {"status": "ready", "scales": sorted(state.models), "device": state.device_name,
-         "queue_depth": state.engine.queue_depth}
+        {"status": "ready", "scales": list(state.pipeline.scales), "device": state.device_name,
+         "queue_depth": state.pipeline.engine.queue_depth}
     )
 
 

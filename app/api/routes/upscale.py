@@ -1,10 +1,9 @@
-"""``POST /upscale``: decode → luma through the batching engine → compose → encode.
+"""``POST /upscale``: HTTP ⇄ the request pipeline, nothing else.
 
-The request flows down once and back up once: bytes are read within the
-byte limit here, decoded (and checked against the pixel limits) in the codec
-pool, the luma goes to the engine, and the result is composed with bicubic
-chroma and encoded in the codec pool again — the event loop never runs
-PyTorch or a codec.
+The route checks the query (scale served, options coherent) before it reads
+the body, reads the body within the byte limit, hands the bytes to
+:class:`~app.pipeline.Pipeline` and turns its result into a response — or its
+exception into a JSON error. Pixels, codecs and the model live below.
 """
 
 from __future__ import annotations
@@ -17,27 +16,19 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.api.common import UPLOAD_BODY, Scale, in_pool
+from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
-from app.api.state import ServiceState, StateDep
+from app.api.state import StateDep
 from app.api.upload import read_image_upload
 from app.engine.errors import EngineError
-from app.imaging.compose import compose, luma_tensor
-from app.imaging.decode import DecodedImage, decode
-from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode, format_like
+from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError
-from app.observability import metrics
+from app.pipeline import OUTPUT_CHOICES, InvalidOptions, OutputOptions
 
 router = APIRouter(tags=["super-resolution"])
 T = TypeVar("T")
 
-
-class OutputFormat(StrEnum):
-    png = "png"
-    jpeg = "jpeg"
-    webp = "webp"
-    same = "same"  # the input's: JPEG → JPEG, WebP → WebP, anything else → PNG
-
+OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_CHOICES})  # png, jpeg, webp, same
 
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -71,36 +62,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ApiError(499, "client_gone", "client disconnected before the answer was ready")
 
 
-def _check_lossless(fmt: str, lossless: bool) -> None:
-    if lossless and fmt == "jpeg":
-        raise ApiError(422, "invalid_parameters", "JPEG cannot be lossless: ask for format=webp or png")
-
-
-def _decode_for_model(data: bytes, scale: int, state: ServiceState) -> tuple[DecodedImage, Any, float]:
-    start = time.perf_counter()
-    try:
-        image = decode(data, scale, state.limits)
-        return image, luma_tensor(image), time.perf_counter() - start
-    finally:
-        metrics.observe_stage(metrics.STAGE_DECODE, time.perf_counter() - start)
-
-
-def _compose_and_encode(
-    image: DecodedImage, sr: Any, scale: int, fmt: str, quality: int | None, lossless: bool, state: ServiceState
-) -> tuple[bytes, float]:
-    start = time.perf_counter()
-    try:
-        result = compose(image, sr, scale)
-        body = encode(result, fmt, quality=quality, lossless=lossless, icc_profile=image.icc_profile,
-                      png_compress_level=state.settings.png_compress_level)
-        return body, time.perf_counter() - start
-    finally:
-        metrics.observe_stage(metrics.STAGE_ENCODE, time.perf_counter() - start)
-
-
 @router.post(
     "/upscale",
-    summary="Super-resolve one image ×2, ×3 or ×4",
+    summary="Super-resolve one image by a served scale",
     response_class=Response,
     responses={**IMAGE_RESPONSE, **error_responses(400, 413, 415, 422, 429, 503, 504)},
     openapi_extra=UPLOAD_BODY,
@@ -108,41 +72,29 @@ def _compose_and_encode(
 async def upscale(
     request: Request,
     state: StateDep,
-    scale: Annotated[Scale, Query(description="upscale factor")],
+    scale: ScaleQuery,
     format: Annotated[
         OutputFormat, Query(description="output format; `same`: the input's (JPEG, WebP), PNG for any other input")
     ] = OutputFormat.png,
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality (default 90)")] = None,
     lossless: Annotated[bool, Query(description="lossless WebP (PNG is always lossless)")] = False,
 ) -> Response:
-    started, deadline = time.perf_counter(), time.monotonic() + state.settings.request_timeout_s
-    r = scale.value
+    started = time.perf_counter()
+    pipeline = state.pipeline
     try:
-        _check_lossless(format.value, lossless)
+        pipeline.check_scale(scale)  # before the body is read
+        options = OutputOptions(format.value, quality, lossless)
         data = await read_image_upload(request, state.settings.max_body_bytes)
-        image, luma, t_decode = await in_pool(state, _decode_for_model, data, r, state)
-        fmt = format_like(image.source_format) if format is OutputFormat.same else format.value
-        _check_lossless(fmt, lossless)
-        if fmt == "webp" and max(image.width, image.height) * r > WEBP_MAX_SIDE:
-            raise ApiError(413, "image_too_large",
-                           f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
-        t0 = time.perf_counter()
-        sr = await unless_disconnected(request, state.engine.upscale(luma, r, deadline=deadline))
-        t_model = time.perf_counter() - t0
-        body, t_encode = await in_pool(state, _compose_and_encode, image, sr, r, fmt, quality, lossless, state)
-    except (ImageError, EngineError, ApiError) as exc:
+        result = await unless_disconnected(request, pipeline.upscale(data, scale, options))
+    except (ImageError, EngineError, InvalidOptions, ApiError) as exc:
         raise classify(exc, state.settings.overload_status) from exc
-    metrics.count_pixels(r, image.width * image.height, image.width * image.height * r * r)
-    total_ms = (time.perf_counter() - started) * 1000
-    model = state.models[r].manifest
     return Response(
-        body,
-        media_type=OUTPUT_FORMATS[fmt],
+        result.body,
+        media_type=result.media_type,
         headers={
-            "X-Model": model.name,
-            "X-Scale": str(r),
-            "X-Process-Time-Ms": f"{total_ms:.1f}",
-            "Server-Timing": f"decode;dur={t_decode * 1000:.1f}, model;dur={t_model * 1000:.1f}, "
-            f"encode;dur={t_encode * 1000:.1f}",
+            "X-Model": result.model,
+            "X-Scale": str(result.scale),
+            "X-Process-Time-Ms": f"{(time.perf_counter() - started) * 1000:.1f}",
+            "Server-Timing": result.timings.server_timing(),
         },
     )

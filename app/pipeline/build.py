@@ -1,0 +1,68 @@
+"""The composition root: settings → models, runners, engine, pools → a :class:`Pipeline`.
+
+The HTTP app, the command-line upscaler and the benchmark build their
+pipeline here, so each gets the same models, backends and bounds from the
+same settings (``SR_*``, :class:`app.api.settings.Settings`, the one source
+of their defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from app.api.settings import Settings
+from app.engine.batcher import Engine
+from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device
+from app.engine.observer import EngineObserver
+from app.engine.runner import ModelRunner
+from app.imaging.limits import ImageLimits
+from app.pipeline.observer import PipelineObserver
+from app.pipeline.pipeline import Pipeline
+from app.store.registry import discover
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    engine_observer: EngineObserver | None = None,
+    observer: PipelineObserver | None = None,
+) -> Pipeline:
+    """Load the store and build everything a request needs; call ``await pipeline.start()`` before use."""
+    configure_threads(settings.threads)
+    device = resolve_device(settings.device)
+    models = discover(settings.model_store)
+    if not models:
+        log.error("no usable model in %s: the service will not become ready", settings.model_store)
+    runners = {
+        s: ModelRunner(m.model, device, half=settings.half, backend=settings.backend, tile=settings.tile_size,
+                       observer=engine_observer)
+        for s, m in models.items()
+    }
+    backend = next(iter(runners.values())).backend if runners else "eager"  # they all get the same one
+    engine = Engine(
+        runners,
+        tile=settings.tile_size,
+        max_batch=max_batch_for(device, settings.max_batch, backend),
+        max_delay_s=settings.max_delay_ms / 1000,
+        max_queue_tiles=settings.max_queue_tiles,
+        retry_after_s=settings.retry_after_s,
+        whole_max_pixels=settings.whole_image_max_pixels,
+        observer=engine_observer,
+    )
+    codec_threads = codec_threads_for(settings.codec_threads)
+    compose_threads = codec_threads_for(settings.compose_threads)
+    return Pipeline(
+        models,
+        engine,
+        codec_pool=ThreadPoolExecutor(codec_threads, thread_name_prefix="codec"),
+        band_pool=ThreadPoolExecutor(compose_threads, thread_name_prefix="compose-band") if compose_threads > 1 else None,
+        limits=ImageLimits(max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels),
+        device=device,
+        tensor_compose={"auto": None, "tensor": True, "pillow": False}[settings.compose],
+        png_compress_level=settings.png_compress_level,
+        request_timeout_s=settings.request_timeout_s,
+        observer=observer,
+    )

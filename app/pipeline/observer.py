@@ -1,0 +1,11 @@
+"""What the pipeline reports (stage times, pixels): a no-op here, Prometheus in the service."""
+
+from __future__ import annotations
+
+
+class PipelineObserver:
+    def stage(self, name: str, seconds: float) -> None:
+        """One stage of one request finished (``decode``, ``compose``, ``encode``)."""
+
+    def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
+        """A request was answered."""

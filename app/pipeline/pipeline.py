@@ -1,0 +1,207 @@
+"""One object owns a request from bytes to bytes: decode with limits → luma → engine → compose → encode.
+
+The CPU work runs in the codec pool, never on the event loop; the model runs
+in the engine, batched with every other request's tiles. Where the colour
+work runs depends on the device: on CUDA the decoded frame goes to the GPU
+once as 8-bit planes and luma, bicubic chroma, alpha and the luma swap run
+there beside the model (:mod:`app.core.planes`), coming back as 8-bit planes
+for the encoder; on the CPU the banded Pillow/NumPy compose
+(:mod:`app.imaging.compose`) is faster and gives the same bytes.
+
+Cancelling :meth:`Pipeline.upscale` (the client left) drops the request's
+pending tiles; its deadline is checked after the decode and inside the
+engine. Every failure is an exception of a lower layer (``ImageError``,
+``EngineError``) or :class:`~app.pipeline.options.InvalidOptions`; mapping them
+to statuses is the caller's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from app.core import planes
+from app.engine.batcher import Engine
+from app.engine.errors import DeadlineExceeded, UnknownScale
+from app.imaging.compose import compose, planes_of
+from app.imaging.decode import DecodedImage, decode
+from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
+from app.imaging.errors import ImageTooLarge
+from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
+from app.pipeline.observer import PipelineObserver
+from app.pipeline.options import OutputOptions
+from app.pipeline.timings import Timings
+from app.store.registry import LoadedModel
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    body: bytes
+    format: str  # png, jpeg or webp
+    model: str  # the manifest name of the model that ran
+    scale: int
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    timings: Timings
+
+    @property
+    def media_type(self) -> str:
+        return OUTPUT_FORMATS[self.format]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    image: DecodedImage
+    luma: Tensor  # (1, H, W) float32 on the model's device
+    color: Tensor | None = None  # 8-bit planes on the model's device, for the tensor compose
+    alpha: Tensor | None = None
+
+
+class Pipeline:
+    """The request path below HTTP; build it with :func:`app.pipeline.build.build_pipeline`."""
+
+    def __init__(
+        self,
+        models: Mapping[int, LoadedModel],
+        engine: Engine,
+        *,
+        codec_pool: Executor,
+        band_pool: Executor | None = None,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        device: torch.device | None = None,
+        tensor_compose: bool | None = None,
+        png_compress_level: int = 1,
+        request_timeout_s: float | None = None,
+        observer: PipelineObserver | None = None,
+    ) -> None:
+        self.models = dict(models)
+        self.engine = engine
+        self.codec_pool = codec_pool
+        self.band_pool = band_pool
+        self.limits = limits
+        self.device = device or torch.device("cpu")
+        self.tensor_compose = self.device.type == "cuda" if tensor_compose is None else tensor_compose
+        self.png_compress_level = png_compress_level
+        self.request_timeout_s = request_timeout_s
+        self.observer = observer or PipelineObserver()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Finish admitted work (up to the timeout), then stop the engine and the pools."""
+        await self.engine.close(drain_timeout_s)
+        self.codec_pool.shutdown(wait=True)
+        if self.band_pool is not None:
+            self.band_pool.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and self.engine.ready
+
+    # -- what is served ---------------------------------------------------------------------
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The scales of the loaded models: the one source of what a request may ask for."""
+        return tuple(sorted(self.models))
+
+    def check_scale(self, scale: int) -> None:
+        """Refuse a scale no loaded model serves, before anything is read or decoded."""
+        if scale not in self.models:
+            served = ", ".join(str(s) for s in self.scales) or "none"
+            raise UnknownScale(f"no model serves x{scale}; scales served: {served}", self.scales)
+
+    # -- the request path -------------------------------------------------------------------
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (a codec, a figure) in the codec pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.codec_pool, fn, *args)
+
+    async def decode(self, data: bytes, scale: int) -> DecodedImage:
+        """Decode an upload for ×``scale`` within the pixel limits (for views that need the image only)."""
+        self.check_scale(scale)
+        return await self.in_pool(decode, data, scale, self.limits)
+
+    async def upscale(
+        self, data: bytes, scale: int, options: OutputOptions | None = None, *, deadline: float | None = None
+    ) -> UpscaleResult:
+        """Encoded image bytes → the ×``scale`` image encoded as ``options`` asks.
+
+        ``deadline`` is a ``time.monotonic()`` instant; by default ``request_timeout_s`` from now.
+        """
+        options = options or OutputOptions()
+        self.check_scale(scale)
+        if deadline is None and self.request_timeout_s is not None:
+            deadline = time.monotonic() + self.request_timeout_s
+        timings = Timings()
+        prepared = await self.in_pool(self._prepare, data, scale, timings)
+        image = prepared.image
+        fmt = options.resolve(image.source_format)
+        if fmt == "webp" and max(image.width, image.height) * scale > WEBP_MAX_SIDE:
+            raise ImageTooLarge(f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("deadline exceeded while decoding")
+        started = time.perf_counter()
+        sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline)
+        timings.model = time.perf_counter() - started
+        body = await self.in_pool(self._finish, prepared, sr, scale, fmt, options, timings)
+        w, h = image.width, image.height
+        self.observer.pixels(scale, w * h, w * h * scale * scale)
+        return UpscaleResult(body=body, format=fmt, model=self.models[scale].manifest.name, scale=scale,
+                             input_size=(w, h), output_size=(w * scale, h * scale), timings=timings)
+
+    def _prepare(self, data: bytes, scale: int, timings: Timings) -> _Prepared:
+        """Codec pool: decode, then the model's input (on the model's device for the tensor compose)."""
+        start = time.perf_counter()
+        try:
+            image = decode(data, scale, self.limits)
+            color, alpha = planes_of(image)
+            if not self.tensor_compose:
+                return _Prepared(image, planes.luma(color, alpha))
+            color, alpha = _to(color, self.device), _to(alpha, self.device) if alpha is not None else None
+            return _Prepared(image, planes.luma(color, alpha), color, alpha)
+        finally:
+            timings.decode = time.perf_counter() - start
+            self.observer.stage("decode", timings.decode)
+
+    def _finish(
+        self, prepared: _Prepared, sr: Tensor, scale: int, fmt: str, options: OutputOptions, timings: Timings
+    ) -> bytes:
+        """Codec pool: model Y + bicubic chroma (+ alpha) → the output image, then encoded."""
+        image = prepared.image
+        start = time.perf_counter()
+        if prepared.color is not None:
+            out = planes.compose(prepared.color, prepared.alpha, sr, scale).permute(1, 2, 0).cpu().numpy()
+            result = Image.fromarray(np.ascontiguousarray(out[..., 0] if out.shape[-1] == 1 else out), image.mode)
+        else:
+            result = compose(image, sr, scale, self.band_pool)
+        timings.compose = time.perf_counter() - start
+        self.observer.stage("compose", timings.compose)
+        start = time.perf_counter()
+        try:
+            return encode(result, fmt, quality=options.quality, lossless=options.lossless,
+                          icc_profile=image.icc_profile, png_compress_level=self.png_compress_level)
+        finally:
+            timings.encode = time.perf_counter() - start
+            self.observer.stage("encode", timings.encode)
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    """8-bit planes to the model's device in one copy (pinned, so it can overlap other work)."""
+    if t.device == device:
+        return t
+    return t.contiguous().pin_memory().to(device, non_blocking=True)
