@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.engine.observer import EngineObserver
 from app.observability import metrics
+from app.pipeline.observer import PipelineObserver
 
 
 class PrometheusObserver(EngineObserver):
@@ -25,6 +26,16 @@ class PrometheusObserver(EngineObserver):
 
     def rejected(self, reason: str) -> None:
         metrics.reject(reason)
+
+
+class PipelineMetrics(PipelineObserver):
+    """Pipeline events → ``sr_stage_duration_seconds`` and the pixel counters."""
+
+    def stage(self, name: str, seconds: float) -> None:
+        metrics.observe_stage(name, seconds)
+
+    def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
+        metrics.count_pixels(scale, input_pixels, output_pixels)
 
 
 INPUT_REJECTIONS = {400: metrics.BAD_INPUT, 415: metrics.BAD_INPUT, 422: metrics.BAD_INPUT, 413: metrics.TOO_LARGE}
