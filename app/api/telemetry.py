@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.engine.observer import EngineObserver
 from app.observability import metrics
 from app.pipeline.observer import PipelineObserver
+
+# The rejection reasons already counted for the request being served (the engine counts
+# ``client_gone`` itself when it drops a cancelled request's tiles). A mutable set, so the
+# tasks a route spawns (they run in copies of its context) add to the request's own set.
+_COUNTED: ContextVar[set[str] | None] = ContextVar("sr_counted_rejections", default=None)
 
 
 class PrometheusObserver(EngineObserver):
@@ -26,6 +32,9 @@ class PrometheusObserver(EngineObserver):
 
     def rejected(self, reason: str) -> None:
         metrics.reject(reason)
+        counted = _COUNTED.get()
+        if counted is not None:
+            counted.add(reason)
 
 
 class PipelineMetrics(PipelineObserver):
@@ -38,6 +47,7 @@ class PipelineMetrics(PipelineObserver):
         metrics.count_pixels(scale, input_pixels, output_pixels)
 
 
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request"
 INPUT_REJECTIONS = {400: metrics.BAD_INPUT, 415: metrics.BAD_INPUT, 422: metrics.BAD_INPUT, 413: metrics.TOO_LARGE}
 
 
@@ -49,7 +59,9 @@ class RequestMetricsMiddleware:
 
     Input rejections are counted here, by status, for every route alike: 400, 415 and 422
     as ``bad_input`` (parameter validation fails before any route runs), 413 as ``too_large``.
-    Load rejections (``queue_full``, ``timeout``, ``client_gone``) come from the engine.
+    Load rejections (``queue_full``, ``timeout``, ``client_gone``) come from the engine; a 499
+    the engine did not count (the client left during the upload or the decode) is counted
+    here as ``client_gone``, once.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -61,6 +73,8 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        counted: set[str] = set()
+        token = _COUNTED.set(counted)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -77,8 +91,11 @@ class RequestMetricsMiddleware:
                 query = dict(_query_items(scope))
                 metrics.observe_request(endpoint, query.get("scale"), status, time.perf_counter() - start)
                 reason = INPUT_REJECTIONS.get(status)
+                if status == CLIENT_GONE_STATUS and metrics.CLIENT_GONE not in counted:
+                    reason = metrics.CLIENT_GONE
                 if reason:
                     metrics.reject(reason)
+            _COUNTED.reset(token)
 
 
 def _query_items(scope: Scope) -> list[tuple[str, str]]:

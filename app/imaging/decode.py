@@ -1,8 +1,13 @@
 """Uploaded bytes → an upright 8-bit colour image, an optional alpha plane and its ICC profile.
 
-Order matters for safety: ``Image.open`` reads only the header, so the format
-and the pixel limits are checked before ``load()`` decodes anything — a
-50000×50000 PNG of a few hundred bytes is refused without allocating it.
+Order matters for safety: the container is walked first
+(:mod:`app.imaging.guards`: scans, chunks, frames, tiles out of proportion are
+refused before Pillow parses anything), ``Image.open`` then reads only the
+header, and only for the accepted formats, so the format and the pixel limits
+are checked before ``load()`` decodes anything — a 50000×50000 PNG of a few
+hundred bytes is refused without allocating it. What no structural check
+foresees is bounded by running this in a killable worker process with a time
+and memory budget (:func:`app.imaging.sandbox.decode_bounded`).
 
 Pixel modes are reduced to what the model pipeline handles, ``L`` or ``RGB``
 plus a separate alpha plane:
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from app.imaging import icc
+from app.imaging import guards, icc
 from app.imaging.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
 
@@ -48,6 +53,9 @@ _ACCEPTED = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 _BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error)
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _INT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# MPO has no parser of its own: the JPEG one returns MPO pictures.
+_OPEN_FORMATS = tuple(sorted(INPUT_FORMATS - {"MPO"}))
+_SNIFF_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,18 +92,22 @@ def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Dec
     """Decode an upload for a ×``scale`` upscale, refusing it before decoding if it is over ``limits``."""
     if not data:
         raise InvalidImage("the upload is empty: no image data")
+    guards.check_structure(data, scale, limits)
     try:
-        im = Image.open(io.BytesIO(data))
+        # only the accepted formats' parsers see the bytes: others are named from their magic alone
+        im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except _BOMB as e:
         raise ImageTooLarge(f"image refused as a possible decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
+        other = _other_format(data)
+        if other:
+            raise UnsupportedImageType(f"{other} images are not accepted; send {_ACCEPTED}") from None
         raise InvalidImage(f"the data is not a recognised image; send {_ACCEPTED}") from None
     except _BROKEN as e:
         raise InvalidImage(f"could not read the image header: {e}") from None
-    if im.format not in INPUT_FORMATS:
-        raise UnsupportedImageType(f"{im.format} images are not accepted; send {_ACCEPTED}")
     fmt, source_mode = im.format, im.mode
     check_size(im.width, im.height, scale, limits)
+    guards.check_opened(im, data)
     try:
         im.load()
     except _BOMB as e:
@@ -113,6 +125,18 @@ def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Dec
         source_format=fmt,
         source_mode=source_mode,
     )
+
+
+def _other_format(data: bytes) -> str | None:
+    """The format of an image we do not accept, named by Pillow from its first 64 KiB.
+
+    Only that prefix, so no other format's header parser ever reads a whole upload.
+    """
+    try:
+        with Image.open(io.BytesIO(data[:_SNIFF_BYTES])) as other:
+            return other.format
+    except (*_BOMB, Image.UnidentifiedImageError, *_BROKEN):
+        return None
 
 
 def _upright(im: Image.Image) -> Image.Image:

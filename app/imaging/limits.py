@@ -3,6 +3,9 @@
 Pillow's own decompression-bomb guard is a process-wide setting with a high
 default (≈ 89 Mpx warns, ≈ 179 Mpx fails), so the service checks its own,
 per-request limits on the input and on the output the scale would produce.
+
+The structural bounds (scans, chunks, frames, metadata bytes) are what
+:mod:`app.imaging.guards` holds a file's container to before decoding it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ class ImageLimits:
     max_input_pixels: int = 4096 * 4096
     max_output_pixels: int = 8192 * 8192
     max_side: int = 16384
+    max_jpeg_scans: int = 100  # progressive encoders write about 10; each scan is a pass over the image
+    max_chunks: int = 20_000  # JPEG segments, PNG/WebP chunks, GIF blocks, TIFF directory entries
+    max_frames: int = 1000  # GIF, APNG and WebP frames (only the first is decoded)
+    max_metadata_bytes: int = 16 * 1024 * 1024  # PNG/WebP ancillary chunks together (JPEG's largest ICC fits)
 
     def __post_init__(self) -> None:
-        for name in ("max_input_pixels", "max_output_pixels", "max_side"):
+        for name in ("max_input_pixels", "max_output_pixels", "max_side", "max_jpeg_scans", "max_chunks",
+                     "max_frames", "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
