@@ -13,7 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    SR_MODEL_STORE=/srv/model_store
+    SR_MODEL_STORE=/srv/model_store \
+    SR_HOST=0.0.0.0 \
+    SR_PORT=8000
 
 WORKDIR /srv
 
@@ -40,4 +42,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
 
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# app.serve, not bare uvicorn: SR_WORKERS (default auto: the processes the container's cores need),
+# per-process thread shares and one coherent /metrics across processes (Prometheus multiprocess mode).
+CMD ["python", "-m", "app.serve"]

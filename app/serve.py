@@ -1,5 +1,10 @@
 """``python -m app.serve``: run the service with uvicorn, using the ``SR_HOST``/``SR_PORT``/``SR_WORKERS`` settings.
 
+``SR_WORKERS=auto`` (the default) picks the process count for the host
+(:func:`app.engine.device.workers_for`), and each process gets its share of the
+cores for inference, codec and compose threads (:func:`app.engine.device.share_cores`)
+unless those are set, so processes never oversubscribe the machine.
+
 With several workers every process keeps its own metrics, so Prometheus'
 multiprocess mode is switched on: ``PROMETHEUS_MULTIPROC_DIR`` is set (to a
 fresh temporary folder unless given) and wiped before the workers start.
@@ -16,12 +21,21 @@ from pathlib import Path
 import uvicorn
 
 from app.api.settings import get_settings
+from app.engine.device import share_cores, workers_for
+
+log = logging.getLogger("app.serve")
 
 
 def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.workers > 1:
+    workers = workers_for(settings.workers, settings.device)
+    for name, value in share_cores(workers, settings).items():  # read by every worker's own Settings()
+        os.environ[f"SR_{name.upper()}"] = str(value)
+    log.info("%d worker process(es); per process: %s", workers,
+             {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")}
+             | share_cores(workers, settings))
+    if workers > 1:
         folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sr-metrics-"))
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -30,7 +44,7 @@ def main() -> None:
         "app.main:app",
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
+        workers=workers,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
     )
 

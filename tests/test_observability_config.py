@@ -290,7 +290,8 @@ def test_dockerfile_and_dockerignore() -> None:
     assert re.search(r"^USER (?!root)\w+$", dockerfile, re.M)
     assert re.search(r"^EXPOSE 8000$", dockerfile, re.M)
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
-    assert 'CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]' in dockerfile
+    assert 'CMD ["python", "-m", "app.serve"]' in dockerfile  # workers, thread shares, multiprocess metrics
+    assert re.search(r"SR_HOST=0\.0\.0\.0", dockerfile) and re.search(r"SR_PORT=8000", dockerfile)
     for copied in ("app/", "model_store/", "pyproject.toml README.md"):
         assert f"COPY {copied}" in dockerfile
 

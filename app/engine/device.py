@@ -48,11 +48,55 @@ def codec_threads_for(setting: int = 0) -> int:
     """
     if setting > 0:
         return setting
+    return max(2, usable_cores())
+
+
+def usable_cores() -> int:
+    """The cores this process may use (containers, taskset), not the machine's."""
     try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(2, cores)
+        return os.cpu_count() or 1
+
+
+CORES_PER_CPU_WORKER = 1  # measured on the 2-core machine: see README, "Workers"
+MAX_GPU_WORKERS = 8
+
+
+def workers_for(setting: int | str, device: str = "auto") -> int:
+    """Worker processes for ``python -m app.serve``: ``setting`` when a number, else what suits the host.
+
+    One Python process cannot keep its cores busy: the event loop, the GIL and
+    the codec threads queue behind each other (one process served 0.39–0.44 of
+    the bare model's throughput on 2 cores, two processes more; see the README).
+    CPU hosts get one process per :data:`CORES_PER_CPU_WORKER` cores. On a GPU
+    host the model is rarely the limit, the CPU side is, so every core pair
+    gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
+    holds its own CUDA context and model copies) — a count not yet measured
+    on a GPU machine.
+    """
+    if isinstance(setting, int) or str(setting).isdigit():
+        return max(1, int(setting))
+    cores = usable_cores()
+    gpu = device != "cpu" and torch.cuda.is_available()
+    if gpu:
+        return max(1, min(MAX_GPU_WORKERS, cores // 2))
+    return max(1, cores // CORES_PER_CPU_WORKER)
+
+
+def share_cores(workers: int, settings: object) -> dict[str, int]:
+    """Per-process thread counts for the settings left at 0 (auto), so ``workers`` processes share the cores.
+
+    With one worker nothing changes (the in-process defaults hold). With more,
+    each gets ``cores / workers`` inference threads (ONNX Runtime and PyTorch)
+    and compose threads, and at least two codec threads (a decode waiting on
+    the GIL should not leave the pool idle).
+    """
+    if workers <= 1:
+        return {}
+    share = max(1, usable_cores() // workers)
+    shares = {"threads": share, "codec_threads": max(2, share), "compose_threads": share}
+    return {name: value for name, value in shares.items() if not getattr(settings, name)}
 
 
 def configure_threads(threads: int) -> int:

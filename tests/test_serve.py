@@ -1,0 +1,76 @@
+"""``python -m app.serve``: worker processes for the host, thread shares, one coherent /metrics across them."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.settings import Settings
+from app.engine.device import share_cores, usable_cores, workers_for
+from tests.conftest import encoded, natural
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_auto_workers_fit_the_host() -> None:
+    assert workers_for(3) == 3 and workers_for("2") == 2
+    assert workers_for("auto", "cpu") == usable_cores()  # one per core on CPU hosts (README: "Workers")
+    assert Settings().workers == "auto"
+    with pytest.raises(ValueError):
+        Settings(workers=0)
+
+
+def test_processes_share_the_cores_instead_of_each_taking_all() -> None:
+    assert share_cores(1, Settings()) == {}  # one process: the in-process defaults
+    shares = share_cores(2, Settings())
+    cores = max(1, usable_cores() // 2)
+    assert shares == {"threads": cores, "codec_threads": max(2, cores), "compose_threads": cores}
+    assert "threads" not in share_cores(2, Settings(threads=3))  # what is set stays set
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_PORT": str(port),
+           "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, "app.serve exited before it became ready"
+            time.sleep(0.2)
+        body = encoded(natural((40, 30)))
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for _ in range(12):  # new connections: the kernel spreads them over the workers
+                r = httpx.post(f"{base}/upscale", params={"scale": 2}, content=body,
+                               headers={"content-type": "image/png"}, timeout=60)
+                assert r.status_code == 200 and r.headers["x-scale"] == "2"
+            text = client.get("/metrics").text
+        counted = re.search(r'sr_requests_total\{endpoint="/upscale",scale="2",status="200"\} (\S+)', text)
+        assert counted and float(counted.group(1)) == 12.0  # the sum over both processes, whichever answered
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2  # two worker processes (plus, possibly, uvicorn's helper)
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert "2 worker process(es)" in out
