@@ -136,7 +136,7 @@ def test_deadline_covers_the_decode(seeded_store: Path) -> None:
 
         return await pipeline.upscale(data, 2, deadline=time.monotonic() - 1)
 
-    with pytest.raises(DeadlineExceeded, match="decoding"):
+    with pytest.raises(DeadlineExceeded, match="while decoding"):
         run(_with_pipeline(make_settings(seeded_store), work))
 
 
@@ -149,3 +149,18 @@ def test_webp_side_limit_is_checked_before_the_model(seeded_store: Path) -> None
 
     with pytest.raises(ImageTooLarge, match="WebP"):
         run(_with_pipeline(make_settings(seeded_store), work))
+
+
+def test_a_decoded_frame_goes_the_same_way_as_an_upload(seeded_store: Path) -> None:
+    """upscale_image (video and animation frames) and upscale (uploads) give the same pixels."""
+    data = encoded(natural((50, 40)))
+    image = decode(data, 2)
+
+    async def work(pipeline):
+        frame = await pipeline.upscale_image(image, 2)
+        whole = await pipeline.upscale(data, 2, OutputOptions("png"))
+        return frame, whole
+
+    frame, whole = run(_with_pipeline(make_settings(seeded_store), work))
+    assert frame.size == (100, 80) and frame.mode == "RGB"
+    assert np.array_equal(np.asarray(frame), np.asarray(open_bytes(whole.body)))

@@ -148,53 +148,81 @@ class Pipeline:
         if deadline is None and self.request_timeout_s is not None:
             deadline = time.monotonic() + self.request_timeout_s
         timings = Timings()
-        prepared = await self.in_pool(self._prepare, data, scale, timings)
+        prepared = await self.in_pool(self._decode_and_prepare, data, scale, timings)
         image = prepared.image
         fmt = options.resolve(image.source_format)
         if fmt == "webp" and max(image.width, image.height) * scale > WEBP_MAX_SIDE:
             raise ImageTooLarge(f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
+        sr = await self._model(prepared, scale, deadline, timings)
+        body = await self.in_pool(self._compose_and_encode, prepared, sr, scale, fmt, options, timings)
+        return UpscaleResult(body=body, format=fmt, model=self.models[scale].manifest.name, scale=scale,
+                             input_size=(image.width, image.height),
+                             output_size=(image.width * scale, image.height * scale), timings=timings)
+
+    async def upscale_image(
+        self, image: DecodedImage, scale: int, *, deadline: float | None = None, timings: Timings | None = None
+    ) -> Image.Image:
+        """An already decoded image (a video or animation frame) → its ×``scale`` image, same mode.
+
+        The same luma, engine and compose as :meth:`upscale`, without the codecs: frames of one
+        video ride the engine's batches beside every other request.
+        """
+        self.check_scale(scale)
+        timings = timings or Timings()
+        prepared = await self.in_pool(self._prepare, image)
+        sr = await self._model(prepared, scale, deadline, timings)
+        return await self.in_pool(self._timed_compose, prepared, sr, scale, timings)
+
+    async def _model(self, prepared: _Prepared, scale: int, deadline: float | None, timings: Timings) -> Tensor:
         if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded("deadline exceeded while decoding")
+            raise DeadlineExceeded("deadline exceeded before the model ran (while decoding)")
         started = time.perf_counter()
         sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline)
-        timings.model = time.perf_counter() - started
-        body = await self.in_pool(self._finish, prepared, sr, scale, fmt, options, timings)
-        w, h = image.width, image.height
+        timings.model += time.perf_counter() - started
+        w, h = prepared.image.width, prepared.image.height
         self.observer.pixels(scale, w * h, w * h * scale * scale)
-        return UpscaleResult(body=body, format=fmt, model=self.models[scale].manifest.name, scale=scale,
-                             input_size=(w, h), output_size=(w * scale, h * scale), timings=timings)
+        return sr
 
-    def _prepare(self, data: bytes, scale: int, timings: Timings) -> _Prepared:
-        """Codec pool: decode, then the model's input (on the model's device for the tensor compose)."""
+    # -- codec-pool work --------------------------------------------------------------------
+
+    def _decode_and_prepare(self, data: bytes, scale: int, timings: Timings) -> _Prepared:
         start = time.perf_counter()
         try:
-            image = decode(data, scale, self.limits)
-            color, alpha = planes_of(image)
-            if not self.tensor_compose:
-                return _Prepared(image, planes.luma(color, alpha))
-            color, alpha = _to(color, self.device), _to(alpha, self.device) if alpha is not None else None
-            return _Prepared(image, planes.luma(color, alpha), color, alpha)
+            return self._prepare(decode(data, scale, self.limits))
         finally:
             timings.decode = time.perf_counter() - start
             self.observer.stage("decode", timings.decode)
 
-    def _finish(
+    def _prepare(self, image: DecodedImage) -> _Prepared:
+        """The model's input, and for the tensor compose the 8-bit planes, on the model's device."""
+        color, alpha = planes_of(image)
+        if not self.tensor_compose:
+            return _Prepared(image, planes.luma(color, alpha))
+        color, alpha = _to(color, self.device), _to(alpha, self.device) if alpha is not None else None
+        return _Prepared(image, planes.luma(color, alpha), color, alpha)
+
+    def _timed_compose(self, prepared: _Prepared, sr: Tensor, scale: int, timings: Timings) -> Image.Image:
+        """Model Y + bicubic chroma (+ alpha) → the output image, in the source's mode."""
+        start = time.perf_counter()
+        try:
+            if prepared.color is None:
+                return compose(prepared.image, sr, scale, self.band_pool)
+            out = planes.compose(prepared.color, prepared.alpha, sr, scale).permute(1, 2, 0).cpu().numpy()
+            return Image.fromarray(np.ascontiguousarray(out[..., 0] if out.shape[-1] == 1 else out),
+                                   prepared.image.mode)
+        finally:
+            elapsed = time.perf_counter() - start
+            timings.compose += elapsed
+            self.observer.stage("compose", elapsed)
+
+    def _compose_and_encode(
         self, prepared: _Prepared, sr: Tensor, scale: int, fmt: str, options: OutputOptions, timings: Timings
     ) -> bytes:
-        """Codec pool: model Y + bicubic chroma (+ alpha) → the output image, then encoded."""
-        image = prepared.image
-        start = time.perf_counter()
-        if prepared.color is not None:
-            out = planes.compose(prepared.color, prepared.alpha, sr, scale).permute(1, 2, 0).cpu().numpy()
-            result = Image.fromarray(np.ascontiguousarray(out[..., 0] if out.shape[-1] == 1 else out), image.mode)
-        else:
-            result = compose(image, sr, scale, self.band_pool)
-        timings.compose = time.perf_counter() - start
-        self.observer.stage("compose", timings.compose)
+        result = self._timed_compose(prepared, sr, scale, timings)
         start = time.perf_counter()
         try:
             return encode(result, fmt, quality=options.quality, lossless=options.lossless,
-                          icc_profile=image.icc_profile, png_compress_level=self.png_compress_level)
+                          icc_profile=prepared.image.icc_profile, png_compress_level=self.png_compress_level)
         finally:
             timings.encode = time.perf_counter() - start
             self.observer.stage("encode", timings.encode)
