@@ -2,7 +2,7 @@
 
 ``section3``: the note's Section 3 (LR-space against HR-space networks at the
 same multiply-adds per output pixel; see docs/section3.md). Example (the
-small-budget study in docs/, about 40 min on a 2-core machine)::
+small-budget study in docs/section3.md, 30-40 min on a loaded 2-core machine)::
 
     python -m app.cli.experiment section3 --train ../shared/datasets/train/t91 ../shared/datasets/train/bsd200 \\
         --val ../shared/datasets/val/set5 --scales 2 3 --depths 3 5 --steps 1600 --jobs 2 \\
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="equal-time budget per network (default: the faster network's calibrated time for --steps)")
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--patch", type=int, default=24, help="LR patch size (output pixels), halo excluded")
+    s.add_argument("--patch", type=int, default=16, help="LR patch size (output pixels), halo excluded")
     s.add_argument("--stride", type=int, default=12, help="LR stride between patches")
     s.add_argument("--rescales", type=float, nargs="+", default=[1.0])
     s.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay per run)")

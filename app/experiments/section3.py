@@ -73,7 +73,7 @@ class Section3Config:
     steps: int = 1600
     time_budget: float | None = None  # seconds per network; None: the faster network's time for `steps`
     batch_size: int = 32
-    patch: int = 24
+    patch: int = 16
     stride: int = 12
     rescales: tuple[float, ...] = (1.0,)
     lr: float = 1e-3
@@ -166,6 +166,7 @@ def run_dir(cfg: Section3Config, spec: RunSpec) -> Path:
 def train_run(cfg: Section3Config, spec: RunSpec) -> dict[str, Any] | None:
     """Train (or resume) one network for ``spec.steps`` steps and score it; None if stopped by ``stop_after``."""
     folder = run_dir(cfg, spec)
+    check_settings(cfg, folder)
     result_path = folder / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
@@ -222,6 +223,24 @@ def train_run(cfg: Section3Config, spec: RunSpec) -> dict[str, Any] | None:
     }
     result_path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_settings(cfg: Section3Config) -> dict[str, Any]:
+    """What a run's outcome depends on besides its RunSpec: a folder trained under others is never resumed."""
+    keys = ("train_dirs", "val_dir", "widths", "kernel", "activation", "batch_size", "patch", "stride", "rescales",
+            "lr", "lr_min", "seed")
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=str))
+
+
+def check_settings(cfg: Section3Config, folder: Path) -> None:
+    path = folder / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != run_settings(cfg):
+            raise SystemExit(f"{folder} was trained with other settings ({saved}); use another --out")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run_settings(cfg), indent=2))
 
 
 def _run_in_worker(args: tuple[Section3Config, RunSpec]) -> dict[str, Any] | None:
