@@ -45,6 +45,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         workers=workers,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
     )
 

@@ -24,8 +24,8 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     save_model(ESPCN(3), store, "seeded-x3")
     out = tmp_path / "out"
 
-    main(["--quick", "--scales", "3", "--sizes", "32x24", "--repeats", "1", "--duration", "1",
-          "--out", str(out), "--store", str(store)])
+    main(["--quick", "--scales", "3", "--sizes", "32x24", "--repeats", "1", "--duration", "1", "--workers", "1",
+          "--clients", "3", "--many-clients", "4", "--frame-clients", "2", "--out", str(out), "--store", str(store)])
 
     assert (out / "bench.md").is_file() and (out / "bench.json").is_file()
     assert "## Model only" in capsys.readouterr().out
@@ -48,14 +48,18 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     (limit,) = data["limits"]
     assert limit["limit_ms"] > 0 and limit["pct_of_limit"] > 0
 
-    assert {r["format"] for r in data["requests"]} == {"jpeg", "png (level 1)"}
-    assert all(math.isfinite(r["median_ms"]) for r in data["requests"])
+    assert {r["format"] for r in data["requests"]} == {"JPEG → JPEG", "PNG → PNG (level 1)"}
+    assert all(math.isfinite(r["median_ms"]) and r["workers"] == 1 for r in data["requests"])
     assert len(data["codecs"]) == 6
-    assert [t["max_batch"] for t in data["throughput"]] == [32, 1]  # auto with ONNX Runtime, then batching off
+    # the JPEG frames, the two small-PNG loads (auto max_batch: 32 with ONNX Runtime), then batching off
+    assert [(t["clients"], t["max_batch"]) for t in data["throughput"]] == [(2, 32), (3, 32), (4, 32), (3, 1)]
+    assert "JPEG" in data["throughput"][0]["load"] and "96² PNG" in data["throughput"][1]["load"]
     for t in data["throughput"]:
         assert t["ok"] > 0 and t["errors"] == 0 and t["req_per_s"] > 0 and t["bare_batched_images_per_s"] > 0
         assert t["bare_best_batch"] in (1, 2, 4, 8, 16, 32)
         assert t["bare_batched_images_per_s"] >= t["bare_same_batch_images_per_s"]  # the best over all sizes
-        assert t["bare_cpu_ms_per_image"] > 0 and t["client_cpu_ms_per_request"] > 0
-        if Path("/proc/self/stat").is_file():  # the server's CPU time is read from /proc
+        assert t["client_cpu_ms_per_request"] > 0 and t["gpu_utilisation_pct"] is None  # no GPU here
+        if "PNG" in t["load"]:
+            assert t["bare_cpu_ms_per_image"] > 0
+        if Path("/proc/self/stat").is_file():  # the server's CPU time is read from /proc (all its processes)
             assert t["server_cpu_ms_per_request"] > 0 and t["cores_busy"] > 0

@@ -61,11 +61,29 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")
+    access_log: bool = Field(False, description="uvicorn's per-request log lines (counts and latencies are in /metrics)")
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
     workers: int | Literal["auto"] = Field(
         "auto", description="worker processes for `python -m app.serve`; auto: see app.engine.device.workers_for"
     )
+    # decode bounds (app/imaging/guards.py, app/imaging/sandbox.py; issue 19)
+    max_jpeg_scans: int = Field(100, ge=1, description="most scans in a JPEG (progressive encoders write about 10)")
+    max_image_chunks: int = Field(
+        20_000, ge=16, description="most JPEG segments, PNG/WebP chunks, GIF blocks or TIFF directory entries"
+    )
+    max_frames: int = Field(1000, ge=1, description="most frames in a GIF, APNG or WebP (only the first is decoded)")
+    max_metadata_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, description="PNG/WebP metadata chunks together")
+    decode_timeout_s: float = Field(10.0, gt=0, description="wall time one decode may take in its worker process")
+    decode_memory_mb: int = Field(768, ge=64, description="address space one decode may add to its worker process")
+    decode_workers: int = Field(
+        0, ge=0, le=256, description="most decode worker processes at once (0: 2 per usable core, at least 4)"
+    )
+    # connection limits for `python -m app.serve` (app/api/connections.py)
+    limit_concurrency: int = Field(1024, ge=1, description="connections + tasks at once; beyond it uvicorn answers 503")
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
+    header_timeout_s: float = Field(10.0, ge=0, description="request headers must arrive within this (0: no limit)")
+    body_timeout_s: float = Field(60.0, ge=0, description="the body must arrive within this after the headers (0: no limit)")
 
     @field_validator("workers")
     @classmethod

@@ -46,7 +46,7 @@ from app.cli.benchlib.peers import opencv_available, peer_rows
 from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_json
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
 from app.core.espcn import ESPCN
-from app.engine.device import max_batch_for, resolve_device
+from app.engine.device import max_batch_for, resolve_device, usable_cores
 from app.store.registry import DEFAULT_STORE, LoadedModel, discover
 
 FULL = {"sizes": ["256x256", "640x360", "1920x1080"], "repeats": 10, "warmup": 2, "duration": 10.0,
@@ -77,7 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--http-size", help="LR size of the single-request frame (default 640x360)")
     p.add_argument("--http-scale", type=int, default=3, help="scale of the HTTP requests (default 3)")
     p.add_argument("--duration", type=float, help="seconds of load per throughput variant (default 10)")
-    p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients (default 32)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients posting small PNGs (default 32)")
+    p.add_argument("--many-clients", type=int, default=64, help="the second small-PNG load (default 64)")
+    p.add_argument("--frame-clients", type=int, default=16,
+                   help="concurrent clients posting --http-size JPEG frames → JPEG (default 16)")
+    p.add_argument("--workers", type=int, nargs="+",
+                   help="SR_WORKERS values to measure (default: 1 2 4 8 as far as the cores allow)")
+    p.add_argument("--batching-off", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure one worker with max_batch=1 (default on)")
     p.add_argument("--load-side", type=int, default=96, help="side of the throughput PNGs (default 96)")
     p.add_argument("--throughput-only", action="store_true",
                    help="only the concurrent-clients section (and the bare model it is compared with)")
@@ -148,6 +155,14 @@ def gpu_section(models: dict[int, LoadedModel], args: argparse.Namespace, device
         results.gpu += gpu_rows(loaded.model, luma_of(frame(source, width, height)).to(device))
 
 
+def worker_counts(requested: list[int] | None) -> list[int]:
+    """SR_WORKERS values to measure: the ones asked for, else 1, 2, 4, 8 as far as the cores allow."""
+    if requested:
+        return requested
+    cores = usable_cores()
+    return [w for w in (1, 2, 4, 8) if w <= max(1, cores)]
+
+
 def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cfg: PathConfig,
                     results: BenchResults) -> None:
     from app.cli.benchlib import service  # httpx/uvicorn only when the service is benchmarked
@@ -158,25 +173,41 @@ def service_section(models: dict[int, LoadedModel], args: argparse.Namespace, cf
     base = {"model_store": args.store, "device": args.device, "tile_size": args.tile, "threads": args.threads}
     width, height = parse_size(args.http_size)
     image = frame(source, width, height)
+    loads = [service.small_load(source, args.clients, args.load_side, scale, args.duration)]
     if not args.throughput_only:
-        log(f"service: one request ×{scale} of {width}×{height} …")
-        with service.running_service(Settings(**base, max_batch=args.max_batch)) as served:
-            rows, png_answer = service.single_requests(served.url, model, image, cfg)
-        results.requests += rows
-        results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
-    load = service.LoadConfig(args.clients, args.duration, args.load_side, scale)
-    images = service.load_images(source, load)
+        loads = [service.frame_load(image, args.frame_clients, scale, args.duration), *loads,
+                 service.small_load(source, args.many_clients, args.load_side, scale, args.duration)]
     log("bare model on the same tiles, batches of 1 … 32 …")
+    images = service.load_images(source, service.LoadConfig(args.clients, args.duration, args.load_side, scale))
     bare = service.bare_runs(model, images, cfg, sorted({1, 2, 4, 8, 16, 32, args.max_batch}))
     best = max(bare.items(), key=lambda item: item[1].images_per_s)
-    for variant, max_batch in ((f"batching on (max_batch={args.max_batch})", args.max_batch),
-                               ("batching off (max_batch=1)", 1)):
-        log(f"service: {variant}, {load.clients} clients for {load.duration_s:g} s …")
-        with service.running_service(Settings(**base, max_batch=max_batch)) as served:
-            results.throughput.append(
-                service.throughput_row(served, variant, max_batch, images, load, best, bare[max_batch])
-            )
-    results.notes.append("the service runs in its own process; the load generator (app/cli/benchlib/load.py, raw keep-alive HTTP/1.1) shares the machine's cores with it")
+    bare_frames = service.bare_frame_run(model, image, cfg) if not args.throughput_only else None
+    for workers in worker_counts(args.workers):
+        settings = Settings(**base, max_batch=args.max_batch, workers=workers)
+        with service.running_service(settings) as served:
+            if not args.throughput_only:
+                log(f"service, {workers} worker(s): one request ×{scale} of {width}×{height} …")
+                rows, png_answer = service.single_requests(served.url, model, image, cfg, workers)
+                results.requests += rows
+                if not results.codecs:
+                    results.codecs += service.codec_rows(image, model, png_answer, args.repeats, args.warmup)
+            for load in loads:
+                log(f"service, {workers} worker(s): {load.label} for {load.duration_s:g} s …")
+                frames = bare_frames is not None and load.content_type == "image/jpeg"
+                bar = (1, bare_frames) if frames else best
+                results.throughput.append(service.throughput_row(
+                    served, f"{workers} worker(s)", args.max_batch, workers, load, bar,
+                    bare_frames if frames else bare[args.max_batch], cfg.device))
+    if args.batching_off:
+        load = loads[-1] if args.throughput_only else loads[1]
+        with service.running_service(Settings(**base, max_batch=1, workers=1)) as served:
+            log(f"service, batching off: {load.label} …")
+            results.throughput.append(service.throughput_row(served, "1 worker, batching off", 1, 1, load, best,
+                                                             bare[1], cfg.device))
+    results.notes.append("the service runs as `python -m app.serve` in its own processes; the load generator "
+                         "(app/cli/benchlib/load.py, raw keep-alive HTTP/1.1) shares the machine's cores with it; "
+                         "the bare model beside a JPEG-frame load is whole frames through the runner, beside a PNG "
+                         "load the same 96² tiles at the runner's best batch")
 
 
 def write_outputs(results: BenchResults, out: Path) -> str:

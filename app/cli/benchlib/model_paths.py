@@ -8,20 +8,25 @@
   the once-padded frame (``n/a`` when onnxruntime is not installed).
 - ``compile``: ``torch.compile(dynamic=False)``, compiled afresh for each shape (the first call,
   which compiles, is not timed); failures are reported as ``n/a``.
-- ``tiled``: what the service runs: the once-padded image cut into ``tile``² windows with their
-  halo, :class:`~app.engine.runner.ModelRunner` on batches of ``max_batch`` windows, tiles
-  stitched back. The runner clamps to [0, 1], so it is compared with the clamped eager output.
+- ``tiled``: what the service runs, timed through the service's own :class:`~app.engine.batcher.Engine`
+  (not a copy of it): admission, the batching worker, the once-padded image cut into ``tile``²
+  windows with their halo (or one whole-image call up to ``SR_WHOLE_IMAGE_MAX_PIXELS``), the
+  runner on batches of ``max_batch``, tiles stitched back. The runner clamps to [0, 1], so it is
+  compared with the clamped eager output.
 
 All run under ``torch.inference_mode()``, fp32, on the Y channel (1, 1, H, W).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +35,11 @@ from app.api.settings import Settings
 from app.cli.benchlib.common import measure, synchronizer
 from app.cli.benchlib.rows import NOT_AVAILABLE, OK, SKIPPED, FrameRow
 from app.core.espcn import ESPCN, pad_for
-from app.core.tiling import extract_tiles, pad_image, plan_tiles, stitch_tile
+from app.engine.batcher import Engine
 from app.engine.onnx_backend import OrtModel
 from app.engine.runner import ModelRunner
+
+T = TypeVar("T")
 
 PATHS = ("eager", "channels_last", "torchscript", "onnxruntime", "compile", "tiled")
 
@@ -102,26 +109,42 @@ def service_runner(model: ESPCN, device: torch.device, tile: int) -> ModelRunner
     return ModelRunner(model, device, backend=Settings().backend, tile=tile)
 
 
+class EngineLoop:
+    """The service's :class:`Engine` on its own event loop thread, callable from synchronous benchmark code."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-engine-loop", daemon=True)
+        self._thread.start()
+        self.run(engine.start())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.run(self.engine.close(5.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+
+
 class TiledPath:
-    """What the engine does for one image: pad once, cut ``tile``² windows, run them in batches, stitch."""
+    """One image through the real engine, as ``Pipeline.upscale`` hands it over (luma (c, H, W) on the CPU)."""
 
     def __init__(self, model: ESPCN, x: Tensor, cfg: PathConfig) -> None:
-        self.runner = service_runner(model, cfg.device, cfg.tile)
-        self.backend = self.runner.backend
-        self.luma = x[0].cpu()  # the service hands the engine (c, H, W) on the CPU
-        self.tile, self.max_batch = cfg.tile, cfg.max_batch
-        self.tiles = plan_tiles(x.shape[2], x.shape[3], cfg.tile)
+        runner = service_runner(model, cfg.device, cfg.tile)
+        self.backend = runner.backend
+        settings = Settings()
+        self.engine = EngineLoop(Engine({model.scale: runner}, tile=cfg.tile, max_batch=cfg.max_batch,
+                                        max_delay_s=0.0, whole_max_pixels=settings.whole_image_max_pixels))
+        self.luma, self.scale = x[0].cpu(), model.scale
+        self.whole = x.shape[2] * x.shape[3] <= settings.whole_image_max_pixels
 
     def __call__(self) -> Tensor:
-        _, h, w = self.luma.shape
-        radius, r = self.runner.radius, self.runner.scale
-        padded = pad_image(self.luma, radius, self.tile)
-        out = torch.empty(1, h * r, w * r)
-        for start in range(0, len(self.tiles), self.max_batch):
-            chunk = self.tiles[start : start + self.max_batch]
-            for t, tile_out in zip(chunk, self.runner(extract_tiles(padded, chunk, self.tile, radius)), strict=True):
-                stitch_tile(out, tile_out, t, r)
-        return out[None]
+        return self.engine.run(self.engine.engine.upscale(self.luma, self.scale))[None]
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 BUILDERS: dict[str, Callable[[ESPCN, Tensor, PathConfig], Callable[[], Tensor]]] = {
@@ -150,6 +173,7 @@ def time_path(name: str, model: ESPCN, x: Tensor, cfg: PathConfig, reference: Te
         row.status, row.note = SKIPPED, "torch.compile off (--quick or --no-compile)"
         return row, torch.empty(0)
     sync = synchronizer(cfg.device)
+    fn: Callable[[], Tensor] | None = None
     try:
         with torch.inference_mode():
             fn = BUILDERS[name](model, x, cfg)
@@ -158,14 +182,17 @@ def time_path(name: str, model: ESPCN, x: Tensor, cfg: PathConfig, reference: Te
     except Exception as exc:  # a path that does not work on this machine is a result, not a crash
         row.status, row.note = NOT_AVAILABLE, _error(exc)
         return row, torch.empty(0)
+    finally:
+        if isinstance(fn, TiledPath):
+            fn.close()
     row.median_ms, row.min_ms = timing.median_ms, timing.min_ms
     if reference is not None:
         expected = reference.clamp(0.0, 1.0) if name == "tiled" else reference
         row.max_abs_diff = (out.contiguous() - expected).abs().max().item()
         if name == "tiled":
-            backend = getattr(fn, "backend", "eager")
-            row.note = (f"ModelRunner ({backend}), tile {cfg.tile}, batches of {cfg.max_batch}, "
-                        "pad+cut+stitch included; vs clamped eager")
+            assert isinstance(fn, TiledPath)
+            how = "one whole-image call" if fn.whole else f"tiles of {cfg.tile}, batches of {cfg.max_batch}"
+            row.note = f"the service's Engine ({fn.backend}), {how}, admission+pad+cut+stitch included; vs clamped eager"
     else:
         row.max_abs_diff = 0.0
     if name != "tiled" and cfg.device.type == "cuda":

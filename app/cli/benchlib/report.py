@@ -100,10 +100,10 @@ def frame_tables(results: BenchResults) -> list[str]:
 def service_tables(results: BenchResults) -> list[str]:
     lines: list[str] = []
     if results.requests:
-        body = [[r.format, f"×{r.scale} of {r.width}×{r.height}", _ms(r.median_ms), _ms(r.server_decode_ms),
+        body = [[str(r.workers), r.format, f"×{r.scale} of {r.width}×{r.height}", _ms(r.median_ms), _ms(r.server_decode_ms),
                  _ms(r.server_model_ms), _ms(r.server_encode_ms), _ms(r.model_eager_ms), _ms(r.model_tiled_ms),
                  f"{r.ratio_to_eager:.2f}×", f"{r.response_bytes:,}"] for r in results.requests]
-        header = ["answer", "request", "end to end ms", "server: decode", "server: model (queue incl.)",
+        header = ["workers", "input → answer", "request", "end to end ms", "server: decode", "server: model (queue incl.)",
                   "server: compose+encode", "model only, eager", "model only, tiled", "end to end / eager", "bytes"]
         lines += ["## One request over HTTP (median)", "", *_table(header, body), ""]
     if results.codecs:
@@ -112,15 +112,18 @@ def service_tables(results: BenchResults) -> list[str]:
         lines += ["## Image stages alone, in-process (median)", "",
                   *_table(["stage", "image", "ms", "bytes"], body), ""]
     if results.throughput:
-        body = [[t.variant, str(t.max_batch), f"{t.clients} × {t.image_side}² PNG, ×{t.scale}", f"{t.req_per_s:.1f}",
-                 f"{t.ok} / {t.errors}", _ms(t.p50_ms), _ms(t.p95_ms), f"{t.bare_same_batch_images_per_s:.1f}",
-                 f"{t.bare_batched_images_per_s:.1f} (batch {t.bare_best_batch})", f"{t.fraction_of_bare:.1%}"] for t in results.throughput]
+        body = [[t.variant, str(t.max_batch), t.load or f"{t.clients} × {t.image_side}² PNG, ×{t.scale}",
+                 f"{t.req_per_s:.1f}", f"{t.ok} / {t.errors}", _ms(t.p50_ms), _ms(t.p95_ms),
+                 f"{t.bare_same_batch_images_per_s:.1f}", f"{t.bare_batched_images_per_s:.1f} (batch {t.bare_best_batch})",
+                 f"{t.fraction_of_bare:.1%}",
+                 f"{t.gpu_utilisation_pct:.0f} %" if t.gpu_utilisation_pct is not None else "—"] for t in results.throughput]
         header = ["service", "max_batch", "load", "requests/s", "ok / errors", "p50 ms", "p95 ms",
-                  "bare model img/s, same batch", "bare model img/s, best batch", "requests/s ÷ bare best"]
+                  "bare model img/s, same batch", "bare model img/s, best batch", "requests/s ÷ bare best",
+                  "GPU busy"]
         lines += ["## Throughput under concurrent clients", "", *_table(header, body), ""]
         cpu = [t for t in results.throughput if t.server_cpu_ms_per_request is not None]
         if cpu:
-            body = [[t.variant, _ms(t.server_cpu_ms_per_request), _ms(t.client_cpu_ms_per_request),
+            body = [[f"{t.variant}, {t.load}", _ms(t.server_cpu_ms_per_request), _ms(t.client_cpu_ms_per_request),
                      f"{t.cores_busy:.2f}" if t.cores_busy is not None else "—", _ms(t.bare_cpu_ms_per_image),
                      _ratio(t.bare_cpu_ms_per_image, t.server_cpu_ms_per_request, t.client_cpu_ms_per_request)]
                     for t in cpu]
@@ -213,12 +216,15 @@ def write_chart(results: BenchResults, path: Path) -> bool:
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     if results.throughput:
         ax = axes[0][1]
-        labels = [t.variant for t in results.throughput]
-        ax.bar(labels, [t.req_per_s for t in results.throughput], color="tab:blue", label="service requests/s")
-        ax.axhline(results.throughput[0].bare_batched_images_per_s, color="black", linestyle="--",
-                   label="bare model images/s (best batch)")
+        small = [t for t in results.throughput if "PNG" in (t.load or "PNG")]  # the small-image loads
+        ax.bar([f"{t.variant}\n{t.clients} clients" for t in small], [t.req_per_s for t in small],
+               color="tab:blue", label="service requests/s")
+        if small:
+            ax.axhline(small[0].bare_batched_images_per_s, color="black", linestyle="--",
+                       label="bare model images/s (best batch)")
         ax.set_ylabel("images per second")
-        ax.set_title(f"{results.throughput[0].clients} clients, {results.throughput[0].image_side}² PNG")
+        ax.set_title("small PNGs under concurrent clients")
+        ax.tick_params(axis="x", labelsize=6)
         ax.legend(fontsize=7)
     fig.suptitle(f"{results.machine.get('cpu')} · torch {results.machine.get('torch')}", fontsize=9)
     fig.tight_layout()

@@ -66,6 +66,7 @@ class RequestRow:
     model_tiled_ms: float
     ratio_to_eager: float  # end to end / model-only eager
     response_bytes: int
+    workers: int = 1  # SR_WORKERS of the server
 
 
 @dataclass
@@ -75,7 +76,7 @@ class ThroughputRow:
     variant: str
     max_batch: int
     clients: int
-    image_side: int
+    image_side: int  # 0 when ``load`` describes it
     scale: int
     duration_s: float
     ok: int
@@ -93,3 +94,6 @@ class ThroughputRow:
     client_cpu_ms_per_request: float | None = None
     cores_busy: float | None = None
     bare_cpu_ms_per_image: float | None = None
+    load: str = ""  # what each client posts, e.g. "32 × 96² PNG → PNG, ×3"
+    workers: int = 1  # SR_WORKERS of the server
+    gpu_utilisation_pct: float | None = None  # mean over the load (CUDA, with pynvml)
