@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -209,8 +210,10 @@ def test_settings_are_real_settings_and_parse(overlay, rendered, monkeypatch):
     assert settings.device == ("cuda" if overlay.startswith("gpu") else "cpu")
     # explicit thread counts within the CPU limit: the defaults would follow the node's cores
     limit = cpu_cores(container(objects)["resources"]["limits"]["cpu"])
-    assert 1 <= settings.threads <= limit
-    assert 1 <= settings.codec_threads <= limit
+    for name in ("threads", "codec_threads", "compose_threads"):
+        assert 1 <= getattr(settings, name) <= limit, name
+    # "auto" workers count the node's cores too: the pod states its process count
+    assert str(settings.workers).isdigit()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -235,15 +238,18 @@ def test_serve_listens_where_the_probes_look_and_drains_within_the_grace_period(
         monkeypatch.delenv(name, raising=False)
     for name, value in config(objects).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "multiproc"))  # restored afterwards
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "multiproc"))
     captured: dict[str, Any] = {}
     monkeypatch.setattr(app.serve.uvicorn, "run", lambda target, **kwargs: captured.update(kwargs, target=target))
     get_settings.cache_clear()
+    before = dict(os.environ)  # main() writes per-process thread counts into os.environ itself
     try:
         app.serve.main()
         settings = get_settings()
     finally:
         get_settings.cache_clear()
+        os.environ.clear()
+        os.environ.update(before)
 
     assert captured["target"] == "app.main:app"
     assert captured["host"] == "0.0.0.0"  # 127.0.0.1 would pass nothing but the kubelet's own loopback: nothing
