@@ -47,6 +47,9 @@ def main() -> None:
         workers=workers,
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_s,
+        http="app.api.connections:TimedHttpToolsProtocol",  # header and body read timeouts
     )
 
 
