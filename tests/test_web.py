@@ -138,3 +138,10 @@ def test_schema_lists_the_config_route_but_not_the_page(client: TestClient) -> N
     paths = client.get("/openapi.json").json()["paths"]
     assert "/web/config" in paths
     assert not {"/", "/docs", "/redoc", "/web/sample.png"} & set(paths)
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/redoc"])
+def test_pages_tell_the_browser_to_load_only_from_this_origin(client: TestClient, path: str) -> None:
+    policy = client.get(path).headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data: blob:" in policy
+    assert "http" not in policy and "unsafe-eval" not in policy

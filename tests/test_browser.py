@@ -1,0 +1,388 @@
+"""The web page in a real browser: Playwright driving the system's headless Chromium against the real service.
+
+The service runs as its own process (uvicorn, the shipped models) on a free
+loopback port; every page runs with the network cut off (any request to
+another host is aborted and fails the test). Screenshots go to the
+``SR_SCREENSHOT_DIR`` folder (default: pytest's temporary folder);
+``SR_UPDATE_SCREENSHOTS=1`` also rewrites ``docs/web_page.png``.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs
+it) or ``SR_CHROMIUM=/path/to/chrome``. Without it these tests skip, except
+under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chromium_path() -> str | None:
+    """``SR_CHROMIUM`` when set (only it), else Debian's ``chromium``."""
+    chosen = os.environ.get("SR_CHROMIUM")
+    candidates = [chosen] if chosen else [shutil.which("chromium"), "/usr/bin/chromium"]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def _requirements() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install -e '.[dev]')"
+    if chromium_path() is None:
+        return "no Chromium: apt-get install chromium (or set SR_CHROMIUM); .ci/run installs it"
+    return None
+
+
+MISSING = _requirements()
+if MISSING and os.environ.get("CI") == "true":
+    pytest.fail(f"browser tests cannot run in CI: {MISSING}", pytrace=False)
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+if MISSING is None:
+    from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+
+
+# -- the service and the browser -----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """``uvicorn app.main:app`` in a child process, on the shipped models."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "SR_DEVICE": "cpu", "SR_CODEC_THREADS": "2", **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning"],
+            cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+                raise RuntimeError(f"the service exited ({self.process.returncode}):\n{out[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the service did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[dict[str, Service]]:
+    started = {"on": Service(), "off": Service(SR_DEBUG_ROUTES="false")}  # both boot at once
+    try:
+        for service in started.values():
+            service.wait_ready()
+        yield started
+    finally:
+        for service in started.values():
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def service(services: dict[str, Service]) -> Service:
+    return services["on"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, service: Service) -> Iterator[Page]:
+    """A page whose only reachable host is the service: anything else is aborted and fails the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    outside: list[str] = []
+    errors: list[str] = []
+    console: list[str] = []
+
+    def only_loopback(route: Route, request: Request) -> None:
+        host = urlsplit(request.url).hostname
+        if request.url.startswith(("blob:", "data:")) or host == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    p = context.new_page()
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
+    yield p
+    context.close()
+    assert not outside, f"the page tried to reach other hosts: {outside}"
+    assert not errors, f"JavaScript errors: {errors}"
+    # the one refusal expected: ReDoc's sidebar logo from its vendor's CDN, blocked by the docs pages' CSP
+    unexpected = [m for m in console if "cdn.redoc.ly/redoc/logo-mini.svg" not in m
+                  and "status of 4" not in m]  # a 4xx answer (the error test) is logged by the browser itself
+    assert not unexpected, f"console errors: {unexpected}"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("SR_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real photograph: scikit-image's cat (Chelsea), 160×120."""
+    path = tmp_path_factory.mktemp("photos") / "chelsea.png"
+    Image.fromarray(skdata.chelsea()).resize((160, 120), Image.Resampling.LANCZOS).save(path)
+    return path
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def service_output(service: Service, path: Path, **params: object) -> httpx.Response:
+    with path.open("rb") as f:
+        response = httpx.post(f"{service.url}/upscale", params=params, files={"file": (path.name, f)}, timeout=60)
+    return response
+
+
+def drawn_pixels(page: Page, selector: str) -> np.ndarray:
+    """The RGB pixels of an <img> as the browser decoded them (drawn 1:1 on a canvas)."""
+    b64 = page.eval_on_selector(selector, """img => {
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let s = ''; for (let i = 0; i < d.length; i += 8192) s += String.fromCharCode(...d.subarray(i, i + 8192));
+        return [c.width, c.height, btoa(s)];
+    }""")
+    w, h, data = b64
+    return np.frombuffer(base64.b64decode(data), np.uint8).reshape(h, w, 4)[..., :3]
+
+
+def open_page(page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/")
+    page.wait_for_selector("#scale option[value='3']", state="attached")
+
+
+def focus_by_tab(page: Page, test_id: str, limit: int = 30) -> None:
+    """Press Tab until the element with ``data-testid=test_id`` has the focus (keyboard only)."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.dataset.testid") == test_id:
+            return
+    raise AssertionError(f"Tab never reached data-testid={test_id}")
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+def test_upscale_a_photo_with_the_keyboard_alone(page: Page, service: Service, photo: Path, shots: Path) -> None:
+    open_page(page, service)
+    expect(page.get_by_test_id("upscale")).to_be_disabled()
+    focus_by_tab(page, "file")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(photo)
+    expect(page.locator("#file-name")).to_contain_text("chelsea.png")
+    focus_by_tab(page, "scale")
+    page.select_option("#scale", "3")
+    focus_by_tab(page, "upscale")
+    page.keyboard.press("Enter")
+
+    result = page.get_by_test_id("result")
+    expect(result).to_have_js_property("naturalWidth", 480)  # the pages' CSP forbids eval: no wait_for_function
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [480, 360]
+
+    expected = service_output(service, photo, scale=3, format="png")
+    assert expected.status_code == 200
+    want = decoded(expected.content)
+    assert want.shape == (360, 480, 3)
+    np.testing.assert_array_equal(drawn_pixels(page, "[data-testid=result]"), want)  # what the page shows
+
+    expect(page.get_by_test_id("output-info")).to_contain_text("480 × 360 px")
+    expect(page.get_by_test_id("input-info")).to_contain_text("160 × 120 px")
+    timing = page.get_by_test_id("time").inner_text()
+    assert "ms in the service" in timing and "model" in timing and "round trip" in timing
+
+    download = page.get_by_test_id("download")
+    focus_by_tab(page, "download")
+    with page.expect_download() as info:
+        page.keyboard.press("Enter")
+    assert info.value.suggested_filename == "chelsea_x3.png"
+    saved = Path(info.value.path()).read_bytes()
+    np.testing.assert_array_equal(decoded(saved), want)
+    assert download.get_attribute("download") == "chelsea_x3.png"
+
+    page.screenshot(path=shots / "upscaled_slider.png")
+
+
+def test_views_compare_the_same_area_with_nearest_neighbour(
+    page: Page, service: Service, photo: Path, shots: Path
+) -> None:
+    open_page(page, service)
+    page.get_by_test_id("file").set_input_files(photo)
+    page.select_option("#scale", "2")
+    page.get_by_test_id("upscale").click()
+    expect(page.get_by_test_id("result")).to_have_js_property("naturalWidth", 320)
+
+    # the slider: both images cover the same box; the split moves with the keyboard
+    boxes = [page.locator(s).bounding_box() for s in ("#before", "#after")]
+    assert boxes[0] == boxes[1]
+    assert page.eval_on_selector("#before", "e => getComputedStyle(e).imageRendering") == "pixelated"
+    split = page.locator("#split")
+    split.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")
+    assert split.input_value() == "40"
+    assert page.eval_on_selector("#after", "e => e.style.clipPath") == "inset(0px 0px 0px 40%)"
+
+    # side by side at 4x: the original is drawn at the result's size times the zoom, pixelated, scrolled together
+    page.get_by_label("Side by side").check()
+    page.get_by_label("4×").check()
+    for selector in ("#side-before", "#side-after"):
+        size = page.eval_on_selector(selector, "e => [e.getBoundingClientRect().width, e.getBoundingClientRect().height]")
+        assert size == [1280, 960], selector
+        assert page.eval_on_selector(selector, "e => getComputedStyle(e).imageRendering") == "pixelated"
+    page.eval_on_selector("#pane-before", "e => { e.scrollLeft = 100; e.scrollTop = 50; }")
+    expect(page.locator("#pane-after")).to_have_js_property("scrollLeft", 100)
+    expect(page.locator("#pane-after")).to_have_js_property("scrollTop", 50)
+    page.screenshot(path=shots / "side_by_side_4x.png")
+
+
+def test_output_format_is_the_one_asked_for(page: Page, service: Service, photo: Path) -> None:
+    open_page(page, service)
+    page.get_by_test_id("file").set_input_files(photo)
+    page.select_option("#format", "jpeg")
+    expect(page.locator("#quality")).to_be_visible()
+    page.fill("#quality", "80")
+    page.get_by_test_id("upscale").click()
+    download = page.get_by_test_id("download")
+    expect(download).to_have_attribute("download", "chelsea_x3.jpg")
+    expect(page.get_by_test_id("output-info")).to_contain_text("JPEG")
+    with page.expect_download() as info:
+        download.click()
+    data = Path(info.value.path()).read_bytes()
+    assert data[:3] == b"\xff\xd8\xff"
+    assert data == service_output(service, photo, scale=3, format="jpeg", quality=80).content
+
+
+@pytest.mark.parametrize(("name", "media"), [("notes.txt", "text/plain"), ("notes.png", "image/png")])
+def test_a_text_file_shows_the_service_error_in_words(
+    page: Page, service: Service, shots: Path, name: str, media: str
+) -> None:
+    text = b"these are notes, not a photograph\n"
+    answer = httpx.post(f"{service.url}/upscale", params={"scale": 3}, files={"file": (name, text, media)}, timeout=60)
+    assert answer.status_code in (400, 415)
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and detail
+
+    open_page(page, service)
+    page.get_by_test_id("file").set_input_files({"name": name, "mimeType": media, "buffer": text})
+    page.get_by_test_id("upscale").click()
+    error = page.get_by_test_id("error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(f"({answer.status_code}): {detail}")
+    assert "{" not in error.inner_text()  # words, not JSON
+    expect(page.locator("#summary")).to_be_hidden()
+    page.screenshot(path=shots / f"error_{name}.png")
+
+
+def test_look_inside_shows_the_kernels_and_the_uploaded_image_channels(
+    page: Page, service: Service, photo: Path, shots: Path
+) -> None:
+    open_page(page, service)
+    page.get_by_test_id("file").set_input_files(photo)
+    tab = page.get_by_role("tab", name="Look inside")
+    expect(tab).to_be_visible()
+    page.get_by_role("tab", name="Upscale").focus()
+    page.keyboard.press("ArrowRight")  # tabs switch with the arrow keys
+    expect(tab).to_have_attribute("aria-selected", "true")
+
+    kernels = page.get_by_test_id("kernels")
+    expect(kernels).to_have_attribute("src", "/kernels/deconv.png?scale=3")
+    expect(kernels).not_to_have_js_property("naturalWidth", 0)
+    assert kernels.get_attribute("alt")
+
+    expect(page.locator("#channels-source")).to_contain_text("chelsea.png")
+    expect(page.get_by_test_id("channels")).not_to_have_js_property("naturalWidth", 0)
+    with photo.open("rb") as f:
+        figure = httpx.post(f"{service.url}/debug/channels", params={"scale": 3, "format": "png"},
+                            files={"file": (photo.name, f)}, timeout=60)
+    np.testing.assert_array_equal(drawn_pixels(page, "[data-testid=channels]"), decoded(figure.content))
+
+    page.select_option("#inside-scale", "2")
+    expect(kernels).to_have_attribute("src", "/kernels/deconv.png?scale=2")
+    page.screenshot(path=shots / "look_inside.png", full_page=True)
+
+
+def test_look_inside_is_hidden_when_debug_routes_are_off(page: Page, services: dict[str, Service]) -> None:
+    open_page(page, services["off"])
+    expect(page.get_by_role("tab", name="Upscale")).to_be_visible()
+    expect(page.get_by_test_id("tab-inside")).to_be_hidden()
+
+
+@pytest.mark.parametrize(("path", "rendered"), [
+    ("/docs", ".swagger-ui .info .title"),
+    ("/redoc", "redoc h1"),
+])
+def test_api_docs_render_with_the_network_cut_off(
+    page: Page, service: Service, shots: Path, path: str, rendered: str
+) -> None:
+    page.goto(f"{service.url}{path}")
+    expect(page.locator(rendered).first).to_contain_text("ESPCN super-resolution", timeout=20_000)
+    expect(page.get_by_text("/upscale").first).to_be_visible()
+    page.screenshot(path=shots / f"{path.strip('/')}.png")
+
+
+def test_readme_screenshot(page: Page, service: Service, shots: Path) -> None:
+    """The page as the README shows it: the sample photograph, ×3, before/after."""
+    open_page(page, service)
+    page.get_by_role("button", name="Use the sample photograph").click()
+    expect(page.locator("#file-name")).to_contain_text("sample.png")
+    page.get_by_test_id("upscale").click()
+    expect(page.get_by_test_id("result")).to_have_js_property("naturalWidth", 384)
+    page.mouse.move(0, 0)
+    path = shots / "web_page.png"
+    page.screenshot(path=path)
+    assert Image.open(path).size == (1400, 900)
+    if os.environ.get("SR_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, ROOT / "docs" / "web_page.png")
