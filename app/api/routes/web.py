@@ -27,7 +27,7 @@ OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 # The browser itself keeps these pages on this origin: nothing is fetched from elsewhere, even where a bundle
 # would (ReDoc's sidebar shows a logo from its vendor's CDN; it is refused before any request, and hidden).
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'self'; "
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'self'; "
             "form-action 'self'; frame-ancestors 'self'")
 # FastAPI's docs pages start Swagger UI / ReDoc from an inline script, and both style with inline CSS
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
