@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from app.core.color import rgb_to_y
+from app.core import planes
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
@@ -30,14 +30,9 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def rgb_tensor(image: Image.Image) -> Tensor:
-    """PIL image → (3, H, W) float32 RGB in [0, 255]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1)
-
-
 def luma(image: Image.Image) -> Tensor:
-    """PIL image → (1, H, W) studio-swing Y / 255."""
-    return rgb_to_y(rgb_tensor(image)) / 255.0
+    """PIL image → (1, H, W) studio-swing Y / 255: the service's own luma (:func:`app.core.planes.luma`)."""
+    return planes.luma(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
 
 
 def crop_to_multiple(image: Image.Image, scale: int) -> Image.Image:

@@ -15,15 +15,19 @@ import argparse
 import logging
 import shlex
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from app.datasets import load_pairs
+from app.engine.device import describe, resolve_device
 from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
 from app.store.manifest import Metric, Training
 from app.store.registry import load_manifest, save_model
 from app.training.trainer import TrainConfig, train
+
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}  # one source of the training defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,16 +35,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, required=True, choices=range(2, 9), metavar="{2..8}")
     p.add_argument("--train", type=Path, nargs="+", required=True, help="folders of HR training images")
     p.add_argument("--val", type=Path, help="folder of HR validation images (PSNR per epoch)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--steps-per-epoch", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--patch", type=int, default=24, help="LR patch size (output pixels), halo excluded")
-    p.add_argument("--stride", type=int, default=12, help="LR stride between patches")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay)")
-    p.add_argument("--lr-min", type=float, default=1e-5, help="final learning rate")
-    p.add_argument("--rescales", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6],
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--steps-per-epoch", type=int, default=DEFAULTS["steps_per_epoch"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--patch", type=int, default=DEFAULTS["patch"], help="LR patch size (output pixels), halo excluded")
+    p.add_argument("--stride", type=int, default=DEFAULTS["stride"], help="LR stride between patches")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="initial learning rate (cosine decay)")
+    p.add_argument("--lr-min", type=float, default=DEFAULTS["lr_min"], help="final learning rate")
+    p.add_argument("--rescales", type=float, nargs="+", default=list(DEFAULTS["rescales"]),
                    help="each training image is also used at these sizes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--init", type=Path, metavar="MANIFEST",
@@ -70,20 +74,12 @@ def schedule(cfg: TrainConfig) -> str:
     return text + f"; rescales {list(cfg.rescales)}; 8 dihedral augmentations"
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()})"
-    return f"{device} ({torch.get_num_threads()} threads)"
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device).type
     name = args.name or f"espcn-x{args.scale}"
     cfg = TrainConfig(
         scale=args.scale,
@@ -128,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule=schedule(cfg),
         seed=cfg.seed,
         wall_time_s=round(wall, 1),
-        device=device_name(device),
+        device=describe(torch.device(device)),
         history=cfg.history,
         previous=earlier_phases(args.init),
     )

@@ -46,6 +46,7 @@ def sha256_of(path: Path) -> str:
 
 
 def build_model(arch: Architecture) -> ESPCN:
+    """The one ESPCN builder: a manifest's architecture → the module (training builds through it too)."""
     return ESPCN(
         arch.scale,
         channels=arch.channels,

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from app.core.espcn import ESPCN
 from app.datasets import load_pairs, training_patches
 from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
-from app.store.registry import load_model
+from app.store.manifest import Architecture
+from app.store.registry import build_model, load_model
 from app.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def build(cfg: TrainConfig) -> ESPCN:
-    return ESPCN(cfg.scale, widths=cfg.widths, kernel_sizes=cfg.kernel_sizes, activation=cfg.activation)
+    """The network ``cfg`` describes, built the way the store rebuilds it from a manifest."""
+    return build_model(Architecture(scale=cfg.scale, widths=list(cfg.widths), kernel_sizes=list(cfg.kernel_sizes),
+                                    activation=cfg.activation))
 
 
 def warm_start(model: ESPCN, manifest: Path) -> None:
