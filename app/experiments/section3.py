@@ -475,6 +475,7 @@ def plot(report: dict[str, Any], path_time: Path, path_params: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     scales = sorted({r["scale"] for r in report["rows"]})
     for path, xkey, xlabel in ((path_time, "inference_s", "inference time, Set5 pass, 1 CPU thread (ms)"),
@@ -495,6 +496,9 @@ def plot(report: dict[str, Any], path_time: Path, path_params: Path) -> None:
             ax.axhline(report["bicubic"][f"x{scale}"]["psnr"], color="grey", linewidth=0.8, linestyle="--",
                        label="bicubic")
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if f"{v:.0e}"[0] in "25"
+                                                              else ""))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("Set5 Y-PSNR (dB)")
             ax.set_title(f"×{scale}")
