@@ -305,6 +305,24 @@ def test_output_format_is_the_one_asked_for(page: Page, service: Service, photo:
     assert data == service_output(service, photo, scale=3, format="jpeg", quality=80).content
 
 
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_an_image_can_be_dropped_or_pasted(page: Page, service: Service, photo: Path, how: str) -> None:
+    open_page(page, service)
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    page.evaluate("""([how, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], how === 'drop' ? 'dropped.png' : 'image.png', {type: 'image/png'}));
+        const event = how === 'drop'
+            ? new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true})
+            : new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true, cancelable: true});
+        (how === 'drop' ? document.getElementById('drop') : document).dispatchEvent(event);
+    }""", [how, b64])
+    expect(page.locator("#file-name")).to_contain_text("dropped.png" if how == "drop" else "pasted.png")
+    page.get_by_test_id("upscale").click()
+    expect(page.get_by_test_id("result")).to_have_js_property("naturalWidth", 480)
+
+
 @pytest.mark.parametrize(("name", "media"), [("notes.txt", "text/plain"), ("notes.png", "image/png")])
 def test_a_text_file_shows_the_service_error_in_words(
     page: Page, service: Service, shots: Path, name: str, media: str
