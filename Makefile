@@ -1,6 +1,6 @@
 # Two commands do all the set-up (see README): `make serve` and `make test`.
 # TORCH picks the PyTorch build: the default is the CPU wheel these machines carry;
-# GPU users run e.g. `make serve TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+# GPU users run e.g. `make serve TORCH="torch --index-url https://download.pytorch.org/whl/cu128"`.
 VENV   ?= .venv
 PYTHON ?= python3
 TORCH  ?= torch==2.13.0

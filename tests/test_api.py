@@ -98,7 +98,7 @@ def test_upscale_equals_whole_image_inference(client: TestClient, seeded_store: 
 @pytest.mark.parametrize(("fmt", "media", "pil"), [("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"),
                                                    ("webp", "image/webp", "WEBP")])
 def test_output_formats(client: TestClient, fmt: str, media: str, pil: str) -> None:
-    response = post(client, encoded(natural()), format=fmt, quality=80)
+    response = post(client, encoded(natural()), format=fmt, **({} if fmt == "png" else {"quality": 80}))
     assert response.status_code == 200 and response.headers["content-type"] == media
     out = open_bytes(response.content)
     assert out.format == pil and out.size == (144, 120)

@@ -224,7 +224,7 @@ def test_compose_services_ports_and_profile() -> None:
     assert services["sr"]["build"]["context"] == "."
     assert (ROOT / services["sr"]["build"]["dockerfile"]).is_file()
     assert all(key.startswith("SR_") for key in services["sr"]["environment"])
-    assert "/healthz" in " ".join(services["sr"]["healthcheck"]["test"])
+    assert "/readyz" in " ".join(services["sr"]["healthcheck"]["test"])  # nginx waits for replicas that can serve
 
     for name in ("sr-replica", "nginx"):
         assert services[name]["profiles"] == ["scaled"]

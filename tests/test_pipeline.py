@@ -63,6 +63,10 @@ def test_unknown_scale_and_bad_options_are_refused_before_the_body_is_read(clien
     r = client.post("/upscale", params={"scale": 3, "format": "jpeg", "lossless": "true"}, content=junk,
                     headers={"content-type": "image/png"})
     assert (r.status_code, r.json()["code"]) == (422, "invalid_parameters")
+    r = client.post("/upscale?scale=2&scale=3", content=junk, headers={"content-type": "image/png"})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_parameters") and "scale" in r.json()["detail"]
+    r = client.post("/upscale", params={"scale": 3, "quality": 50}, content=junk, headers={"content-type": "image/png"})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_parameters")  # PNG has no quality
     r = client.post("/upscale", params={"scale": 3}, content=junk, headers={"content-type": "image/png"})
     assert (r.status_code, r.json()["code"]) == (400, "invalid_image")
 
@@ -74,6 +78,10 @@ def test_options_are_checked_where_they_are_made() -> None:
         OutputOptions("webp", quality=0)
     with pytest.raises(InvalidOptions, match="unknown output format"):
         OutputOptions("gif")
+    with pytest.raises(InvalidOptions, match="quality applies to JPEG and WebP"):
+        OutputOptions("png", quality=80)
+    assert OutputOptions("same", quality=80).resolve("JPEG") == "jpeg"
+    assert OutputOptions("same", quality=80).resolve("PNG") == "png"  # documented: ignored for PNG answers
     same = OutputOptions("same", lossless=True)
     assert same.resolve("WEBP") == "webp" and same.resolve("PNG") == "png"
     with pytest.raises(InvalidOptions):

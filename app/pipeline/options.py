@@ -30,9 +30,16 @@ class OutputOptions:
     def _check(self, fmt: str) -> None:
         if self.lossless and fmt == "jpeg":
             raise InvalidOptions("JPEG cannot be lossless: ask for format=webp or png")
+        if self.quality is not None and fmt == "png" and self.format == "png":  # a client's mistake: say so
+            raise InvalidOptions("quality applies to JPEG and WebP; PNG is always lossless (its level is a "
+                                 "server setting, SR_PNG_COMPRESS_LEVEL)")
 
     def resolve(self, source_format: str) -> str:
-        """The concrete output format for an input of ``source_format`` (Pillow's name)."""
+        """The concrete output format for an input of ``source_format`` (Pillow's name).
+
+        With ``same``, ``quality`` applies where the answer is JPEG or WebP and is ignored for PNG answers
+        (one query for a folder of mixed inputs).
+        """
         fmt = format_like(source_format) if self.format == SAME else self.format
         self._check(fmt)
         return fmt

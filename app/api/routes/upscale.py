@@ -62,6 +62,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ApiError(499, "client_gone", "client disconnected before the answer was ready")
 
 
+def refuse_repeated(request: Request) -> None:
+    """``?scale=2&scale=3`` would silently mean 3: refuse a repeated parameter instead."""
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise ApiError(422, "invalid_parameters", f"parameter given more than once: {', '.join(repeated)}")
+
+
 @router.post(
     "/upscale",
     summary="Super-resolve one image by a served scale",
@@ -82,6 +89,7 @@ async def upscale(
     started = time.perf_counter()
     pipeline = state.pipeline
     try:
+        refuse_repeated(request)
         pipeline.check_scale(scale)  # before the body is read
         options = OutputOptions(format.value, quality, lossless)
         data = await read_image_upload(request, state.settings.max_body_bytes)
