@@ -43,7 +43,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from app.imaging import guards, icc
-from app.imaging.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from app.imaging.errors import ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
 
 # MPO is how Pillow names the multi-picture JPEGs many phones write.
@@ -56,6 +56,7 @@ _INT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # MPO has no parser of its own: the JPEG one returns MPO pictures.
 _OPEN_FORMATS = tuple(sorted(INPUT_FORMATS - {"MPO"}))
 _SNIFF_BYTES = 64 * 1024
+OUT_OF_MEMORY = "decoding the image needs more memory than it may use"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,13 @@ class DecodedImage:
 
 def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode an upload for a ×``scale`` upscale, refusing it before decoding if it is over ``limits``."""
+    try:
+        return _decode(data, scale, limits)
+    except MemoryError:  # in a sandbox worker: past its budget; here: past what the process can get
+        raise ImageTooComplex(OUT_OF_MEMORY) from None
+
+
+def _decode(data: bytes, scale: int, limits: ImageLimits) -> DecodedImage:
     if not data:
         raise InvalidImage("the upload is empty: no image data")
     guards.check_structure(data, scale, limits)

@@ -45,7 +45,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from app.imaging.decode import DecodedImage, decode
+from app.imaging.decode import OUT_OF_MEMORY, DecodedImage, decode
 from app.imaging.errors import ImageError, ImageTooComplex, InvalidImage
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
 
@@ -99,7 +99,7 @@ def _worker_main(conn: Connection) -> None:
         try:
             reply: tuple[str, Any] = ("ok", decode(data, scale, limits))
         except ImageError as e:
-            reply = ("error", e)
+            reply = ("error", _over_memory(memory_bytes) if str(e) == OUT_OF_MEMORY else e)
         except MemoryError:
             reply = ("error", _over_memory(memory_bytes))
         except Exception as e:  # a codec failing for want of memory, or a bug: never kill the worker
