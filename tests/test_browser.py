@@ -367,9 +367,14 @@ def test_look_inside_shows_the_kernels_and_the_uploaded_image_channels(
                             files={"file": (photo.name, f)}, timeout=60)
     np.testing.assert_array_equal(drawn_pixels(page, "[data-testid=channels]"), decoded(figure.content))
 
-    page.select_option("#inside-scale", "2")
-    expect(kernels).to_have_attribute("src", "/kernels/deconv.png?scale=2")
+    expect(page.locator("#kernels-status")).to_be_empty()
     page.screenshot(path=shots / "look_inside.png", full_page=True)
+
+    page.select_option("#inside-scale", "2")  # another model: both figures follow
+    expect(kernels).to_have_attribute("src", "/kernels/deconv.png?scale=2")
+    expect(page.locator("#channels-source")).to_contain_text("×2")
+    expect(page.locator("#channels-status")).to_be_empty()
+    expect(page.locator("#kernels-status")).to_be_empty()
 
 
 def test_look_inside_is_hidden_when_debug_routes_are_off(page: Page, services: dict[str, Service]) -> None:

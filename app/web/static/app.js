@@ -21,7 +21,8 @@ const state = {
 function formatBytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(2)} MiB`;
+  const mib = n / 1024 / 1024;
+  return `${Number.isInteger(mib) ? mib : mib.toFixed(2)} MiB`;
 }
 
 function formatKind(type) {
@@ -91,6 +92,7 @@ async function loadModels() {
     ]);
     state.models = models.models;
     state.debugRoutes = Boolean(config.debug_routes);
+    if (config.max_body_bytes) $("drop-limit").textContent = `up to ${formatBytes(config.max_body_bytes)}`;
   } catch (err) {
     select.innerHTML = "<option value=\"\">no models</option>";
     showError(`Could not list the served models (${err.message}). Is the service ready?`);
