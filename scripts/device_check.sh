@@ -30,7 +30,7 @@ if [[ -n "${TRAIN_DATA:-}" ]]; then
     tar_loop=$!
 fi
 
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py tests/test_api.py 2>&1 | tee "$out/tests.log" | tail -25
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py tests/test_api.py tests/test_pipeline.py tests/test_planes.py 2>&1 | tee "$out/tests.log" | tail -25
 
 if [[ -n "$train_pid" ]]; then
     wait "$train_pid"

@@ -89,3 +89,42 @@ def test_gpu_benchmark_rows_are_exact_in_fp32_and_close_in_half() -> None:
         assert r.frames_per_s and r.frames_per_s > 0, r.note
         limit = {"fp32": 1e-4 * 255, "fp16": 1.0, "bf16": 8.0}[r.dtype]
         assert r.max_abs_diff_levels is not None and r.max_abs_diff_levels <= limit, r
+
+
+def test_runner_keeps_gpu_windows_on_the_gpu() -> None:
+    """The pipeline's tensor path hands the engine GPU luma: no round trip through the host."""
+    runner = ModelRunner(model(2), CUDA, tile=32)
+    windows = torch.rand(4, 1, 40, 40)
+    on_gpu = runner(windows.to(CUDA))
+    assert on_gpu.device.type == "cuda"
+    assert (on_gpu.cpu() - runner(windows)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_tensor_compose_on_the_gpu_equals_the_cpu_bytes(scale: int) -> None:
+    """Integer bicubic and float32 element-wise ops in the same order: the GPU gives the CPU's bytes."""
+    from app.core import planes
+
+    g = torch.Generator().manual_seed(scale)
+    color = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=g)
+    alpha = torch.randint(0, 256, (37, 53), dtype=torch.uint8, generator=g)
+    sr = torch.rand(1, 37 * scale, 53 * scale, generator=g)
+    for a in (None, alpha):
+        cpu = planes.compose(color, a, sr, scale)
+        gpu = planes.compose(color.to(CUDA), a.to(CUDA) if a is not None else None, sr.to(CUDA), scale)
+        assert int((gpu.cpu().int() - cpu.int()).abs().max()) <= 1  # the issue's bound; expected 0
+    assert torch.equal(planes.luma(color.to(CUDA), alpha.to(CUDA)).cpu(), planes.luma(color, alpha))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_service_on_cuda_composes_on_the_gpu_like_the_cpu_service(seeded_store: Path, mode: str) -> None:
+    """SR_DEVICE=cuda (tensor compose by default) against SR_DEVICE=cpu (Pillow compose): one grey level."""
+    source = natural((70, 52)).convert(mode)
+    answers = []
+    for device in ("cuda", "cpu"):
+        with TestClient(create_app(make_settings(seeded_store, device=device))) as c:
+            r = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", encoded(source), "image/png")})
+            assert r.status_code == 200
+            answers.append(np.asarray(open_bytes(r.content)).astype(int))
+    assert answers[0].shape == answers[1].shape
+    assert np.abs(answers[0] - answers[1]).max() <= 1
