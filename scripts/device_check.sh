@@ -39,5 +39,7 @@ if [[ -n "$train_pid" ]]; then
     grep -h "published\|val \|Error" /tmp/gpu_train/*.log | tail -30
 fi
 
-timeout "${BENCH_TIMEOUT:-200}" python3 -m app.cli.bench --device cuda --scales 2 3 4 --sizes 640x360 --repeats 5 \
-    --no-compile --duration 8 --out "$out/bench" 2>&1 | tail -80
+# Issue 13's GPU figures: the service end to end for SR_WORKERS 1, 2, 4, 8 (single 640x360 JPEG request,
+# 16 clients of 640x360 JPEG frames, 32 and 64 clients of 96² PNGs), GPU busy beside each.
+timeout "${BENCH_TIMEOUT:-420}" python3 -m app.cli.bench --device cuda --scales 2 3 4 --sizes 640x360 --repeats 5 \
+    --no-compile --duration 6 --workers 1 2 4 8 --out "$out/bench" 2>&1 | tail -80
