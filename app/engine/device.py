@@ -59,7 +59,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-CORES_PER_CPU_WORKER = 1  # measured on the 2-core machine: see README, "Workers"
+CORES_PER_CPU_WORKER = 1  # measured on the 2-core machine: README, "Benchmarks"
 MAX_GPU_WORKERS = 8
 
 
