@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
-from app.api.routes import debug, service, upscale, web
+from app.api.routes import debug, jobs, service, upscale, web
 from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import PipelineMetrics, PrometheusObserver, RequestMetricsMiddleware
 from app.engine.device import describe
+from app.jobs import JobManager, from_settings
 from app.observability import metrics
 from app.pipeline.build import build_pipeline
 
@@ -43,10 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = build_state(settings or get_settings())
         await state.pipeline.start()
         app.state.service = state
+        app.state.jobs = JobManager(state.pipeline, from_settings(state.settings))
+        await app.state.jobs.start()
         log.info("ready: scales %s on %s", list(state.pipeline.scales), state.device_name)
         try:
             yield
         finally:
+            await app.state.jobs.close(state.settings.drain_timeout_s)  # jobs first: they need the engine
             await state.pipeline.close(state.settings.drain_timeout_s)
 
     app = FastAPI(
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware)
     app.include_router(upscale.router)
+    app.include_router(jobs.router)
     app.include_router(service.router)
     app.include_router(debug.router)
     web.install(app)

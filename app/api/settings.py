@@ -6,6 +6,7 @@ pass their own :class:`Settings` to ``create_app``.
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,21 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
     header_timeout_s: float = Field(10.0, ge=0, description="request headers must arrive within this (0: no limit)")
     body_timeout_s: float = Field(60.0, ge=0, description="the body must arrive within this after the headers (0: no limit)")
+    # jobs: videos and large images in the background (app/jobs, app/video; issue 16)
+    jobs_dir: Path = Field(Path(tempfile.gettempdir()) / "espcn-jobs",
+                           description="folder of job uploads, results and records (shared by worker processes)")
+    jobs_ttl_s: float = Field(24 * 3600.0, gt=0, description="finished jobs' results are kept this long, then 410")
+    jobs_max_bytes: int = Field(4 << 30, ge=1 << 20, description="all job files together; beyond it new jobs get 507")
+    jobs_max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest job upload; beyond it: 413")
+    jobs_max_queued: int = Field(16, ge=1, description="jobs waiting per worker process; beyond it: 503 + Retry-After")
+    jobs_concurrency: int = Field(1, ge=1, le=16, description="jobs running at once per worker process")
+    jobs_max_duration_s: float = Field(600.0, gt=0, description="longest video accepted; beyond it: 413")
+    jobs_max_frames: int = Field(36_000, ge=1, description="most video frames accepted; beyond it: 413 (or the job fails)")
+    jobs_max_frame_pixels: int = Field(1920 * 1080, ge=1, description="largest video input frame (width × height)")
+    jobs_frames_in_flight: int = Field(4, ge=1, le=64, description="video frames between decode and encode at once")
+    jobs_x264_crf: int = Field(18, ge=0, le=51, description="H.264 (mp4) constant rate factor")
+    jobs_x264_preset: str = Field("superfast", description="x264 preset (ultrafast … veryslow)")
+    jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")
 
     @field_validator("workers")
     @classmethod

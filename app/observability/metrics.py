@@ -22,6 +22,9 @@ sr_model_info                      name, scale, device,        (gauge = 1) model
 sr_model_parameters                scale                       (gauge) learnable parameters of that model
 sr_stage_duration_seconds          stage                       decode/compose/encode per request, queue per tile,
                                                                inference per model call
+sr_jobs_total                      kind, state                 job entering a state (see ``JOB_STATES``)
+sr_jobs_active                     state                       (gauge) this process's jobs queued / running now
+sr_video_frames_total              scale                       video frame super-resolved and encoded
 =================================  ==========================  =============================================
 
 Labels stay bounded: ``scale`` is ``"1"``…``"8"`` (the manifests' range) or ``""`` (invalid),
@@ -73,6 +76,11 @@ STAGE_ENCODE = "encode"
 STAGE_QUEUE = "queue"
 STAGE_INFERENCE = "inference"
 STAGES = (STAGE_DECODE, STAGE_COMPOSE, STAGE_ENCODE, STAGE_QUEUE, STAGE_INFERENCE)
+
+# Jobs (label values of sr_jobs_total / sr_jobs_active).
+JOB_KINDS = ("video", "image")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+JOB_ACTIVE_STATES = ("queued", "running")
 
 KNOWN_SCALES = tuple(str(s) for s in range(MIN_SCALE, MAX_SCALE + 1))  # any scale a manifest may declare
 MAX_BATCH_LIMIT = 256  # the largest max_batch the settings allow
@@ -129,6 +137,9 @@ METRIC_DOCS: dict[str, str] = {
     "sr_model_info": "1 per loaded model; labels carry its name, device and validation PSNR/SSIM on dataset.",
     "sr_model_parameters": "Learnable parameters of the model served at each scale.",
     "sr_stage_duration_seconds": "Time per stage: decode/compose/encode per request, queue per tile, inference per model call.",
+    "sr_jobs_total": "Jobs entering each state (queued, running, done, failed, cancelled), by kind (video, image).",
+    "sr_jobs_active": "Jobs of this process queued or running now, by state (summed over live worker processes).",
+    "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
 }
 
 REQUESTS = _metric(Counter, "sr_requests_total", METRIC_DOCS["sr_requests_total"], ("endpoint", "scale", "status"))
@@ -170,6 +181,17 @@ MODEL_PARAMETERS = _metric(
 STAGE_DURATION = _metric(
     Histogram, "sr_stage_duration_seconds", METRIC_DOCS["sr_stage_duration_seconds"], ("stage",), buckets=STAGE_BUCKETS
 )
+JOBS = _metric(Counter, "sr_jobs_total", METRIC_DOCS["sr_jobs_total"], ("kind", "state"))
+JOBS_ACTIVE = _metric(Gauge, "sr_jobs_active", METRIC_DOCS["sr_jobs_active"], ("state",), multiprocess_mode="livesum")
+VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
+# Every job series exists from the start at 0, so rate() and absent() need no first event.
+for _kind in JOB_KINDS:
+    for _state in JOB_STATES:
+        JOBS.labels(_kind, _state)
+for _state in JOB_ACTIVE_STATES:
+    JOBS_ACTIVE.labels(_state)
+for _scale in KNOWN_SCALES:
+    VIDEO_FRAMES.labels(_scale)
 
 ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     REQUESTS,
@@ -185,6 +207,9 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     MODEL_INFO,
     MODEL_PARAMETERS,
     STAGE_DURATION,
+    JOBS,
+    JOBS_ACTIVE,
+    VIDEO_FRAMES,
 )
 
 
@@ -268,6 +293,25 @@ def set_model_loaded(
         dataset,
     ).set(1)
     MODEL_PARAMETERS.labels(label).set(parameters)
+
+
+def job_entered(kind: str, state: str) -> None:
+    """Count a job entering ``state``; kind and state are checked against the fixed sets."""
+    if kind not in JOB_KINDS or state not in JOB_STATES:
+        raise ValueError(f"unknown job kind/state {kind!r}/{state!r}")
+    JOBS.labels(kind, state).inc()
+
+
+def set_jobs_active(state: str, count: int) -> None:
+    """This process's jobs now in ``state`` (queued or running)."""
+    if state not in JOB_ACTIVE_STATES:
+        raise ValueError(f"unknown active job state {state!r}; expected one of {JOB_ACTIVE_STATES}")
+    JOBS_ACTIVE.labels(state).set(count)
+
+
+def count_video_frames(scale: int | str, frames: int = 1) -> None:
+    """Video frames super-resolved and written by a job."""
+    VIDEO_FRAMES.labels(scale_label(scale)).inc(frames)
 
 
 def render(accept: str | None = None) -> tuple[bytes, str]:

@@ -1,0 +1,437 @@
+"""The jobs manager: admits uploads as jobs, runs them in the background, keeps their files within bounds.
+
+HTTP-agnostic (the route translates): :meth:`JobManager.reserve` refuses a new
+job before its body is read (shutting down, queue full, quota full),
+:meth:`JobManager.admit` checks the stored upload (image header or video probe
+against the limits) and queues it, workers run queued jobs
+``concurrency`` at a time — a video through :func:`app.video.upscale_video`,
+an image through :meth:`Pipeline.upscale` — and a janitor expires finished
+jobs and fails those whose owner died (see :mod:`app.jobs.store`).
+
+Shutdown (:meth:`close`): no new jobs; queued ones fail at once ("the service
+shut down before the job started"); running ones get ``drain_timeout_s`` to
+finish, then are cancelled and fail with that reason. A job is never left
+"running" by a process that is gone: the next start (or any live sibling's
+janitor) finds its lock free and fails it as interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles
+from app.imaging.decode import INPUT_FORMATS
+from app.imaging.encode import OUTPUT_FORMATS
+from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, UnsupportedImageType
+from app.imaging.limits import check_size
+from app.jobs.limits import JobLimits
+from app.jobs.store import (
+    ACTIVE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    TOMBSTONE_FACTOR,
+    JobRecord,
+    JobStore,
+    new_id,
+)
+from app.observability import metrics
+from app.pipeline import InvalidOptions, OutputOptions, Pipeline
+from app.video import VIDEO_FORMATS, InvalidVideo, VideoError, output_format, probe_video, upscale_video
+
+log = logging.getLogger(__name__)
+
+VIDEO_CHOICES = ("mp4", "webm")
+JOB_FORMATS = ("same", *VIDEO_CHOICES, *OUTPUT_FORMATS)  # same, mp4, webm, png, jpeg, webp
+_WRITE_EVERY_S = 0.5  # progress reaches job.json (read by other processes) at most this often
+_QUOTA_EVERY_S = 2.0
+_PIL_FORMATS = tuple(sorted(INPUT_FORMATS - {"MPO"}))
+
+
+class JobsUnavailable(Exception):
+    """No new job now: ``status`` 503 (queue full, shutting down) or 507 (storage quota full)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after_s = status, code, retry_after_s
+
+
+class _Cancelled(Exception):
+    """The job was deleted (possibly by another process) while it ran."""
+
+
+class _QuotaExceeded(Exception):
+    pass
+
+
+@dataclass
+class _Active:
+    record: JobRecord
+    lock_fd: int
+    task: asyncio.Task[None] | None = None
+    user_cancelled: bool = False
+    last_write: float = 0.0
+    last_check: float = 0.0
+
+
+class JobManager:
+    def __init__(self, pipeline: Pipeline, limits: JobLimits) -> None:
+        self.pipeline = pipeline
+        self.limits = limits
+        self.store = JobStore(limits.root)
+        self._active: dict[str, _Active] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._janitor: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._closing = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fail the jobs that a dead process left unfinished, then start the workers and the janitor."""
+        await asyncio.to_thread(self.sweep)
+        self._workers = [asyncio.create_task(self._work(), name=f"jobs-worker-{i}")
+                         for i in range(self.limits.concurrency)]
+        self._janitor = asyncio.create_task(self._janitor_loop(), name="jobs-janitor")
+        self._accepting = True
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop admitting; fail queued jobs; let running ones finish within the timeout, then fail them."""
+        self._accepting = False
+        self._closing = True
+        for active in list(self._active.values()):
+            if active.record.state == QUEUED:
+                self._finish(active, FAILED, "the service shut down before the job started", "shutting_down")
+        running = [a.task for a in self._active.values() if a.task is not None]
+        if running:
+            _, late = await asyncio.wait(running, timeout=drain_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        for task in (*self._workers, *([self._janitor] if self._janitor else [])):
+            task.cancel()
+        await asyncio.gather(*self._workers, *([self._janitor] if self._janitor else []), return_exceptions=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- admission --------------------------------------------------------------------------
+
+    def reserve(self, declared_bytes: int | None = None) -> tuple[str, Path]:
+        """A new job's id and its upload path, or :class:`JobsUnavailable`; the caller streams the body there."""
+        if not self._accepting:
+            raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
+        queued = sum(1 for a in self._active.values() if a.record.state == QUEUED)
+        if queued >= self.limits.max_queued:
+            raise JobsUnavailable(503, "jobs_queue_full", f"{queued} jobs are waiting already; retry later", 30)
+        used = self.store.usage()
+        if used + (declared_bytes or 0) > self.limits.max_bytes:
+            raise JobsUnavailable(507, "storage_full", "the jobs storage quota is full; retry later or delete "
+                                  "finished jobs", 60)
+        job_id = new_id()
+        folder = self.store.create(job_id)
+        fd = self.store.lock(job_id)  # held from now on: a dead uploader's folder is recognised as such
+        self._active[job_id] = _Active(JobRecord(job_id, "", 0, "", "", "upload", ""), fd)
+        return job_id, folder / "upload"
+
+    def room(self) -> int:
+        """Bytes an upload may still take: the per-upload limit and what the quota has left."""
+        return min(self.limits.max_upload_bytes, self.limits.max_bytes - self.store.usage())
+
+    async def admit(self, job_id: str, upload: Path, scale: int, fmt: str) -> JobRecord:
+        """Check the stored upload and queue it; on any refusal the job's folder is removed and the error raised.
+
+        Raises ``ImageError``/``VideoError`` (with their statuses), ``InvalidOptions`` (422).
+        """
+        active = self._active[job_id]
+        try:
+            record = await asyncio.to_thread(self._inspect, job_id, upload, scale, fmt)
+        except BaseException:
+            self.discard(job_id)
+            raise
+        if not self._accepting:
+            self.discard(job_id)
+            raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
+        active.record = record
+        self.store.write(record)
+        self._entered(record, QUEUED)
+        self._queue.put_nowait(job_id)
+        return record
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job that never made it to the queue (refused upload)."""
+        active = self._active.pop(job_id, None)
+        self.store.remove(job_id)
+        if active is not None:
+            self.store.unlock(active.lock_fd)
+
+    def _inspect(self, job_id: str, upload: Path, scale: int, fmt: str) -> JobRecord:
+        self.pipeline.check_scale(scale)
+        size = upload.stat().st_size
+        if size == 0:
+            raise InvalidVideo("the upload is empty")
+        image = _image_header(upload)
+        if image is not None:
+            source_format, width, height = image
+            if fmt in VIDEO_CHOICES:
+                raise InvalidOptions(f"format={fmt} is for videos; this upload is a {source_format} image")
+            if size > self.limits.max_image_bytes:
+                raise ImageTooLargeFile(f"image jobs take at most {self.limits.max_image_bytes} bytes")
+            check_size(width, height, scale, self.pipeline.limits)
+            out = OutputOptions("same" if fmt == "same" else fmt).resolve(source_format)
+            name = f"input.{source_format.lower()}"
+            upload.rename(upload.with_name(name))
+            return JobRecord(job_id, "image", scale, out, OUTPUT_FORMATS[out], name, f"result.{out}",
+                             frames_total=1, input_bytes=size,
+                             info={"source_format": source_format, "width": width, "height": height})
+        if fmt not in ("same", *VIDEO_CHOICES):
+            raise InvalidOptions(f"format={fmt} is for images; for a video choose mp4, webm or same")
+        try:
+            info = probe_video(upload, scale, self.limits.video)
+        except InvalidVideo as exc:
+            reason = str(exc).removeprefix("not a readable video: ")
+            raise InvalidVideo(f"the upload is neither an accepted image (PNG, JPEG, WebP, BMP, GIF, TIFF) "
+                               f"nor a video FFmpeg can read ({reason})") from None
+        out = output_format(fmt, info.container)
+        _, _, media_type, ext = VIDEO_FORMATS[out]
+        name = "input.video"
+        upload.rename(upload.with_name(name))
+        return JobRecord(job_id, "video", scale, out, media_type, name, f"result.{ext}", frames_total=info.frames,
+                         input_bytes=size, info=info.as_dict())
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """This process's live record if it owns the job, else the one on disk (another worker's, or finished)."""
+        active = self._active.get(job_id)
+        if active is not None and active.record.kind:
+            return active.record
+        try:
+            return self.store.read(job_id)
+        except KeyError:
+            return None
+
+    def result_path(self, record: JobRecord) -> Path:
+        return self.store.folder(record.id) / record.result_name
+
+    async def delete(self, job_id: str) -> bool:
+        """Cancel the job if it is queued or running, and remove it and its files; ``False`` if unknown."""
+        active = self._active.get(job_id)
+        if active is not None and active.record.kind:
+            active.user_cancelled = True
+            if active.task is not None:
+                active.task.cancel()
+                await asyncio.gather(active.task, return_exceptions=True)
+            elif active.record.state == QUEUED:
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+            self.store.remove(job_id)
+            return True
+        if self.get(job_id) is None:
+            return False
+        self.store.remove(job_id)  # another process's job: it sees its folder gone and stops
+        return True
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            active = self._active.get(job_id)
+            if active is None or active.record.state != QUEUED:
+                continue  # cancelled or failed while it waited
+            active.task = asyncio.create_task(self._run(active), name=f"job-{job_id}")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(active.task)
+
+    async def _run(self, active: _Active) -> None:
+        record = active.record
+        record.started = time.time()
+        self._entered(record, RUNNING)
+        self._save(active)
+        folder = self.store.folder(record.id)
+        partial = folder / f"partial.{record.result_name}"
+        try:
+            if record.kind == "video":
+                await self._run_video(active, folder / record.input_name, partial)
+            else:
+                await self._run_image(active, folder / record.input_name, partial)
+            partial.rename(folder / record.result_name)
+        except asyncio.CancelledError:
+            if active.user_cancelled:
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+            else:
+                self._finish(active, FAILED, "the service shut down before the job finished", "shutting_down")
+            return
+        except _Cancelled:
+            self._finish(active, CANCELLED, "cancelled", "cancelled")
+            return
+        except _QuotaExceeded:
+            self._finish(active, FAILED, "the jobs storage quota filled up while the result was written",
+                         "storage_full")
+        except (VideoError, ImageError, EngineError, InvalidOptions) as exc:
+            self._finish(active, FAILED, str(exc), _error_code(exc))
+        except Exception as exc:  # a bug of ours: the job fails with a reason, the service goes on
+            log.exception("job %s failed", record.id)
+            self._finish(active, FAILED, f"internal error ({type(exc).__name__})", "internal_error")
+        else:
+            record.result_bytes = (folder / record.result_name).stat().st_size
+            record.progress = 1.0
+            self._finish(active, DONE, None, None)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def _run_video(self, active: _Active, src: Path, dst: Path) -> None:
+        record = active.record
+
+        def progress(done: int, total: int) -> None:
+            if done > record.frames_done:
+                metrics.count_video_frames(record.scale, done - record.frames_done)
+            record.frames_done, record.frames_total = done, max(total, done)
+            record.progress = done / record.frames_total if record.frames_total else 0.0
+            if record.started is not None:
+                elapsed = time.time() - record.started
+                record.fps = round(done / elapsed, 2) if elapsed > 0 else None
+            now = time.monotonic()
+            if now - active.last_write >= _WRITE_EVERY_S:
+                if self.store.cancel_requested(record.id):
+                    raise _Cancelled
+                self._save(active)
+            if now - active.last_check >= _QUOTA_EVERY_S:
+                active.last_check = now
+                if self.store.usage() > self.limits.max_bytes:
+                    raise _QuotaExceeded
+
+        result = await upscale_video(self.pipeline, src, dst, record.scale, record.format, progress,
+                                     config=self.limits.encoder)
+        record.info = {**record.info, "output": {"width": result.width, "height": result.height, "fps": result.fps,
+                                                  "frames": result.frames, "audio": result.audio,
+                                                  "seconds": round(result.seconds, 3)}}
+
+    async def _run_image(self, active: _Active, src: Path, dst: Path) -> None:
+        record = active.record
+        data = await asyncio.to_thread(src.read_bytes)
+        deadline = time.monotonic() + self.limits.image_timeout_s
+        while True:
+            try:
+                result = await self.pipeline.upscale(data, record.scale, OutputOptions(record.format),
+                                                     deadline=deadline)
+                break
+            except QueueFull as exc:  # the engine is busy with requests: the job waits its turn
+                if time.monotonic() + exc.retry_after_s > deadline:
+                    raise
+                await asyncio.sleep(min(exc.retry_after_s, 1.0))
+        await asyncio.to_thread(dst.write_bytes, result.body)
+        record.frames_done = 1
+        w, h = result.output_size
+        record.info = {**record.info, "output": {"width": w, "height": h}}
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _save(self, active: _Active) -> None:
+        active.last_write = time.monotonic()
+        try:
+            self.store.write(active.record)
+        except FileNotFoundError:  # deleted by another process
+            raise _Cancelled from None
+
+    def _entered(self, record: JobRecord, state: str) -> None:
+        record.state = state
+        metrics.job_entered(record.kind, state)
+        for s in ACTIVE:
+            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.state == s))
+
+    def _finish(self, active: _Active, state: str, error: str | None, code: str | None) -> None:
+        record = active.record
+        record.error, record.error_code = error, code
+        record.finished = time.time()
+        record.expires = record.finished + self.limits.ttl_s
+        self._entered(record, state)
+        self._active.pop(record.id, None)
+        for s in ACTIVE:
+            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.state == s))
+        if not active.user_cancelled and state != CANCELLED:
+            with contextlib.suppress(FileNotFoundError, KeyError):
+                self.store.drop_files(record.id, keep=("job.json", "lock", record.result_name))
+                self.store.write(record)
+        else:
+            self.store.remove(record.id)
+        self.store.unlock(active.lock_fd)
+
+    # -- the janitor ------------------------------------------------------------------------
+
+    async def _janitor_loop(self) -> None:
+        period = max(1.0, min(60.0, self.limits.ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception:  # never let housekeeping take the service down
+                log.exception("jobs janitor pass failed")
+
+    def sweep(self, now: float | None = None) -> None:
+        """Fail jobs whose owner is gone, expire finished results, drop old tombstones and stray uploads."""
+        now = now or time.time()
+        tombstone_s = max(self.limits.ttl_s * (TOMBSTONE_FACTOR - 1), 86400.0)
+        for entry in list(self.store.root.iterdir()):
+            if not entry.is_dir() or entry.name in self._active:
+                continue
+            record = self.store.read(entry.name)
+            if record is None:  # an upload whose process died before the job was queued
+                if not self.store.owner_alive(entry.name) and now - entry.stat().st_mtime > 60:
+                    self.store.remove(entry.name)
+                continue
+            if record.state in ACTIVE:
+                if self.store.owner_alive(record.id):
+                    continue
+                record.state, record.error, record.error_code = FAILED, (
+                    "interrupted: the service stopped before the job finished"), "interrupted"
+                record.finished, record.expires = now, now + self.limits.ttl_s
+                self.store.drop_files(record.id, keep=("job.json", "lock"))
+                self.store.write(record)
+                metrics.job_entered(record.kind or "video", FAILED)
+            elif record.expires is not None and now >= record.expires:
+                if not record.expired:
+                    record.expired = True
+                    self.store.drop_files(record.id)
+                    self.store.write(record)
+                elif now >= record.expires + tombstone_s:
+                    self.store.remove(record.id)
+
+
+class ImageTooLargeFile(ImageTooLarge):
+    """An image upload over the image-job byte limit (413)."""
+
+
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (ImageTooLarge, "image_too_large"), (UnsupportedImageType, "unsupported_media_type"),
+    (ImageTooComplex, "image_too_complex"), (ImageError, "invalid_image"), (TooManyTiles, "image_too_large"),
+    (DeadlineExceeded, "timeout"), (EngineClosed, "shutting_down"), (InvalidOptions, "invalid_parameters"),
+    (EngineError, "engine_error"),
+)
+
+
+def _error_code(exc: Exception) -> str:
+    """The same codes the HTTP errors carry (``app.api.errors.classify``), for a job's ``error_code``."""
+    if isinstance(exc, VideoError):
+        return exc.code
+    return next((code for cls, code in _CODES if isinstance(exc, cls)), "internal_error")
+
+
+def _image_header(path: Path) -> tuple[str, int, int] | None:
+    """(format, width, height) when Pillow recognises one of the accepted image formats, else ``None``."""
+    try:
+        with Image.open(path, formats=_PIL_FORMATS) as im:
+            return (im.format or "PNG"), im.width, im.height
+    except Exception:  # not an image we take: the video probe decides
+        return None
