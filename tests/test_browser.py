@@ -58,6 +58,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 if MISSING is None:
     from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 
 # -- the service and the browser -----------------------------------------------------------------
@@ -213,15 +214,26 @@ def focus_by_tab(page: Page, test_id: str, limit: int = 30) -> None:
     raise AssertionError(f"Tab never reached data-testid={test_id}")
 
 
+def choose_with_keyboard(page: Page, path: Path) -> None:
+    """Space on the focused file input opens the file chooser (one retry: a cold Chromium once missed it)."""
+    for attempt in range(2):
+        try:
+            with page.expect_file_chooser(timeout=10_000) as chooser:
+                page.keyboard.press("Space")
+            chooser.value.set_files(path)
+            return
+        except PlaywrightTimeout:
+            if attempt:
+                raise
+
+
 # -- the tests -----------------------------------------------------------------------------------
 
 def test_upscale_a_photo_with_the_keyboard_alone(page: Page, service: Service, photo: Path, shots: Path) -> None:
     open_page(page, service)
     expect(page.get_by_test_id("upscale")).to_be_disabled()
     focus_by_tab(page, "file")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
-    chooser.value.set_files(photo)
+    choose_with_keyboard(page, photo)
     expect(page.locator("#file-name")).to_contain_text("chelsea.png")
     focus_by_tab(page, "scale")
     page.select_option("#scale", "3")
