@@ -253,7 +253,7 @@ def test_truncated_images_are_invalid(fmt) -> None:
 def test_header_is_checked_before_decoding() -> None:
     """A 200-byte PNG claiming 5000×5000: refused as too large, not found truncated by decoding it."""
     bomb = with_ihdr_size(to_bytes(Image.new("1", (8, 8)), "PNG"), 5000, 5000)
-    with pytest.raises(ImageTooLarge, match="5000×5000 = 25.0 Mpx; the limit is 16.8 Mpx"):
+    with pytest.raises(ImageTooLarge, match=r"5000×5000 = 25,000,000 px \(25.0 Mpx\); the limit is 16,777,216 px \(16.8 Mpx\)"):
         decode(bomb, 2)
     roomy = ImageLimits(max_input_pixels=10**8, max_output_pixels=10**9, max_side=20000)
     with pytest.raises(InvalidImage):
@@ -267,20 +267,20 @@ def test_decompression_bombs_are_too_large(side) -> None:
     with pytest.raises(ImageTooLarge):
         decode(bomb, 2)
     if side == 50_000:  # Pillow's own guard refuses it in Image.open, whatever our limits
-        with pytest.raises(ImageTooLarge, match="decompression bomb"):
+        with pytest.raises(ImageTooLarge, match=r"declares 2,500,000,000 px; the limit is 10,000,000,000 px"):
             decode(bomb, 1, ImageLimits(max_input_pixels=10**10, max_output_pixels=10**11, max_side=10**6))
 
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
 def test_pillow_bomb_error_is_too_large() -> None:
     bomb = with_ihdr_size(to_bytes(Image.new("1", (8, 8)), "PNG"), 20_000, 20_000)
-    with pytest.raises(ImageTooLarge, match="decompression bomb"):
+    with pytest.raises(ImageTooLarge, match=r"declares 400,000,000 px; the limit is 10,000,000,000 px"):
         decode(bomb, 2, ImageLimits(max_input_pixels=10**10, max_output_pixels=10**11, max_side=10**6))
 
 
 def test_cheap_big_image_over_a_low_limit() -> None:
     blob = to_bytes(Image.new("1", (300, 300)), "PNG")
-    with pytest.raises(ImageTooLarge, match="300×300 = 90000 px; the limit is 10000 px"):
+    with pytest.raises(ImageTooLarge, match=r"300×300 = 90,000 px; the limit is 10,000 px"):
         decode(blob, 1, ImageLimits(max_input_pixels=10_000))
 
 
@@ -300,7 +300,7 @@ def test_errors_share_a_base() -> None:
 def test_limit_messages() -> None:
     with pytest.raises(ImageTooLarge) as caught:
         check_size(9000, 9000, 2, ImageLimits())
-    assert str(caught.value) == "image is 9000×9000 = 81.0 Mpx; the limit is 16.8 Mpx"
+    assert str(caught.value) == "image is 9000×9000 = 81,000,000 px (81.0 Mpx); the limit is 16,777,216 px (16.8 Mpx)"
     with pytest.raises(ImageTooLarge, match="no side may exceed 16384 px"):
         check_size(20000, 10, 1, ImageLimits())
     with pytest.raises(InvalidImage):
@@ -310,7 +310,7 @@ def test_limit_messages() -> None:
 def test_output_limit_depends_on_scale() -> None:
     limits = ImageLimits(max_output_pixels=5_000_000)
     check_size(1000, 1000, 2, limits)  # 4 Mpx out
-    with pytest.raises(ImageTooLarge, match=r"×3 output of a 1000×1000 image would be 3000×3000 = 9.0 Mpx"):
+    with pytest.raises(ImageTooLarge, match=r"×3 output of a 1000×1000 image would be 3000×3000 = 9,000,000 px \(9.0 Mpx\)"):
         check_size(1000, 1000, 3, limits)
     check_size(4096, 4096, 2, ImageLimits())
     with pytest.raises(ImageTooLarge, match="no side may exceed"):

@@ -35,6 +35,7 @@ pages, MPO) give their first frame.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -97,7 +98,24 @@ def decode(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Dec
         raise ImageTooComplex(OUT_OF_MEMORY) from None
 
 
-def _decode(data: bytes, scale: int, limits: ImageLimits) -> DecodedImage:
+@dataclass(frozen=True)
+class Header:
+    """What the header says, before any pixel is decoded: enough to admit or refuse a request."""
+
+    format: str  # Pillow's name: PNG, JPEG, MPO, WEBP, BMP, GIF, TIFF
+    width: int  # as stored (EXIF orientation may swap the sides; the pixel count is the same)
+    height: int
+    frames: int  # 1 for a still image
+
+
+def peek(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Header:
+    """The structural checks and the header's size against ``limits``, without decoding (fast: no pixel is read)."""
+    im = _open(data, scale, limits)
+    return Header(im.format or "", im.width, im.height, getattr(im, "n_frames", 1))
+
+
+def _open(data: bytes, scale: int, limits: ImageLimits) -> Image.Image:
+    """Guards, then the header only (``Image.open``), checked against the limits."""
     if not data:
         raise InvalidImage("the upload is empty: no image data")
     guards.check_structure(data, scale, limits)
@@ -105,7 +123,7 @@ def _decode(data: bytes, scale: int, limits: ImageLimits) -> DecodedImage:
         # only the accepted formats' parsers see the bytes: others are named from their magic alone
         im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except _BOMB as e:
-        raise ImageTooLarge(f"image refused as a possible decompression bomb: {e}") from None
+        raise ImageTooLarge(_bomb_message(e, limits)) from None
     except Image.UnidentifiedImageError:
         other = _other_format(data)
         if other:
@@ -113,13 +131,25 @@ def _decode(data: bytes, scale: int, limits: ImageLimits) -> DecodedImage:
         raise InvalidImage(f"the data is not a recognised image; send {_ACCEPTED}") from None
     except _BROKEN as e:
         raise InvalidImage(f"could not read the image header: {e}") from None
-    fmt, source_mode = im.format, im.mode
     check_size(im.width, im.height, scale, limits)
     guards.check_opened(im, data)
+    return im
+
+
+def _bomb_message(error: Exception, limits: ImageLimits) -> str:
+    """Pillow's bomb error, in the service's terms (its limit, not Pillow's process-wide one)."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    declared = f"{int(found.group(1)):,} px" if found else "more pixels than Pillow opens"
+    return f"the image header declares {declared}; the limit is {limits.max_input_pixels:,} px"
+
+
+def _decode(data: bytes, scale: int, limits: ImageLimits) -> DecodedImage:
+    im = _open(data, scale, limits)
+    fmt, source_mode = im.format, im.mode
     try:
         im.load()
     except _BOMB as e:
-        raise ImageTooLarge(f"image refused as a possible decompression bomb: {e}") from None
+        raise ImageTooLarge(_bomb_message(e, limits)) from None
     except _BROKEN as e:
         raise InvalidImage(f"the {fmt} data is truncated or corrupt: {e}") from None
     profile = im.info.get("icc_profile") or None

@@ -36,7 +36,8 @@ DEFAULT_LIMITS = ImageLimits()
 
 
 def _amount(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} Mpx" if pixels >= 100_000 else f"{pixels} px"
+    """Exact counts: "16,777,216 px (16.8 Mpx)" — rounding alone made a refusal read "16.8 Mpx; the limit is 16.8 Mpx"."""
+    return f"{pixels:,} px ({pixels / 1e6:.1f} Mpx)" if pixels >= 100_000 else f"{pixels:,} px"
 
 
 def check_size(width: int, height: int, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> None:
