@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--throughput-only", action="store_true",
                    help="only the concurrent-clients section (and the bare model it is compared with)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repeat, 1 s of load, no compile")
+    p.add_argument("--video-only", action="store_true",
+                   help="only the video section (app/cli/benchlib/video.py): ×3 640x360 clip → 1080p H.264, frames/s")
+    p.add_argument("--video-seconds", type=float, default=5.0, help="length of the video section's clip (default 5)")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="output folder (default bench_results/)")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -223,6 +226,10 @@ def write_outputs(results: BenchResults, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.video_only:
+        from app.cli.benchlib.video import run_section
+
+        return run_section(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
