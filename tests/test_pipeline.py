@@ -172,3 +172,74 @@ def test_a_decoded_frame_goes_the_same_way_as_an_upload(seeded_store: Path) -> N
     frame, whole = run(_with_pipeline(make_settings(seeded_store), work))
     assert frame.size == (100, 80) and frame.mode == "RGB"
     assert np.array_equal(np.asarray(frame), np.asarray(open_bytes(whole.body)))
+
+
+def test_admission_from_the_header_refuses_at_once_while_the_codec_pool_is_busy(seeded_store: Path) -> None:
+    """The queue's room is checked from the header, before the decode waits for a codec thread."""
+    import threading
+    import time
+
+    from app.engine.errors import QueueFull
+
+    data = encoded(natural((64, 64)))  # 4 tiles of 32²
+    release = threading.Event()
+
+    async def work(pipeline):
+        held = pipeline.engine.reserve(2, 64, 64)  # another request's room, still decoding
+        blockers = [pipeline.in_pool(release.wait) for _ in range(2)]  # every codec thread busy
+        tasks = [asyncio.ensure_future(b) for b in blockers]
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        with pytest.raises(QueueFull):
+            await pipeline.upscale(data, 2)
+        refused_in = time.perf_counter() - started
+        held.release()
+        release.set()
+        await asyncio.gather(*tasks)
+        ok = await pipeline.upscale(data, 2)  # the room came back
+        return refused_in, ok
+
+    settings = make_settings(seeded_store, max_queue_tiles=4, codec_threads=2, whole_image_max_pixels=0)
+    refused_in, ok = run(_with_pipeline(settings, work))
+    assert refused_in < 0.5 and ok.output_size == (128, 128)
+
+
+def test_a_failed_decode_gives_its_reserved_room_back(seeded_store: Path) -> None:
+    good = encoded(natural((64, 64)))
+    broken = good[: len(good) // 2]  # the header is fine, the pixels are not
+
+    async def work(pipeline):
+        for _ in range(3):
+            with pytest.raises(InvalidImage):
+                await pipeline.upscale(broken, 2)
+        assert pipeline.engine._reserved == 0
+        return await pipeline.upscale(good, 2)
+
+    assert run(_with_pipeline(make_settings(seeded_store, max_queue_tiles=4), work)).output_size == (128, 128)
+
+
+def test_big_images_decode_in_the_sandbox_and_give_the_same_answer(seeded_store: Path) -> None:
+    data = encoded(natural((80, 60)), "JPEG", quality=90)
+
+    async def work(pipeline):
+        return (await pipeline.upscale(data, 2, OutputOptions("png"))).body
+
+    sandboxed = run(_with_pipeline(make_settings(seeded_store, decode_sandbox_min_pixels=0), work))
+    in_process = run(_with_pipeline(make_settings(seeded_store, decode_sandbox_min_pixels=10**9), work))
+    assert sandboxed == in_process
+
+
+def test_the_sandbox_budget_binds_only_above_the_threshold(seeded_store: Path) -> None:
+    """A 4096² RGBA PNG (64 MB of pixels in a 200 KB file) past a 64 MiB decode budget: refused in the sandbox."""
+    from app.imaging.errors import ImageTooComplex
+
+    big = encoded(Image.new("RGBA", (4096, 4096), (1, 2, 3, 4)))
+
+    async def work(pipeline):
+        return await pipeline.decode(big, 2)
+
+    tight = {"decode_memory_mb": 64}
+    with pytest.raises(ImageTooComplex, match="memory"):
+        run(_with_pipeline(make_settings(seeded_store, decode_sandbox_min_pixels=1024, **tight), work))
+    decoded = run(_with_pipeline(make_settings(seeded_store, decode_sandbox_min_pixels=10**9, **tight), work))
+    assert decoded.color.size == (4096, 4096)  # in-process: no budget but the structural checks

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, description="PNG/WebP metadata chunks together")
     decode_timeout_s: float = Field(10.0, gt=0, description="wall time one decode may take in its worker process")
     decode_memory_mb: int = Field(768, ge=64, description="address space one decode may add to its worker process")
+    decode_sandbox_min_pixels: int = Field(
+        1024 * 1024, ge=0, description="images over this many pixels decode in a killable worker process within "
+        "the decode budget (smaller ones in-process, where the structural checks bound the work); 0: all of them"
+    )
     decode_workers: int = Field(
         0, ge=0, le=256, description="most decode worker processes at once (0: 2 per usable core, at least 4)"
     )

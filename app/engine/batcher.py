@@ -71,6 +71,19 @@ class _Job:
         return len(self.tiles) - self.next_tile
 
 
+class Reservation:
+    """Queue room held for a request whose image is still being decoded (see :meth:`Engine.reserve`)."""
+
+    def __init__(self, engine: Engine, tiles: int) -> None:
+        self._engine, self.tiles = engine, tiles
+
+    def release(self) -> None:
+        """Give the room back (idempotent): on failure before admission, or when the tiles are admitted."""
+        if self.tiles:
+            self._engine._reserved -= self.tiles
+            self.tiles = 0
+
+
 @dataclass(frozen=True)
 class _Slot:
     job: _Job
@@ -104,6 +117,7 @@ class Engine:
         self.observer = observer or EngineObserver()
         self._pending: dict[int, deque[_Job]] = {scale: deque() for scale in runners}
         self._depth = 0
+        self._reserved = 0  # tiles of requests admitted from their header, still decoding
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -152,13 +166,44 @@ class Engine:
 
     # -- admission -------------------------------------------------------------------------
 
-    async def upscale(self, luma: Tensor, scale: int, *, deadline: float | None = None) -> Tensor:
+    def reserve(self, scale: int, height: int, width: int) -> Reservation:
+        """Admission from the image header: hold the queue room an ``height × width`` image needs, or refuse now.
+
+        Lets a request be refused (:class:`QueueFull`, :class:`TooManyTiles`) within
+        milliseconds, before its decode waits for a busy codec pool; pass the
+        reservation to :meth:`upscale` once decoded (or release it on failure).
+        """
+        tiles = len(plan_tiles(height, width, self.tile))  # EXIF rotation swaps the sides, not the count
+        self._check_room(scale, tiles, self._depth + self._reserved)
+        reservation = Reservation(self, tiles)
+        self._reserved += tiles
+        return reservation
+
+    def _check_room(self, scale: int, tiles: int, pending: int) -> None:
+        if not self._accepting:
+            raise EngineClosed("the service is not accepting work")
+        if scale not in self.runners:
+            raise UnknownScale(f"no model for scale {scale}", tuple(sorted(self.runners)))
+        if tiles > self.max_queue_tiles:
+            raise TooManyTiles(f"the image needs {tiles} tiles; the queue holds {self.max_queue_tiles}")
+        if pending + tiles > self.max_queue_tiles:
+            self.observer.rejected("queue_full")
+            raise QueueFull(
+                f"queue full: {pending} tiles pending, {tiles} more would pass the bound of {self.max_queue_tiles}",
+                self.retry_after_s,
+            )
+
+    async def upscale(
+        self, luma: Tensor, scale: int, *, deadline: float | None = None, reservation: Reservation | None = None
+    ) -> Tensor:
         """(c, H, W) float32 in [0, 1] → (c, r·H, r·W) on the same device; ``deadline`` is a ``time.monotonic()`` instant.
 
         Raises :class:`QueueFull` (retry later), :class:`TooManyTiles`,
         :class:`DeadlineExceeded`, :class:`EngineClosed` or :class:`UnknownScale`.
         Cancelling the awaiting task drops the request's pending tiles.
         """
+        if reservation is not None:
+            reservation.release()  # its room becomes the job's own (or, if admission fails now, free)
         job = self._admit(luma, scale, deadline)
         try:
             if deadline is None:
@@ -177,22 +222,9 @@ class Engine:
             raise
 
     def _admit(self, luma: Tensor, scale: int, deadline: float | None) -> _Job:
-        if not self._accepting:
-            raise EngineClosed("the service is not accepting work")
-        runner = self.runners.get(scale)
-        if runner is None:
-            raise UnknownScale(f"no model for scale {scale}")
         c, h, w = luma.shape
         tiles = plan_tiles(h, w, self.tile)
-        if len(tiles) > self.max_queue_tiles:
-            raise TooManyTiles(f"the image needs {len(tiles)} tiles; the queue holds {self.max_queue_tiles}")
-        if self._depth + len(tiles) > self.max_queue_tiles:
-            self.observer.rejected("queue_full")
-            raise QueueFull(
-                f"queue full: {self._depth} tiles pending, {len(tiles)} more would pass the bound of "
-                f"{self.max_queue_tiles}",
-                self.retry_after_s,
-            )
+        self._check_room(scale, len(tiles), self._depth + self._reserved)
         job = _Job(
             scale=scale,
             luma=luma.float(),

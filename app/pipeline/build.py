@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.api.settings import Settings
 from app.engine.batcher import Engine
-from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device
+from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device, usable_cores
 from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
 from app.imaging.limits import ImageLimits
+from app.imaging.sandbox import DecodeBudget, DecodeSandbox
 from app.pipeline.observer import PipelineObserver
 from app.pipeline.pipeline import Pipeline
 from app.store.registry import discover
@@ -59,7 +60,14 @@ def build_pipeline(
         engine,
         codec_pool=ThreadPoolExecutor(codec_threads, thread_name_prefix="codec"),
         band_pool=ThreadPoolExecutor(compose_threads, thread_name_prefix="compose-band") if compose_threads > 1 else None,
-        limits=ImageLimits(max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels),
+        limits=ImageLimits(
+            max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels,
+            max_jpeg_scans=settings.max_jpeg_scans, max_chunks=settings.max_image_chunks,
+            max_frames=settings.max_frames, max_metadata_bytes=settings.max_metadata_bytes,
+        ),
+        sandbox=DecodeSandbox(max_workers=settings.decode_workers or max(4, 2 * usable_cores()), warm=1),
+        sandbox_min_pixels=settings.decode_sandbox_min_pixels,
+        decode_budget=DecodeBudget(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mb << 20),
         device=device,
         tensor_compose={"auto": None, "tensor": True, "pillow": False}[settings.compose],
         png_compress_level=settings.png_compress_level,

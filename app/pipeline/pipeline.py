@@ -8,9 +8,17 @@ there beside the model (:mod:`app.core.planes`), coming back as 8-bit planes
 for the encoder; on the CPU the banded Pillow/NumPy compose
 (:mod:`app.imaging.compose`) is faster and gives the same bytes.
 
-Cancelling :meth:`Pipeline.upscale` (the client left) drops the request's
-pending tiles; its deadline is checked after the decode and inside the
-engine. Every failure is an exception of a lower layer (``ImageError``,
+Admission comes from the header: the structural checks and the header's size
+(:func:`app.imaging.decode.peek`, no pixel decoded) refuse what is too large
+or too complex, and the engine reserves the request's queue room, all within
+milliseconds and before the decode waits for a busy codec pool. Images over
+``sandbox_min_pixels`` then decode in a killable worker process within the
+decode budget (:mod:`app.imaging.sandbox`); smaller ones in the codec pool,
+where the structural checks bound the work.
+
+Cancelling :meth:`Pipeline.upscale` (the client left) stops a sandboxed decode
+and drops the request's pending tiles; the deadline covers the decode and is
+checked again inside the engine. Every failure is an exception of a lower layer (``ImageError``,
 ``EngineError``) or :class:`~app.pipeline.options.InvalidOptions`; mapping them
 to statuses is the caller's business.
 """
@@ -20,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,19 +38,21 @@ from PIL import Image
 from torch import Tensor
 
 from app.core import planes
-from app.engine.batcher import Engine
+from app.engine.batcher import Engine, Reservation
 from app.engine.errors import DeadlineExceeded, UnknownScale
 from app.imaging.compose import compose, planes_of
-from app.imaging.decode import DecodedImage, decode
+from app.imaging.decode import DecodedImage, Header, decode, peek
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
-from app.imaging.errors import ImageTooLarge
+from app.imaging.errors import ImageTooComplex, ImageTooLarge
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
+from app.imaging.sandbox import DEFAULT_BUDGET, DecodeBudget, DecodeSandbox
 from app.pipeline.observer import PipelineObserver
 from app.pipeline.options import OutputOptions
 from app.pipeline.timings import Timings
 from app.store.registry import LoadedModel
 
 T = TypeVar("T")
+INLINE_PEEK_BYTES = 1 << 20  # headers of smaller uploads are checked on the event loop (≈ 0.3 ms at most)
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,9 @@ class Pipeline:
         png_compress_level: int = 1,
         request_timeout_s: float | None = None,
         observer: PipelineObserver | None = None,
+        sandbox: DecodeSandbox | None = None,
+        sandbox_min_pixels: int = 1024 * 1024,
+        decode_budget: DecodeBudget = DEFAULT_BUDGET,
     ) -> None:
         self.models = dict(models)
         self.engine = engine
@@ -95,18 +108,27 @@ class Pipeline:
         self.png_compress_level = png_compress_level
         self.request_timeout_s = request_timeout_s
         self.observer = observer or PipelineObserver()
+        self.sandbox = sandbox
+        self.sandbox_min_pixels = sandbox_min_pixels
+        self.decode_budget = decode_budget
+        self._admission = ThreadPoolExecutor(1, thread_name_prefix="admission")  # header checks of big uploads
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.sandbox is not None:  # its warm worker imports Pillow: off the event loop
+            await asyncio.get_running_loop().run_in_executor(self._admission, self.sandbox.start)
         await self.engine.start()
 
     async def close(self, drain_timeout_s: float = 30.0) -> None:
-        """Finish admitted work (up to the timeout), then stop the engine and the pools."""
+        """Finish admitted work (up to the timeout), then stop the engine, the pools and the decode workers."""
         await self.engine.close(drain_timeout_s)
         self.codec_pool.shutdown(wait=True)
         if self.band_pool is not None:
             self.band_pool.shutdown(wait=True)
+        self._admission.shutdown(wait=True)
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     @property
     def ready(self) -> bool:
@@ -131,10 +153,19 @@ class Pipeline:
         """Run CPU work (a codec, a figure) in the codec pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.codec_pool, fn, *args)
 
-    async def decode(self, data: bytes, scale: int) -> DecodedImage:
-        """Decode an upload for ×``scale`` within the pixel limits (for views that need the image only)."""
+    async def decode(self, data: bytes, scale: int, *, deadline: float | None = None) -> DecodedImage:
+        """Decode an upload for ×``scale`` within the limits and the decode budget (for views that need the image)."""
         self.check_scale(scale)
+        header = await self.peek(data, scale)
+        if self._sandboxed(header):
+            return await self._sandbox_decode(data, scale, deadline)
         return await self.in_pool(decode, data, scale, self.limits)
+
+    async def peek(self, data: bytes, scale: int) -> Header:
+        """The structural checks and the header's size against the limits, never behind the codec pool."""
+        if len(data) <= INLINE_PEEK_BYTES:
+            return peek(data, scale, self.limits)
+        return await asyncio.get_running_loop().run_in_executor(self._admission, peek, data, scale, self.limits)
 
     async def upscale(
         self, data: bytes, scale: int, options: OutputOptions | None = None, *, deadline: float | None = None
@@ -148,12 +179,24 @@ class Pipeline:
         if deadline is None and self.request_timeout_s is not None:
             deadline = time.monotonic() + self.request_timeout_s
         timings = Timings()
-        prepared = await self.in_pool(self._decode_and_prepare, data, scale, timings)
-        image = prepared.image
-        fmt = options.resolve(image.source_format)
-        if fmt == "webp" and max(image.width, image.height) * scale > WEBP_MAX_SIDE:
+        header = await self.peek(data, scale)
+        fmt = options.resolve(header.format)
+        if fmt == "webp" and max(header.width, header.height) * scale > WEBP_MAX_SIDE:
             raise ImageTooLarge(f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
-        sr = await self._model(prepared, scale, deadline, timings)
+        reservation = self.engine.reserve(scale, header.height, header.width)  # queue room, or 503 now
+        try:
+            if self._sandboxed(header):
+                started = time.perf_counter()
+                image = await self._sandbox_decode(data, scale, deadline)
+                prepared = await self.in_pool(self._prepare, image)
+                timings.decode = time.perf_counter() - started
+                self.observer.stage("decode", timings.decode)
+            else:
+                prepared = await self.in_pool(self._decode_and_prepare, data, scale, timings)
+            sr = await self._model(prepared, scale, deadline, timings, reservation)
+        finally:
+            reservation.release()
+        image = prepared.image
         body = await self.in_pool(self._compose_and_encode, prepared, sr, scale, fmt, options, timings)
         return UpscaleResult(body=body, format=fmt, model=self.models[scale].manifest.name, scale=scale,
                              input_size=(image.width, image.height),
@@ -173,11 +216,26 @@ class Pipeline:
         sr = await self._model(prepared, scale, deadline, timings)
         return await self.in_pool(self._timed_compose, prepared, sr, scale, timings)
 
-    async def _model(self, prepared: _Prepared, scale: int, deadline: float | None, timings: Timings) -> Tensor:
+    def _sandboxed(self, header: Header) -> bool:
+        return self.sandbox is not None and header.width * header.height > self.sandbox_min_pixels
+
+    async def _sandbox_decode(self, data: bytes, scale: int, deadline: float | None) -> DecodedImage:
+        assert self.sandbox is not None
+        try:
+            return await self.sandbox.decode(data, scale, self.limits, self.decode_budget, deadline=deadline)
+        except ImageTooComplex:
+            if deadline is not None and time.monotonic() >= deadline:  # the deadline stopped it, not the image
+                raise DeadlineExceeded("deadline exceeded while decoding") from None
+            raise
+
+    async def _model(
+        self, prepared: _Prepared, scale: int, deadline: float | None, timings: Timings,
+        reservation: Reservation | None = None,
+    ) -> Tensor:
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("deadline exceeded before the model ran (while decoding)")
         started = time.perf_counter()
-        sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline)
+        sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline, reservation=reservation)
         timings.model += time.perf_counter() - started
         w, h = prepared.image.width, prepared.image.height
         self.observer.pixels(scale, w * h, w * h * scale * scale)
