@@ -74,3 +74,14 @@ def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, t
         server.terminate()
         out, _ = server.communicate(timeout=60)
     assert "2 worker process(es)" in out
+
+
+def test_a_containers_cpu_quota_bounds_the_cores(tmp_path: Path) -> None:
+    from app.engine.device import cgroup_cpu_quota
+
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # docker run --cpus 1.5 / a Kubernetes limit of 1500m
+    assert cgroup_cpu_quota(str(limit)) == 1.5
+    limit.write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(limit)) is None
+    assert cgroup_cpu_quota(str(tmp_path / "absent")) is None

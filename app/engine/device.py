@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Literal
 
@@ -52,11 +53,23 @@ def codec_threads_for(setting: int = 0) -> int:
 
 
 def usable_cores() -> int:
-    """The cores this process may use (containers, taskset), not the machine's."""
+    """The cores this process may use: its CPU affinity (taskset) and its cgroup's CPU quota (a container's
+    ``--cpus``, a Kubernetes CPU limit), whichever is smaller — not the machine's count."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs allowed by the cgroup v2 quota ("200000 100000" → 2.0); None when unlimited or unreadable."""
+    try:
+        quota, period = open(path).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 CORES_PER_CPU_WORKER = 1  # measured on the 2-core machine: README, "Benchmarks"
