@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     jobs_x264_crf: int = Field(18, ge=0, le=51, description="H.264 (mp4) constant rate factor")
     jobs_x264_preset: str = Field("superfast", description="x264 preset (ultrafast … veryslow)")
     jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")
+    # animated GIF/APNG/WebP uploads, frame by frame (app/pipeline/animated.py; issue 14)
+    max_animation_pixels: int = Field(
+        2 * 8192 * 8192, ge=1, description="largest animation answer: frames × output pixels (about 4 bytes each "
+        "are held at once); beyond it: 413"
+    )
 
     @field_validator("workers")
     @classmethod

@@ -72,5 +72,6 @@ def build_pipeline(
         tensor_compose={"auto": None, "tensor": True, "pillow": False}[settings.compose],
         png_compress_level=settings.png_compress_level,
         request_timeout_s=settings.request_timeout_s,
+        max_animation_pixels=settings.max_animation_pixels,
         observer=observer,
     )

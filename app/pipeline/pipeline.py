@@ -40,6 +40,7 @@ from torch import Tensor
 from app.core import planes
 from app.engine.batcher import Engine, Reservation
 from app.engine.errors import DeadlineExceeded, UnknownScale
+from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
 from app.imaging.compose import compose, planes_of
 from app.imaging.decode import DecodedImage, Header, decode, peek
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
@@ -97,6 +98,7 @@ class Pipeline:
         sandbox: DecodeSandbox | None = None,
         sandbox_min_pixels: int = 1024 * 1024,
         decode_budget: DecodeBudget = DEFAULT_BUDGET,
+        max_animation_pixels: int = DEFAULT_MAX_ANIMATION_PIXELS,
     ) -> None:
         self.models = dict(models)
         self.engine = engine
@@ -111,6 +113,7 @@ class Pipeline:
         self.sandbox = sandbox
         self.sandbox_min_pixels = sandbox_min_pixels
         self.decode_budget = decode_budget
+        self.max_animation_pixels = max_animation_pixels  # frames × output pixels of one animated answer
         self._admission = ThreadPoolExecutor(1, thread_name_prefix="admission")  # header checks of big uploads
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -180,6 +183,10 @@ class Pipeline:
             deadline = time.monotonic() + self.request_timeout_s
         timings = Timings()
         header = await self.peek(data, scale)
+        if header.frames > 1 and header.format in ANIMATED_FORMATS:  # frame by frame: app/pipeline/animated.py
+            from app.pipeline.animated import upscale_animated  # it imports this module
+
+            return await upscale_animated(self, data, scale, options, deadline=deadline, timings=timings)
         fmt = options.resolve(header.format)
         if fmt == "webp" and max(header.width, header.height) * scale > WEBP_MAX_SIDE:
             raise ImageTooLarge(f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
