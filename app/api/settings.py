@@ -109,6 +109,17 @@ class Settings(BaseSettings):
         2 * 8192 * 8192, ge=1, description="largest animation answer: frames × output pixels (about 4 bytes each "
         "are held at once); beyond it: 413"
     )
+    # bounded debug views and access control (app/api/routes/debug.py, app/api/security.py; issue 15)
+    debug_max_pixels: int = Field(
+        512 * 512, ge=64, description="/debug/channels analyses at most this many LR pixels: a larger image is "
+        "centre-cropped to it (the answer says so), so one debug request costs a bounded model call"
+    )
+    api_keys: str = Field(
+        "", repr=False, description="comma-separated API keys; empty: no access control. Only their SHA-256 "
+        "hashes are kept; /upscale, /jobs*, /kernels/*, /debug/*, /web/config then need one"
+    )
+    metrics_require_key: bool = Field(False, description="with SR_API_KEYS set, /metrics needs a key too")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS ('*': any); empty: no CORS")
 
     @field_validator("workers")
     @classmethod

@@ -95,11 +95,16 @@ def _zoom(hr: np.ndarray, r: int, colors: list[tuple[int, int, int]]) -> np.ndar
     return big
 
 
-def render_channels(model: ESPCN, luma: Tensor) -> tuple[Image.Image, dict[str, Any]]:
+def render_channels(
+    model: ESPCN, luma: Tensor, *, context: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> tuple[Image.Image, dict[str, Any]]:
     """Figure of the LR maps → shuffle → HR for one LR image ``(c, H, W)`` in [0, 1], plus per-channel stats.
 
     ``c`` is ``model.channels`` (1 for the Y-only models); the panels show HR
     channel 0, the statistics cover all ``c·r²`` LR maps of the whole image.
+    ``context`` = (top, left, bottom, right) rows/columns of ``luma`` that only
+    feed the model (a crop's surroundings, so its maps equal the whole image's)
+    and are trimmed from the maps before anything is drawn or counted.
     Stats: ``scale``, ``lr_size``, ``hr_size``, ``crop`` (LR window shown),
     ``display_range`` (grey scale of panel a) and ``channels``: one
     ``{channel, hr_channel, offset: [a, b], min, max, mean, std}`` per LR map
@@ -112,6 +117,10 @@ def render_channels(model: ESPCN, luma: Tensor) -> tuple[Image.Image, dict[str, 
     param = next(model.parameters())
     with torch.no_grad():
         lr = model.forward_lr(pad_for(model, luma[None].to(param.device, param.dtype))).float().cpu()
+    ct, cl, cb, cr = context
+    if any(context):
+        lr = lr[:, :, ct : lr.shape[2] - cb, cl : lr.shape[3] - cr]
+        big_h, big_w = lr.shape[2:]
     channels = _stats(lr, r)
 
     h, w = min(big_h, MAX_LR_SIDE), min(big_w, MAX_LR_SIDE)

@@ -7,11 +7,26 @@ request; ``GET /kernels/deconv.png`` draws them like the note's figure;
 ``/debug/channels`` shows the r² LR maps before shuffling. All of it answers
 404 when ``SR_DEBUG_ROUTES=false``, and obeys the same input limits as
 ``/upscale``.
+
+A debug figure runs the model's pre-shuffle maps, which the engine does not
+return, so it cannot ride the engine's batches; it is bounded instead: the
+upload is decoded like any other (header checks, the decode sandbox), then
+only its centre ``SR_DEBUG_MAX_PIXELS`` (512² by default) are analysed, with
+the model's receptive field of context around them so the maps equal the
+whole image's there, and one figure is computed at a time per process. So a
+4096² upload costs one 512² model call, not a 16 Mpx one (40 s and 10.8 GB
+before, issue 15). The answer says what was analysed: ``analysed`` and
+``source_size`` in the JSON, ``X-Debug-Analysed: HxW+top+left of HxW``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
+import math
+import time
+import weakref
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,10 +43,11 @@ from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
 from app.core.espcn import ESPCN
 from app.core.subpixel import Deconv, SubPixelConv
-from app.engine.errors import UnknownScale
+from app.engine.errors import EngineError, UnknownScale
 from app.imaging.compose import luma_tensor
 from app.imaging.decode import DecodedImage
 from app.imaging.errors import ImageError
+from app.pipeline import Pipeline
 from app.viz import render_channels, render_kernels
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
@@ -168,22 +184,83 @@ async def kernels_png(state: StateDep, scale: ScaleQuery) -> Response:
     return Response(await state.pipeline.in_pool(draw), media_type="image/png")
 
 
+def debug_window(height: int, width: int, max_pixels: int) -> tuple[int, int, int, int]:
+    """The centred (top, left, h, w) window of at most ``max_pixels`` that a debug view analyses.
+
+    As square as the image allows: a 4096² image gives its centre 512² at the
+    default 512² limit, a 30 × 10,000 strip its centre 30 × 8,738.
+    """
+    if height * width <= max_pixels:
+        return 0, 0, height, width
+    side = max(1, math.isqrt(max_pixels))
+    w = min(width, side)
+    h = min(height, max_pixels // w)
+    w = min(width, max_pixels // h)
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _crop_with_context(
+    image: DecodedImage, window: tuple[int, int, int, int], radius: int
+) -> tuple[DecodedImage, tuple[int, int, int, int]]:
+    """The window plus up to ``radius`` pixels of its surroundings (so its maps equal the whole image's)."""
+    top, left, h, w = window
+    t, lft = max(0, top - radius), max(0, left - radius)
+    b, rgt = min(image.height, top + h + radius), min(image.width, left + w + radius)
+    box = (lft, t, rgt, b)
+    cropped = dataclasses.replace(image, color=image.color.crop(box),
+                                  alpha=image.alpha.crop(box) if image.alpha is not None else None)
+    return cropped, (top - t, left - lft, b - top - h, rgt - left - w)
+
+
+_DEBUG_SLOTS: weakref.WeakKeyDictionary[Pipeline, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+DEBUG_CONCURRENCY = 1
+DEBUG_WAIT_S = 10.0
+
+
+async def _debug_slot(state: ServiceState) -> asyncio.Semaphore:
+    """Wait (at most ``DEBUG_WAIT_S``) for this process's debug slot, or 503: debug figures run one at a time."""
+    slot = _DEBUG_SLOTS.setdefault(state.pipeline, asyncio.Semaphore(DEBUG_CONCURRENCY))
+    try:
+        await asyncio.wait_for(slot.acquire(), DEBUG_WAIT_S)
+    except TimeoutError:
+        raise ApiError(503, "debug_busy", "another debug figure is being computed; retry later",
+                       {"Retry-After": "1"}) from None
+    return slot
+
+
 async def _channels(state: ServiceState, scale: int, data: bytes, fmt: ChannelsFormat) -> Response:
+    """Decode within the upload limits, centre-crop to ``SR_DEBUG_MAX_PIXELS``, draw: bounded time and memory."""
     model = _model(state, scale)
+    pipeline = state.pipeline
+    max_pixels = state.settings.debug_max_pixels
+    deadline = time.monotonic() + state.settings.request_timeout_s
 
     def draw(image: DecodedImage) -> tuple[bytes, dict[str, Any]]:
-        figure, stats = render_channels(model, luma_tensor(image))
+        window = debug_window(image.height, image.width, max_pixels)
+        cropped, context = _crop_with_context(image, window, model.radius)
+        figure, stats = render_channels(model, luma_tensor(cropped), context=context)
+        top, left, h, w = window
+        stats["source_size"] = [image.height, image.width]
+        stats["analysed"] = {"top": top, "left": left, "height": h, "width": w,
+                             "cropped": (h, w) != (image.height, image.width), "max_pixels": max_pixels}
         buf = io.BytesIO()
         figure.save(buf, "PNG", compress_level=3)
         return buf.getvalue(), stats
 
+    slot = await _debug_slot(state)
     try:
-        png, stats = await state.pipeline.in_pool(draw, await state.pipeline.decode(data, scale))
-    except ImageError as exc:
+        image = await pipeline.decode(data, scale, deadline=deadline)
+        png, stats = await pipeline.in_pool(draw, image)
+    except (ImageError, EngineError) as exc:
         raise classify(exc, state.settings.overload_status) from exc
+    finally:
+        slot.release()
+    a = stats["analysed"]
+    headers = {"X-Debug-Analysed": f"{a['height']}x{a['width']}+{a['top']}+{a['left']} of "
+                                   f"{stats['source_size'][0]}x{stats['source_size'][1]}"}
     if fmt is ChannelsFormat.json:
-        return JSONResponse(stats)
-    return Response(png, media_type="image/png")
+        return JSONResponse(stats, headers=headers)
+    return Response(png, media_type="image/png", headers=headers)
 
 
 CHANNEL_RESPONSES: dict[int | str, dict[str, Any]] = {
