@@ -45,6 +45,7 @@ from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # Pillow's names of the containers read as animations
 ANIMATION_OUTPUTS = {"gif": "image/gif", "png": "image/png", "webp": "image/webp"}  # APNG is served as image/png
 DEFAULT_MAX_ANIMATION_PIXELS = 2 * 8192 * 8192  # frames × output pixels: about 4 bytes each are held at once
+_SAME_ANIMATED = {"GIF": "gif", "PNG": "png", "WEBP": "webp"}
 _GIF_TRANSPARENT = 255  # the palette index kept for transparent pixels
 
 
@@ -61,6 +62,11 @@ class Animation:
     @property
     def size(self) -> tuple[int, int]:
         return self.frames[0].width, self.frames[0].height
+
+
+def animated_output(requested: str, source_format: str) -> str:
+    """The format an animation is answered in: ``same`` → GIF/APNG (``png``)/WebP as the source, else as asked."""
+    return _SAME_ANIMATED.get(source_format.upper(), "png") if requested == "same" else requested
 
 
 def may_be_animated(data: bytes) -> bool:

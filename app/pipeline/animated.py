@@ -29,13 +29,14 @@ from app.engine.errors import DeadlineExceeded, QueueFull
 from app.imaging.animation import (
     ANIMATION_OUTPUTS,
     Animation,
+    animated_output,
     decode_animation,
     encode_animation,
 )
 from app.imaging.decode import DecodedImage
 from app.imaging.encode import WEBP_MAX_SIDE
 from app.imaging.errors import ImageTooLarge, InvalidImage
-from app.pipeline.options import SAME, InvalidOptions, OutputOptions
+from app.pipeline.options import InvalidOptions, OutputOptions
 from app.pipeline.pipeline import UpscaleResult
 from app.pipeline.timings import Timings
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from app.pipeline.pipeline import Pipeline
 
 MAX_FRAMES_IN_FLIGHT = 32
-_SAME_ANIMATED = {"GIF": "gif", "PNG": "png", "WEBP": "webp"}
 CHOICES = "format=same (GIF for a GIF), png (APNG) or webp (animated WebP)"
 
 
@@ -60,7 +60,7 @@ class AnimatedResult(UpscaleResult):
 
 def animated_format(options: OutputOptions, source_format: str) -> str:
     """The animation format ``options`` asks for an animated ``source_format``; InvalidOptions (422) if none."""
-    fmt = _SAME_ANIMATED.get(source_format.upper(), "png") if options.format == SAME else options.format
+    fmt = animated_output(options.format, source_format)
     if fmt == "jpeg":
         raise InvalidOptions(f"JPEG cannot hold an animation; ask for {CHOICES}")
     if fmt == "gif" and options.lossless:
