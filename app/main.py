@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.routes import debug, jobs, service, upscale, web
+from app.api.security import SecurityMiddleware
 from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import PipelineMetrics, PrometheusObserver, RequestMetricsMiddleware
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(SecurityMiddleware, settings=settings)  # keys, CORS, security headers; inside the metrics
     app.add_middleware(RequestMetricsMiddleware)
     app.include_router(upscale.router)
     app.include_router(jobs.router)

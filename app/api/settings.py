@@ -128,6 +128,13 @@ class Settings(BaseSettings):
             raise ValueError("workers must be 'auto' or at least 1")
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _hash_api_keys(cls, value: str) -> str:
+        from app.api.security import hash_keys  # only the keys' SHA-256 hashes are kept (imported late: cycle)
+
+        return hash_keys(value)
+
     @field_validator("overload_status")
     @classmethod
     def _overload_status(cls, value: int) -> int:
