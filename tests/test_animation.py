@@ -202,3 +202,12 @@ def test_decoded_frames_are_full_canvases(fmt: str) -> None:
         assert got.alpha is None and got.color.mode == "RGB"  # opaque frames lose the WebP's all-255 alpha
         if fmt != "GIF":  # lossless containers: the very pixels
             assert np.array_equal(np.asarray(got.color), np.asarray(want))
+
+
+def test_an_apng_default_image_outside_the_animation_is_not_a_frame() -> None:
+    frames = panned(4)
+    data = animation(frames, "PNG", default_image=True)  # frames[0]: shown by viewers without APNG only
+    decoded = decode_animation(data, 2)
+    assert decoded is not None and len(decoded.frames) == 3
+    for got, want in zip(decoded.frames, frames[1:], strict=True):
+        assert np.array_equal(np.asarray(got.color), np.asarray(want))

@@ -40,7 +40,7 @@ from app.imaging import guards, icc
 from app.imaging.decode import DecodedImage
 from app.imaging.encode import DEFAULT_QUALITY, WEBP_MAX_SIDE
 from app.imaging.errors import ImageTooLarge, InvalidImage
-from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
+from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
 
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # Pillow's names of the containers read as animations
 ANIMATION_OUTPUTS = {"gif": "image/gif", "png": "image/png", "webp": "image/webp"}  # APNG is served as image/png
@@ -106,18 +106,22 @@ def decode_animation(
     if not may_be_animated(data):
         return None
     im = _decode._open(data, scale, limits)  # the still path's own checks: guards, header, pixel limits
-    if im.format not in ANIMATED_FORMATS or not getattr(im, "is_animated", False):
-        return None
-    frames = im.n_frames
+    try:
+        if im.format not in ANIMATED_FORMATS or not getattr(im, "is_animated", False):
+            return None
+        frames = im.n_frames
+    except _decode._BROKEN as e:
+        raise InvalidImage(f"could not count the frames of the {im.format} animation: {e}") from None
     source_format = im.format or ""
-    check_size(im.width, im.height, scale, limits)
     check_animation_size(im.width, im.height, frames, scale, max_animation_pixels)
     profile = im.info.get("icc_profile") or None
     loop = im.info.get("loop")
     decoded: list[DecodedImage] = []
     durations: list[float] = []
+    # an APNG's default image that is not part of the animation is what non-APNG viewers show: not a frame
+    first = 1 if source_format == "PNG" and im.info.get("default_image") else 0
     try:
-        for index in range(frames):
+        for index in range(first, frames):
             im.seek(index)
             im.load()
             durations.append(float(im.info.get("duration", 0) or 0))
