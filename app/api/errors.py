@@ -17,7 +17,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles, UnknownScale
+from app.engine.errors import (
+    DeadlineExceeded,
+    EngineClosed,
+    EngineError,
+    ModelError,
+    QueueFull,
+    TooManyTiles,
+    UnknownScale,
+    WorkerRestarted,
+)
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.pipeline.options import InvalidOptions
 
@@ -67,6 +76,10 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
         return ApiError(422, "unknown_scale", str(exc))
     if isinstance(exc, InvalidOptions):
         return ApiError(422, "invalid_parameters", str(exc))
+    if isinstance(exc, ModelError):  # our fault, not the client's: the one deliberate 500
+        return ApiError(500, "model_error", str(exc))
+    if isinstance(exc, WorkerRestarted):
+        return ApiError(503, "worker_restarted", str(exc), {"Retry-After": "1"})
     if isinstance(exc, EngineError):
         return ApiError(503, "engine_error", str(exc))
     raise TypeError(f"unclassified exception {type(exc).__name__}") from exc
@@ -101,6 +114,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         413: "Body over the byte limit, or image over the pixel limit (input or output)",
         415: "Unsupported media type",
         422: "Bad or missing parameters, or an image too costly to decode (code image_too_complex)",
+        500: "The model call of this request's batch failed (code model_error); other requests are unaffected",
         429: "Queue full (when SR_OVERLOAD_STATUS=429); see Retry-After",
         503: "Queue full or not ready; see Retry-After",
         504: "Request deadline exceeded",

@@ -30,6 +30,9 @@ class PrometheusObserver(EngineObserver):
     def batch(self, scale: int, device: str, size: int, max_batch: int, seconds: float) -> None:
         metrics.observe_batch(scale=scale, device=device, tiles=size, max_batch=max_batch, seconds=seconds)
 
+    def worker_restarted(self) -> None:
+        metrics.WORKER_RESTARTS.inc()
+
     def rejected(self, reason: str) -> None:
         metrics.reject(reason)
         counted = _COUNTED.get()

@@ -24,6 +24,15 @@ independent of concurrency; the queue still counts such an image in tiles.
 Back-pressure: admission is refused at once when the pending tiles would pass
 ``max_queue_tiles``; deadlines are re-checked when tiles are dequeued, and the
 tiles of a cancelled request (client gone, deadline) are dropped unrun.
+
+Faults: a model call that raises fails that batch's requests with
+:class:`ModelError` (500 ``model_error``) and nothing else. Should the worker
+itself die (any exception outside the model call, or a ``BaseException`` from
+the inference thread), a supervisor fails only the requests of the batch it
+held (:class:`WorkerRestarted`, 503), counts the restart
+(``EngineObserver.worker_restarted``), keeps :attr:`Engine.ready` false for
+``restart_delay_s`` (doubling up to 10 s while it keeps dying), then restarts
+it with a fresh inference thread; the queued requests are served after that.
 """
 
 from __future__ import annotations
@@ -39,7 +48,15 @@ import torch
 from torch import Tensor
 
 from app.core.tiling import Tile, pad_image, plan_tiles, stitch_tile
-from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
+from app.engine.errors import (
+    DeadlineExceeded,
+    EngineClosed,
+    ModelError,
+    QueueFull,
+    TooManyTiles,
+    UnknownScale,
+    WorkerRestarted,
+)
 from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
 
@@ -104,6 +121,7 @@ class Engine:
         retry_after_s: float = 1.0,
         whole_max_pixels: int = 0,
         observer: EngineObserver | None = None,
+        restart_delay_s: float = 0.5,
     ) -> None:
         if tile < 1 or max_batch < 1 or max_queue_tiles < 1:
             raise ValueError("tile, max_batch and max_queue_tiles must be >= 1")
@@ -125,6 +143,10 @@ class Engine:
         self._busy = False  # a batch is in the inference thread
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.restart_delay_s = restart_delay_s
+        self.restarts = 0  # times the supervisor restarted a dead worker
+        self._alive = False  # the worker loop runs (false while the supervisor waits to restart it)
+        self._inflight: list[_Slot] = []  # the batch the worker holds now
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,11 +156,11 @@ class Engine:
         for runner in self.runners.values():
             await loop.run_in_executor(self._executor, runner.warm_up, self.tile)
         self._accepting = True
-        self._worker = asyncio.create_task(self._run(), name="batching-worker")
+        self._worker = asyncio.create_task(self._supervise(), name="batching-worker")
 
     @property
     def ready(self) -> bool:
-        return self._accepting and self._worker is not None and not self._worker.done()
+        return self._accepting and self._alive and self._worker is not None and not self._worker.done()
 
     @property
     def queue_depth(self) -> int:
@@ -312,6 +334,31 @@ class Engine:
             except TimeoutError:
                 return
 
+    async def _supervise(self) -> None:
+        """Run the worker; if it dies, fail only its batch's requests, wait, and start it again."""
+        delay = self.restart_delay_s
+        while True:
+            self._alive = True
+            began = time.monotonic()
+            try:
+                await self._run()
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # whatever killed it, the service must go on
+                log.exception("batching worker died (holding %d tiles); restarting in %.1f s", len(self._inflight), delay)
+                error = WorkerRestarted(f"the batching worker failed ({type(exc).__name__}); retry")
+            self._alive = False
+            for job in {slot.job for slot in self._inflight}:
+                self._fail(job, error)
+            self._inflight = []
+            self._busy = False
+            self.restarts += 1
+            self.observer.worker_restarted()
+            old, self._executor = self._executor, ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+            old.shutdown(wait=False)  # a hung call keeps its thread; new batches get a fresh one
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 10.0) if time.monotonic() - began < 60 else self.restart_delay_s
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -330,12 +377,16 @@ class Engine:
             for slot in batch:
                 self.observer.queue_wait(started - slot.job.admitted)
             runner = self.runners[scale]
+            self._inflight = batch
             try:
                 await loop.run_in_executor(self._executor, self._compute, runner, batch)
             except Exception as exc:  # one bad batch fails its requests, never the worker
                 log.exception("model call failed for %d tiles", len(batch))
+                error = ModelError(f"the model call for this request's batch failed ({type(exc).__name__}: {exc})")
+                error.__cause__ = exc
                 for job in {slot.job for slot in batch}:
-                    self._fail(job, exc)
+                    self._fail(job, error)
+                self._inflight = []
             else:
                 self.observer.batch(scale, runner.device.type, len(batch), self.max_batch,
                                     time.monotonic() - started)
@@ -344,6 +395,7 @@ class Engine:
                     job.remaining -= 1
                     if job.remaining == 0 and not job.future.done():
                         job.future.set_result(job.out)
+                self._inflight = []
             finally:
                 self._busy = False
                 self._check_idle()

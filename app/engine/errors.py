@@ -23,6 +23,17 @@ class DeadlineExceeded(EngineError):
     """The request's deadline passed before its tiles were computed (504)."""
 
 
+class ModelError(EngineError, RuntimeError):
+    """The model call for the request's batch raised: only that batch's requests fail (500 ``model_error``).
+
+    Also a ``RuntimeError``, as the model's own failures were before it wrapped them (its cause is kept).
+    """
+
+
+class WorkerRestarted(EngineError):
+    """The batching worker died while the request's tiles were in its batch; it is being restarted (503)."""
+
+
 class EngineClosed(EngineError):
     """The engine is shutting down and admits no new work (503)."""
 

@@ -24,3 +24,6 @@ class EngineObserver:
 
     def fallback(self, reason: str) -> None:
         """The runner left its fast path: ``half_nonfinite``, ``cuda_oom``."""
+
+    def worker_restarted(self) -> None:
+        """The batching worker died and its supervisor is restarting it."""

@@ -25,6 +25,7 @@ sr_stage_duration_seconds          stage                       decode/compose/en
 sr_jobs_total                      kind, state                 job entering a state (see ``JOB_STATES``)
 sr_jobs_active                     state                       (gauge) this process's jobs queued / running now
 sr_video_frames_total              scale                       video frame super-resolved and encoded
+sr_worker_restarts_total           —                           batching worker restarted after it died
 =================================  ==========================  =============================================
 
 Labels stay bounded: ``scale`` is ``"1"``…``"8"`` (the manifests' range) or ``""`` (invalid),
@@ -140,6 +141,7 @@ METRIC_DOCS: dict[str, str] = {
     "sr_jobs_total": "Jobs entering each state (queued, running, done, failed, cancelled), by kind (video, image).",
     "sr_jobs_active": "Jobs of this process queued or running now, by state (summed over live worker processes).",
     "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
+    "sr_worker_restarts_total": "Times the batching worker died and its supervisor restarted it (0 when healthy).",
 }
 
 REQUESTS = _metric(Counter, "sr_requests_total", METRIC_DOCS["sr_requests_total"], ("endpoint", "scale", "status"))
@@ -184,6 +186,7 @@ STAGE_DURATION = _metric(
 JOBS = _metric(Counter, "sr_jobs_total", METRIC_DOCS["sr_jobs_total"], ("kind", "state"))
 JOBS_ACTIVE = _metric(Gauge, "sr_jobs_active", METRIC_DOCS["sr_jobs_active"], ("state",), multiprocess_mode="livesum")
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
+WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
 # Every job series exists from the start at 0, so rate() and absent() need no first event.
 for _kind in JOB_KINDS:
     for _state in JOB_STATES:
@@ -210,6 +213,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     JOBS,
     JOBS_ACTIVE,
     VIDEO_FRAMES,
+    WORKER_RESTARTS,
 )
 
 

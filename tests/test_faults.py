@@ -1,0 +1,178 @@
+"""Fault injection without mocks (issue 15): real runners that fail on a marked input, a worker that dies.
+
+:class:`MarkedRunner` is a real :class:`ModelRunner` over a seeded ESPCN; its
+model call raises ``RuntimeError`` when a window of the batch is the black
+level everywhere (an all-black image: a tensor condition of the real input),
+and raises :class:`WorkerKill` (a ``BaseException``: no ``except Exception``
+catches it, as with a thread torn down from inside) when a window is all white,
+which kills the batching worker. Everything else is the real engine, pipeline
+and app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.espcn import ESPCN, pad_for
+from app.engine.batcher import Engine
+from app.engine.errors import ModelError, WorkerRestarted
+from app.engine.runner import ModelRunner
+from app.imaging.compose import luma_tensor
+from app.imaging.decode import decode
+from app.imaging.limits import ImageLimits
+from app.main import create_app
+from tests.conftest import encoded, make_settings, natural
+
+BLACK, WHITE = 16 / 255, 235 / 255  # studio-swing luma of black and white (planes.luma)
+
+
+class WorkerKill(BaseException):
+    """What no ``except Exception`` stops: stands for the inference thread dying under the worker."""
+
+
+class MarkedRunner(ModelRunner):
+    """The real runner, failing on marked windows (all black: the call raises; all white: the worker dies)."""
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        flat = windows.flatten(1)
+        if bool(((flat - BLACK).abs().amax(1) < 1e-6).any()):
+            raise RuntimeError("marked input: an all-black window")
+        if bool(((flat - WHITE).abs().amax(1) < 1e-6).any()):
+            raise WorkerKill("marked input: an all-white window")
+        return super().__call__(windows)
+
+
+def seeded(scale: int) -> ESPCN:
+    torch.manual_seed(100 + scale)
+    return ESPCN(scale).eval()
+
+
+def marked_engine(**kwargs: object) -> Engine:
+    runners = {r: MarkedRunner(seeded(r), torch.device("cpu"), backend="eager", tile=16) for r in (2, 3)}
+    return Engine(runners, **{"tile": 16, "max_batch": 8, "max_delay_s": 0.05, **kwargs})
+
+
+def plain(value: float, h: int = 16, w: int = 16) -> torch.Tensor:
+    return torch.full((1, h, w), value)
+
+
+def test_a_failing_model_call_fails_only_its_batch() -> None:
+    async def run() -> None:
+        eng = marked_engine()
+        await eng.start()
+        gen = torch.Generator().manual_seed(0)
+        good = [torch.rand(1, 16, 16, generator=gen) * 0.5 + 0.2 for _ in range(3)]
+        # one batch (×2, within max_delay): the black image and a good one; beside them a ×3 request
+        results = await asyncio.gather(eng.upscale(plain(BLACK), 2), eng.upscale(good[0], 2),
+                                       eng.upscale(good[1], 3), return_exceptions=True)
+        assert isinstance(results[0], ModelError) and isinstance(results[1], ModelError)
+        assert "all-black" in str(results[0]) and isinstance(results[0].__cause__, RuntimeError)
+        assert isinstance(results[2], torch.Tensor) and results[2].shape == (1, 48, 48)  # another batch: served
+        assert eng.ready and eng.restarts == 0
+        # the next batch is unaffected, and exact
+        again = await eng.upscale(good[0], 2)
+        with torch.no_grad():
+            want = seeded(2)(good[0][None])[0].clamp(0, 1)
+        assert (again - want).abs().max() < 1e-5
+        await eng.close()
+
+    asyncio.run(run())
+
+
+def test_a_dead_worker_is_restarted_and_nothing_queued_is_lost() -> None:
+    async def run() -> None:
+        eng = marked_engine(max_delay_s=0.0, restart_delay_s=0.3)
+        await eng.start()
+        gen = torch.Generator().manual_seed(1)
+        killer = asyncio.ensure_future(eng.upscale(plain(WHITE), 2))
+        await asyncio.sleep(0)  # admitted first: it runs alone
+        queued = [asyncio.ensure_future(eng.upscale(torch.rand(1, 24, 20, generator=gen), 2 + i % 2))
+                  for i in range(6)]
+        with pytest.raises(WorkerRestarted):
+            await killer
+        assert not eng.ready and eng.restarts == 1  # /readyz answers 503 now
+        started = time.monotonic()
+        outs = await asyncio.gather(*queued)  # served once the worker is back
+        assert time.monotonic() - started >= 0.2
+        assert [o.shape for o in outs] == [(1, 24 * (2 + i % 2), 20 * (2 + i % 2)) for i in range(6)]
+        assert eng.ready
+        await eng.close()
+
+    asyncio.run(run())
+
+
+def _metric(c: TestClient, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", c.get("/metrics").text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture()
+def marked_app(seeded_store: Path) -> TestClient:
+    with TestClient(create_app(make_settings(seeded_store))) as c:
+        engine = c.app.state.service.pipeline.engine
+        for scale, loaded in c.app.state.service.pipeline.models.items():
+            engine.runners[scale] = MarkedRunner(loaded.model, torch.device("cpu"), backend="eager", tile=32)
+        engine.restart_delay_s = 0.5
+        yield c
+
+
+def _post(c: TestClient, data: bytes, scale: int = 2):
+    return c.post(f"/upscale?scale={scale}", content=data, headers={"content-type": "image/png"})
+
+
+def test_over_http_a_model_fault_is_a_500_with_a_code_and_a_dead_worker_503_then_ready(marked_app: TestClient) -> None:
+    c = marked_app
+    good = encoded(natural((40, 32)))
+    black, white = encoded(Image.new("RGB", (40, 32), "black")), encoded(Image.new("L", (40, 32), 255))
+    assert _post(c, good).status_code == 200
+
+    r = _post(c, black)
+    assert r.status_code == 500 and r.json()["code"] == "model_error" and "batch" in r.json()["detail"]
+    assert _post(c, good).status_code == 200 and c.get("/readyz").status_code == 200
+
+    restarts = _metric(c, "sr_worker_restarts_total")
+    r = _post(c, white)
+    assert r.status_code == 503 and r.json()["code"] == "worker_restarted" and r.headers["retry-after"] == "1"
+    assert c.get("/readyz").status_code == 503
+    deadline = time.monotonic() + 5
+    while c.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the worker was not restarted"
+        time.sleep(0.05)
+    assert _metric(c, "sr_worker_restarts_total") == restarts + 1
+    up = _post(c, good, 3)
+    assert up.status_code == 200 and Image.open(io.BytesIO(up.content)).size == (120, 96)
+
+
+def test_a_huge_debug_upload_costs_a_bounded_crop_with_exact_maps(seeded_store: Path) -> None:
+    """Past SR_DEBUG_MAX_PIXELS only the centre is analysed, with context: its maps equal the whole image's."""
+    rng = np.random.default_rng(0)
+    image = np.asarray(natural((300, 200))).astype(np.int16) + rng.integers(-20, 20, (200, 300, 3))
+    data = encoded(Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)))
+    with TestClient(create_app(make_settings(seeded_store, debug_max_pixels=48 * 48))) as c:
+        r = c.post("/debug/channels?scale=2&format=json", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        stats = r.json()
+        assert stats["analysed"] == {"top": 76, "left": 126, "height": 48, "width": 48, "cropped": True,
+                                     "max_pixels": 48 * 48}
+        assert stats["source_size"] == [200, 300] and stats["lr_size"] == [48, 48]
+        assert r.headers["x-debug-analysed"] == "48x48+76+126 of 200x300"
+        model = c.app.state.service.pipeline.models[2].model
+        png = c.post("/debug/channels?scale=2", content=data, headers={"content-type": "image/png"})
+        assert png.status_code == 200 and png.headers["x-debug-analysed"] == "48x48+76+126 of 200x300"
+    with torch.no_grad():
+        lr = model.forward_lr(pad_for(model, luma_tensor(decode(data, 2, ImageLimits()))[None]))[0]
+    window = lr[:, 76:124, 126:174].double()
+    for n, entry in enumerate(stats["channels"]):
+        assert entry["mean"] == pytest.approx(float(window[n].mean()), abs=1e-5)
+        assert entry["min"] == pytest.approx(float(window[n].min()), abs=1e-5)
+        assert entry["max"] == pytest.approx(float(window[n].max()), abs=1e-5)
