@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     exists.add_argument("--skip-existing", dest="overwrite", action="store_false",
                         help="leave outputs that exist alone (the default)")
     p.add_argument("--url", help="a running service (http://host:port) to send the files to, instead of in-process")
+    p.add_argument("--api-key", default=os.environ.get("ESPCN_API_KEY"),
+                   help="--url: the service's API key, sent as a Bearer token (default: $ESPCN_API_KEY)")
     p.add_argument("--jobs", type=int, default=4, help="files in flight at once (default 4)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
@@ -269,7 +271,8 @@ class Remote:
 
         self.args = args
         self.base = args.url.rstrip("/")
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(args.timeout, connect=10.0))
+        headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(args.timeout, connect=10.0), headers=headers)
         self.params: dict[str, str] = {"scale": str(args.scale), "format": args.format}
         if args.quality is not None:
             self.params["quality"] = str(args.quality)
