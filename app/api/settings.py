@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     max_image_chunks: int = Field(
         20_000, ge=16, description="most JPEG segments, PNG/WebP chunks, GIF blocks or TIFF directory entries"
     )
-    max_frames: int = Field(1000, ge=1, description="most frames in a GIF, APNG or WebP (only the first is decoded)")
+    max_frames: int = Field(1000, ge=1, description="most frames in a GIF, APNG or WebP (animations are upscaled frame by frame)")
     max_metadata_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, description="PNG/WebP metadata chunks together")
     decode_timeout_s: float = Field(10.0, gt=0, description="wall time one decode may take in its worker process")
     decode_memory_mb: int = Field(768, ge=64, description="address space one decode may add to its worker process")

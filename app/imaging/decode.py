@@ -28,8 +28,9 @@ plus a separate alpha plane:
 
 EXIF orientation is applied (the output carries no EXIF, so it cannot be
 applied twice); an unreadable EXIF block is ignored rather than refusing a
-picture that decodes. Multi-frame files (GIF, APNG, animated WebP, TIFF
-pages, MPO) give their first frame.
+picture that decodes. Multi-frame files (TIFF pages, MPO) give their first
+frame here; animated GIF, APNG and WebP are decoded frame by frame by
+:mod:`app.imaging.animation`, which reuses these checks.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_CHOICES}) 
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The super-resolved image; headers `X-Model`, `X-Scale`, `X-Process-Time-Ms`, `Server-Timing`.",
-        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in OUTPUT_FORMATS.values()},
+        "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in (*OUTPUT_FORMATS.values(), "image/gif")},  # GIF: an animated GIF with format=same
     }
 }
 
