@@ -99,6 +99,24 @@ def test_an_image_job_equals_the_upscale_answer(seeded_store: Path, tmp_path: Pa
         assert Image.open(io.BytesIO(c.get(jpeg.json()["result_url"]).content)).format == "JPEG"
 
 
+def test_an_animated_gif_job_is_answered_as_a_gif_like_upscale(seeded_store: Path, tmp_path: Path) -> None:
+    frames = [natural((40, 30)).rotate(10 * i).convert("P", palette=Image.Palette.ADAPTIVE) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
+    gif = buf.getvalue()
+    with app_for(seeded_store, tmp_path / "jobs") as c:
+        r = post(c, gif, 2, "image/gif", format="same")
+        assert r.status_code == 202, r.text
+        status, _ = wait(c, r.json()["id"])
+        assert (status["state"], status["format"]) == ("done", "gif")
+        result = c.get(r.json()["result_url"])
+        assert result.headers["content-type"] == "image/gif"
+        direct = c.post("/upscale", params={"scale": 2, "format": "same"}, content=gif, headers={"content-type": "image/gif"})
+        assert result.content == direct.content and Image.open(io.BytesIO(result.content)).n_frames == 3
+        refused = post(c, gif, 2, "image/gif", format="jpeg")
+        assert refused.status_code == 422 and "animation" in refused.json()["detail"]
+
+
 def test_result_before_done_is_409_and_cancel_frees_the_files(seeded_store: Path, tmp_path: Path,
                                                               clips: dict[str, Path]) -> None:
     jobs = tmp_path / "jobs"

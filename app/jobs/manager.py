@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles
+from app.imaging.animation import ANIMATION_OUTPUTS, animated_output
 from app.imaging.decode import INPUT_FORMATS
 from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, UnsupportedImageType
@@ -183,16 +184,22 @@ class JobManager:
             raise InvalidVideo("the upload is empty")
         image = _image_header(upload)
         if image is not None:
-            source_format, width, height = image
+            source_format, width, height, frames = image
             if fmt in VIDEO_CHOICES:
                 raise InvalidOptions(f"format={fmt} is for videos; this upload is a {source_format} image")
             if size > self.limits.max_image_bytes:
                 raise ImageTooLargeFile(f"image jobs take at most {self.limits.max_image_bytes} bytes")
             check_size(width, height, scale, self.pipeline.limits)
             out = OutputOptions("same" if fmt == "same" else fmt).resolve(source_format)
+            media = OUTPUT_FORMATS[out]
+            if frames > 1 and source_format in ("GIF", "PNG", "WEBP"):  # answered animated, as /upscale does
+                out = animated_output(fmt, source_format)
+                if out not in ANIMATION_OUTPUTS:
+                    raise InvalidOptions(f"an animation cannot be {out}: choose {', '.join(ANIMATION_OUTPUTS)} or same")
+                media = ANIMATION_OUTPUTS[out]
             name = f"input.{source_format.lower()}"
             upload.rename(upload.with_name(name))
-            return JobRecord(job_id, "image", scale, out, OUTPUT_FORMATS[out], name, f"result.{out}",
+            return JobRecord(job_id, "image", scale, out, media, name, f"result.{out}",
                              frames_total=1, input_bytes=size,
                              info={"source_format": source_format, "width": width, "height": height})
         if fmt not in ("same", *VIDEO_CHOICES):
@@ -324,8 +331,8 @@ class JobManager:
         deadline = time.monotonic() + self.limits.image_timeout_s
         while True:
             try:
-                result = await self.pipeline.upscale(data, record.scale, OutputOptions(record.format),
-                                                     deadline=deadline)
+                asked = "same" if record.format == "gif" else record.format  # only same on a GIF answers a GIF
+                result = await self.pipeline.upscale(data, record.scale, OutputOptions(asked), deadline=deadline)
                 break
             except QueueFull as exc:  # the engine is busy with requests: the job waits its turn
                 if time.monotonic() + exc.retry_after_s > deadline:
@@ -428,10 +435,10 @@ def _error_code(exc: Exception) -> str:
     return next((code for cls, code in _CODES if isinstance(exc, cls)), "internal_error")
 
 
-def _image_header(path: Path) -> tuple[str, int, int] | None:
-    """(format, width, height) when Pillow recognises one of the accepted image formats, else ``None``."""
+def _image_header(path: Path) -> tuple[str, int, int, int] | None:
+    """(format, width, height, frames) when Pillow recognises one of the accepted image formats, else ``None``."""
     try:
         with Image.open(path, formats=_PIL_FORMATS) as im:
-            return (im.format or "PNG"), im.width, im.height
+            return (im.format or "PNG"), im.width, im.height, getattr(im, "n_frames", 1)
     except Exception:  # not an image we take: the video probe decides
         return None
