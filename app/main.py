@@ -39,12 +39,38 @@ def build_state(settings: Settings) -> ServiceState:
     return ServiceState(settings=settings, pipeline=pipeline, device_name=describe(pipeline.device))
 
 
+def served_scales_openapi(app: FastAPI) -> None:
+    """The live ``/openapi.json`` lists the served scales as the ``scale`` parameter's enum.
+
+    ``ScaleQuery`` can only say 1–8 (what a manifest may declare) at import time; which scales
+    are served is a fact of the loaded store, so the schema a client (or schemathesis) reads
+    says it once the models are loaded.
+    """
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            service = getattr(app.state, "service", None)
+            if service is not None and service.pipeline.scales:
+                for item in schema.get("paths", {}).values():
+                    for op in item.values():
+                        for param in op.get("parameters", []) if isinstance(op, dict) else []:
+                            if param.get("name") == "scale" and param.get("in") == "query":
+                                param["schema"]["enum"] = list(service.pipeline.scales)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings or get_settings())
         await state.pipeline.start()
         app.state.service = state
+        app.openapi_schema = None  # rebuilt with the served scales (served_scales_openapi)
         app.state.jobs = JobManager(state.pipeline, from_settings(state.settings))
         await app.state.jobs.start()
         log.info("ready: scales %s on %s", list(state.pipeline.scales), state.device_name)
@@ -71,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(service.router)
     app.include_router(debug.router)
     web.install(app)
+    served_scales_openapi(app)
     return app
 
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.engine.errors import (
     DeadlineExceeded,
@@ -96,14 +97,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_parameters", errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names only the first route on the path
+            headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal error; the service keeps running")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (``GET`` and ``POST`` on ``/debug/channels``), for ``Allow``."""
+    return ", ".join(
+        method for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in request.app.router.routes)
+    )
 
 
 # OpenAPI: the error answers each route may give, for `responses=` in route decorators.
