@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_auto_workers_fit_the_host() -> None:
     assert workers_for(3) == 3 and workers_for("2") == 2
-    assert workers_for("auto", "cpu") == usable_cores()  # one per core on CPU hosts (README: "Processes that fill the machine")
+    assert workers_for("auto", "cpu") == max(1, usable_cores() // 2)  # one per core pair on CPU hosts
     assert Settings().workers == "auto"
     with pytest.raises(ValueError):
         Settings(workers=0)

@@ -72,17 +72,19 @@ def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
         return None
 
 
-CORES_PER_CPU_WORKER = 1  # measured on the 2-core machine: README, "Benchmarks"
+CORES_PER_CPU_WORKER = 2  # a core pair per process: README, "Benchmarks" (1 against 2 workers on 2 cores)
 MAX_GPU_WORKERS = 8
 
 
 def workers_for(setting: int | str, device: str = "auto") -> int:
     """Worker processes for ``python -m app.serve``: ``setting`` when a number, else what suits the host.
 
-    One Python process cannot keep its cores busy: the event loop, the GIL and
-    the codec threads queue behind each other (one process served 0.39–0.44 of
-    the bare model's throughput on 2 cores, two processes more; see the README).
-    CPU hosts get one process per :data:`CORES_PER_CPU_WORKER` cores. On a GPU
+    One Python process cannot keep many cores busy: the event loop, the GIL and
+    the codec threads queue behind each other. CPU hosts get one process per
+    core pair (:data:`CORES_PER_CPU_WORKER`), each with two inference threads:
+    on the 2-core machine two single-thread processes served 17–35 % more under
+    load but took a lone 640×360 request from 89 to 115 ms, so a pair keeps
+    single-request latency while larger hosts get a process per pair. On a GPU
     host the model is rarely the limit, the CPU side is, so every core pair
     gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
     holds its own CUDA context and model copies) — a count not yet measured
