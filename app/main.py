@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.drain import DrainBeforeRefusal
 from app.api.errors import install_error_handlers
 from app.api.routes import debug, jobs, service, upscale, web
 from app.api.security import SecurityMiddleware
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(SecurityMiddleware, settings=settings)  # keys, CORS, security headers; inside the metrics
+    app.add_middleware(DrainBeforeRefusal, settings=settings)  # early refusals readable by send-it-all clients
     app.add_middleware(RequestMetricsMiddleware)
     app.include_router(upscale.router)
     app.include_router(jobs.router)

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     )
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
+    refusal_drain_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="an early refusal (413, 401, 415, 422) first reads and discards up to "
+        "this much of the unread body, so clients that send everything before reading get the answer, not a reset"
+    )
+    refusal_drain_s: float = Field(10.0, ge=0, description="… and for at most this long")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")
     access_log: bool = Field(False, description="uvicorn's per-request log lines (counts and latencies are in /metrics)")
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
