@@ -208,7 +208,7 @@ def test_channels_figure_for_the_sample_image(client: TestClient, scale: int) ->
         big_w, big_h = sample.size
     assert img.mode == "RGB" and img.size == _channels_size(scale, big_h, big_w)
     stats = client.get("/debug/channels", params={"scale": scale, "format": "json"}).json()
-    assert stats["lr_size"] == [big_h, big_w] and len(stats["channels"]) == scale * scale
+    assert stats["lr_size"] == [big_w, big_h] and len(stats["channels"]) == scale * scale
 
 
 @pytest.mark.parametrize(("scale", "size"), [(2, (45, 37)), (3, (150, 20)), (4, (9, 13))])
@@ -227,7 +227,7 @@ def test_channels_for_an_upload(client: TestClient, served: dict, scale: int, si
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
     stats = response.json()
     r = scale
-    assert stats["scale"] == r and stats["lr_size"] == [big_h, big_w] and stats["hr_size"] == [r * big_h, r * big_w]
+    assert stats["scale"] == r and stats["lr_size"] == [big_w, big_h] and stats["hr_size"] == [r * big_w, r * big_h]
     model = served[r]
     luma = luma_tensor(decode(data, r, ImageLimits()))
     with torch.no_grad():

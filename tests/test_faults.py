@@ -164,11 +164,11 @@ def test_a_huge_debug_upload_costs_a_bounded_crop_with_exact_maps(seeded_store: 
         stats = r.json()
         assert stats["analysed"] == {"top": 76, "left": 126, "height": 48, "width": 48, "cropped": True,
                                      "max_pixels": 48 * 48}
-        assert stats["source_size"] == [200, 300] and stats["lr_size"] == [48, 48]
-        assert r.headers["x-debug-analysed"] == "48x48+76+126 of 200x300"
+        assert stats["source_size"] == [300, 200] and stats["lr_size"] == [48, 48]  # width, height
+        assert r.headers["x-debug-analysed"] == "48x48+126+76 of 300x200"  # W×H+left+top, as X11 geometry
         model = c.app.state.service.pipeline.models[2].model
         png = c.post("/debug/channels?scale=2", content=data, headers={"content-type": "image/png"})
-        assert png.status_code == 200 and png.headers["x-debug-analysed"] == "48x48+76+126 of 200x300"
+        assert png.status_code == 200 and png.headers["x-debug-analysed"] == "48x48+126+76 of 300x200"
     with torch.no_grad():
         lr = model.forward_lr(pad_for(model, luma_tensor(decode(data, 2, ImageLimits()))[None]))[0]
     window = lr[:, 76:124, 126:174].double()

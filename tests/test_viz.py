@@ -174,7 +174,7 @@ def test_channel_stats_match_torch(model: ESPCN) -> None:
     luma = torch.rand(1, 17, 23)
     _, stats = render_channels(model, luma)
     json.dumps(stats, allow_nan=False)
-    assert stats["scale"] == r and stats["lr_size"] == [17, 23] and stats["hr_size"] == [17 * r, 23 * r]
+    assert stats["scale"] == r and stats["lr_size"] == [23, 17] and stats["hr_size"] == [23 * r, 17 * r]
     lr = _forward_lr(model, luma)[0].double()
     assert len(stats["channels"]) == r * r
     for i, entry in enumerate(stats["channels"]):
@@ -228,7 +228,7 @@ def test_large_input_renders_a_bounded_centre_crop_quickly() -> None:
     assert img.size == (lay["width"], lay["height"])
     assert max(img.size) < 1500
     assert stats["crop"] == {"top": 136, "left": 236, "height": 128, "width": 128}
-    assert stats["hr_size"] == [1600, 2400]
+    assert stats["hr_size"] == [2400, 1600]
     lr = _forward_lr(model, luma)[0]
     assert stats["channels"][5]["max"] == pytest.approx(float(lr[5].max()), abs=1e-6)  # whole image, not the crop
 

@@ -178,8 +178,8 @@ def render_channels(
 
     stats = {
         "scale": r,
-        "lr_size": [big_h, big_w],
-        "hr_size": [r * big_h, r * big_w],
+        "lr_size": [big_w, big_h],  # width, height: as everywhere else in the service
+        "hr_size": [r * big_w, r * big_h],
         "crop": {"top": top, "left": left, "height": h, "width": w},
         "display_range": [lo, hi],
         "channels": channels,

@@ -16,7 +16,7 @@ the model's receptive field of context around them so the maps equal the
 whole image's there, and one figure is computed at a time per process. So a
 4096² upload costs one 512² model call, not a 16 Mpx one (40 s and 10.8 GB
 before, issue 15). The answer says what was analysed: ``analysed`` and
-``source_size`` in the JSON, ``X-Debug-Analysed: HxW+top+left of HxW``.
+``source_size`` in the JSON, ``X-Debug-Analysed: WxH+left+top of WxH`` (widths first, as everywhere).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ async def _channels(state: ServiceState, scale: int, data: bytes, fmt: ChannelsF
         cropped, context = _crop_with_context(image, window, model.radius)
         figure, stats = render_channels(model, luma_tensor(cropped), context=context)
         top, left, h, w = window
-        stats["source_size"] = [image.height, image.width]
+        stats["source_size"] = [image.width, image.height]
         stats["analysed"] = {"top": top, "left": left, "height": h, "width": w,
                              "cropped": (h, w) != (image.height, image.width), "max_pixels": max_pixels}
         buf = io.BytesIO()
@@ -256,7 +256,7 @@ async def _channels(state: ServiceState, scale: int, data: bytes, fmt: ChannelsF
     finally:
         slot.release()
     a = stats["analysed"]
-    headers = {"X-Debug-Analysed": f"{a['height']}x{a['width']}+{a['top']}+{a['left']} of "
+    headers = {"X-Debug-Analysed": f"{a['width']}x{a['height']}+{a['left']}+{a['top']} of "
                                    f"{stats['source_size'][0]}x{stats['source_size'][1]}"}
     if fmt is ChannelsFormat.json:
         return JSONResponse(stats, headers=headers)
