@@ -154,7 +154,7 @@ class Engine:
         """Warm every model up at the serving shape, then start the worker."""
         loop = asyncio.get_running_loop()
         for runner in self.runners.values():
-            await loop.run_in_executor(self._executor, runner.warm_up, self.tile)
+            await loop.run_in_executor(self._executor, runner.warm_up, self.tile, self.max_batch)
         self._accepting = True
         self._worker = asyncio.create_task(self._supervise(), name="batching-worker")
 
