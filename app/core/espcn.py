@@ -61,13 +61,8 @@ class ESPCN(nn.Module):
         self.widths = tuple(widths)
         self.kernel_sizes = tuple(kernel_sizes)
         self.activation = activation
-        layers: list[nn.Module] = []
-        in_ch = channels
-        for width, k in zip(widths, kernel_sizes[:-1], strict=True):
-            layers += [nn.Conv2d(in_ch, width, k), ACTIVATIONS[activation]()]
-            in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.subpixel = nn.Conv2d(in_ch, channels * scale**2, kernel_sizes[-1])
+        self.features = feature_layers(channels, widths, kernel_sizes[:-1], activation)
+        self.subpixel = nn.Conv2d(self.widths[-1] if self.widths else channels, channels * scale**2, kernel_sizes[-1])
 
     @property
     def radius(self) -> int:
@@ -116,6 +111,16 @@ class ESPCN(nn.Module):
             "kernel_sizes": list(self.kernel_sizes),
             "activation": self.activation,
         }
+
+
+def feature_layers(channels: int, widths: Sequence[int], kernel_sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Unpadded conv + activation per hidden layer (the part ESPCN and its HR-space twin share)."""
+    layers: list[nn.Module] = []
+    in_ch = channels
+    for width, k in zip(widths, kernel_sizes, strict=True):
+        layers += [nn.Conv2d(in_ch, width, k), ACTIVATIONS[activation]()]
+        in_ch = width
+    return nn.Sequential(*layers)
 
 
 def pad_for(model: ESPCN, x: Tensor) -> Tensor:

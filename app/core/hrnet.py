@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.core.espcn import ACTIVATIONS, ESPCN
+from app.core.espcn import ACTIVATIONS, ESPCN, feature_layers
 
 BICUBIC_SUPPORT = 2  # LR pixels either side that torch's bicubic kernel reads
 
@@ -80,13 +80,8 @@ class HRNet(nn.Module):
         self.widths = tuple(widths)
         self.kernel_sizes = tuple(kernel_sizes)
         self.activation = activation
-        layers: list[nn.Module] = []
-        in_ch = channels
-        for width, k in zip(widths, kernel_sizes[:-1], strict=True):
-            layers += [nn.Conv2d(in_ch, width, k), ACTIVATIONS[activation]()]
-            in_ch = width
-        self.features = nn.Sequential(*layers)
-        self.output = nn.Conv2d(in_ch, channels, kernel_sizes[-1])
+        self.features = feature_layers(channels, widths, kernel_sizes[:-1], activation)
+        self.output = nn.Conv2d(self.widths[-1] if self.widths else channels, channels, kernel_sizes[-1])
 
     @property
     def shrink(self) -> int:
