@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from app.cli.benchlib.service import free_port, wait_ready  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -87,12 +88,6 @@ def photo_jpeg(side: int) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=4096)
@@ -105,15 +100,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("the service did not become ready")
+        wait_ready(base, server, timeout_s=120)
         data = photo_jpeg(args.side)
         print(f"{args.side}x{args.side} JPEG, {len(data) / 1e6:.1f} MB; server pid {server.pid}")
         results = []

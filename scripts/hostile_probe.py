@@ -33,16 +33,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.cli.benchlib.service import free_port, wait_ready  # noqa: E402
 from app.imaging.decode import decode  # noqa: E402
 from app.imaging.limits import ImageLimits  # noqa: E402
 from app.imaging.sandbox import DecodeBudget, DecodeSandbox  # noqa: E402
 from tests import hostile_corpus as H  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -140,15 +135,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the service never became ready")
+        wait_ready(base, server, timeout_s=60)
         client = httpx.Client(base_url=base, timeout=60)
         post = lambda body: client.post("/upscale?scale=2", content=body,  # noqa: E731
                                          headers={"content-type": "application/octet-stream"})

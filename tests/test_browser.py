@@ -17,10 +17,8 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
+
+from app.cli.benchlib.service import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +63,6 @@ if MISSING is None:
 
 # -- the service and the browser -----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Service:
     """``uvicorn app.main:app`` in a child process, on the shipped models."""
@@ -83,18 +78,11 @@ class Service:
         )
 
     def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
-                raise RuntimeError(f"the service exited ({self.process.returncode}):\n{out[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("the service did not become ready")
+        try:
+            wait_ready(self.url, self.process, timeout_s)
+        except RuntimeError as exc:
+            out = self.process.stdout.read().decode(errors="replace") if self.process.poll() is not None else ""
+            raise RuntimeError(f"{exc}:\n{out[-3000:]}") from None
 
     def stop(self) -> None:
         self.process.terminate()

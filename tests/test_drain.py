@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from app.cli.benchlib.service import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(8 * 1024 * 1024)  # 8 MiB, over the 1 MiB limit below
@@ -26,21 +25,14 @@ BODY = b"\x89PNG\r\n\x1a\n" + bytes(8 * 1024 * 1024)  # 8 MiB, over the 1 MiB li
 
 @contextmanager
 def serving(store: Path, **env: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = {"SR_MODEL_STORE": str(store), "SR_PORT": str(port), "SR_WORKERS": "1", "SR_DEVICE": "cpu",
                 "SR_MAX_BODY_BYTES": str(1 << 20), **env}
     server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env={**os.environ, **settings},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_ready(base, server)
         yield base
     finally:
         server.terminate()

@@ -28,6 +28,7 @@ from PIL import Image, ImageCms
 
 from app.api.connections import TimedHttpToolsProtocol
 from app.api.settings import get_settings
+from app.cli.benchlib.service import free_port, wait_ready
 from app.imaging import icc
 from app.imaging.decode import decode
 from app.imaging.encode import encode
@@ -272,12 +273,6 @@ def test_abandoned_bombs_are_killed_and_a_small_decode_is_served_meanwhile(
 
 # --- live server: disconnects and read timeouts -----------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metric(text: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
@@ -288,7 +283,7 @@ def live(seeded_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("SR_HEADER_TIMEOUT_S", "0.5")
     monkeypatch.setenv("SR_BODY_TIMEOUT_S", "0.5")
     get_settings.cache_clear()
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(make_settings(seeded_store)), host="127.0.0.1", port=port,
                             log_level="info", http=TimedHttpToolsProtocol, limit_concurrency=64)
     server = uvicorn.Server(config)
@@ -296,13 +291,7 @@ def live(seeded_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_ready(base, timeout_s=10)
         yield base
     finally:
         server.should_exit = True

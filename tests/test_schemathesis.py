@@ -8,9 +8,7 @@ examples each, so the file runs in well under a minute.
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,36 +19,23 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
+from app.cli.benchlib.service import free_port, wait_ready
 from app.main import create_app
 from tests.conftest import make_settings
 
 MAX_EXAMPLES = 25
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_url(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = create_app(make_settings(seeded_store, jobs_dir=tmp_path_factory.mktemp("jobs"), max_body_bytes=256 * 1024,
                                    request_timeout_s=10))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.1)
+    wait_ready(url, timeout_s=60)
     yield url
     server.should_exit = True
     thread.join(timeout=30)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.api.settings import Settings
+from app.cli.benchlib.service import free_port, wait_ready
 from app.engine.device import share_cores, usable_cores, workers_for
 from tests.conftest import encoded, natural
 
@@ -36,29 +35,15 @@ def test_processes_share_the_cores_instead_of_each_taking_all() -> None:
     assert "threads" not in share_cores(2, Settings(threads=3))  # what is set stays set
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_PORT": str(port),
            "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, "app.serve exited before it became ready"
-            time.sleep(0.2)
+        wait_ready(base, server, timeout_s=180)
         body = encoded(natural((40, 30)))
         with httpx.Client(base_url=base, timeout=60) as client:
             for _ in range(12):  # new connections: the kernel spreads them over the workers

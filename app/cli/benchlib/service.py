@@ -131,7 +131,7 @@ def running_service(settings: Settings) -> Iterator[Served]:
     server = subprocess.Popen([sys.executable, "-m", "app.serve"], env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, server)
+        wait_ready(base, server)
         yield Served(base, server.pid)
     finally:
         server.terminate()
@@ -141,18 +141,22 @@ def running_service(settings: Settings) -> Iterator[Served]:
             server.kill()
 
 
-def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_ready(base: str, server: subprocess.Popen | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``base``/readyz until 200; ``RuntimeError`` if ``server`` (when given) exits first or time runs out.
+
+    The one wait for a service started on 127.0.0.1: the benchmark, the tests and the probes use it.
+    """
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the service process stopped before it became ready (see the log above)")
+        if server is not None and server.poll() is not None:
+            raise RuntimeError(f"the service process stopped ({server.returncode}) before it became ready")
         try:
             if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"the service at {base} was not ready within {READY_TIMEOUT_S:.0f} s")
+    raise RuntimeError(f"the service at {base} was not ready within {timeout_s:.0f} s")
 
 
 def png_bytes(image: Image.Image, level: int = 1) -> bytes:
