@@ -30,11 +30,11 @@ def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workers = workers_for(settings.workers, settings.device)
-    for name, value in share_cores(workers, settings).items():  # read by every worker's own Settings()
+    shares = share_cores(workers, settings)
+    for name, value in shares.items():  # read by every worker's own Settings()
         os.environ[f"SR_{name.upper()}"] = str(value)
     log.info("%d worker process(es); per process: %s", workers,
-             {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")}
-             | share_cores(workers, settings))
+             {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")} | shares)
     if workers > 1:
         folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sr-metrics-"))
         shutil.rmtree(folder, ignore_errors=True)

@@ -28,10 +28,13 @@ class DrainBeforeRefusal:
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app, self._settings = app, settings
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @property
+    def settings(self) -> Settings:
         if self._settings is None:
             self._settings = get_settings()
-        self.max_bytes, self.max_seconds = self._settings.refusal_drain_bytes, self._settings.refusal_drain_s
+        return self._settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
@@ -54,8 +57,9 @@ class DrainBeforeRefusal:
 
     async def _drain(self, receive: Receive) -> bool:
         """Discard the rest of the body within the bounds; True if it was all read (or the client left)."""
-        drained, deadline = 0, time.monotonic() + self.max_seconds
-        while drained <= self.max_bytes:
+        max_bytes = self.settings.refusal_drain_bytes
+        drained, deadline = 0, time.monotonic() + self.settings.refusal_drain_s
+        while drained <= max_bytes:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
