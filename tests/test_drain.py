@@ -1,4 +1,5 @@
-"""Early refusals reach clients that send the whole body before reading (urllib, requests, many SDKs).
+"""Early refusals reach clients that send the whole body before reading (urllib, requests, many SDKs),
+and come from the first bytes of an upload when the queue is full.
 
 A real server (``python -m app.serve``) on 127.0.0.1 and Python's own urllib, which sends
 ``Connection: close`` and reads nothing until its body is out.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
+from app.api.upload import multipart_file_prefix
 from app.cli.benchlib.service import free_port, wait_ready
+from app.engine.priority import in_lowered_thread, lowered_pool
+from tests.conftest import encoded, natural
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(8 * 1024 * 1024)  # 8 MiB, over the 1 MiB limit below
@@ -66,3 +74,78 @@ def test_without_the_drain_the_same_client_sees_a_reset(seeded_store: Path) -> N
     """The control: the behaviour the drain fixes (so the test above can fail)."""
     with serving(seeded_store, SR_REFUSAL_DRAIN_BYTES="0") as base:
         assert isinstance(urllib_post(base + "/upscale?scale=2"), OSError)
+
+
+def _start_upload(base: str, data: bytes, sent: int, content_type: str = "image/jpeg") -> socket.socket:
+    """A raw HTTP/1.1 upload of ``data`` whose first ``sent`` bytes only are on the wire."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    head = (f"POST /upscale?scale=2&format=jpeg HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    conn.sendall(head + data[:sent])
+    return conn
+
+
+def _status(conn: socket.socket) -> int:
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_full_queue_refuses_an_upload_from_its_first_bytes(seeded_store: Path) -> None:
+    """Admission mid-upload (issue 15): the room is held from the header, so the next upload is refused
+    while its body is still on the wire; the held room serves its own request, or comes back if it never ends."""
+    data = encoded(natural((400, 400)), "JPEG", quality=90)  # 5 × 5 tiles of 96²: the queue holds one such image
+    with serving(seeded_store, SR_MAX_QUEUE_TILES="30", SR_REFUSAL_DRAIN_S="0") as base:
+        first = _start_upload(base, data, 2048)
+        time.sleep(0.3)  # its first bytes are in and its room is held
+        second = _start_upload(base, data, 2048)
+        started = time.perf_counter()
+        assert _status(second) == 503  # with most of its body unsent
+        assert time.perf_counter() - started < 2
+        second.close()
+        first.sendall(data[2048:])
+        assert _status(first) == 200
+        first.close()
+        gone = _start_upload(base, data, 2048)  # takes the room, then hangs up
+        time.sleep(0.3)
+        gone.close()
+        deadline = time.monotonic() + 10
+        while (r := httpx.post(base + "/upscale?scale=2", content=data, headers={"content-type": "image/jpeg"},
+                               timeout=30)).status_code == 503:  # until the hang-up is noticed
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert r.status_code == 200
+
+
+def test_the_file_part_of_a_multipart_prefix() -> None:
+    image = encoded(natural((64, 48)), "PNG")
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--XyZ--\r\n")
+    assert multipart_file_prefix(body, b"XyZ") == image
+    cut = body.index(image) + 100
+    assert multipart_file_prefix(body[:cut], b"XyZ") == image[:100]  # the file's first bytes, still arriving
+    assert multipart_file_prefix(body[:40], b"XyZ") is None  # its headers are not in yet
+    assert multipart_file_prefix(body.replace(b'name="file"', b'name="other"'), b"XyZ") is None
+    assert multipart_file_prefix(body.replace(b'name="file"; filename', b'name="x"; filename'), b"XyZ") is None
+
+
+def test_compute_threads_run_below_the_event_loop() -> None:
+    """The pools' threads get the main thread's nice + n, once (a pool started from a lowered thread is not
+    lowered twice); 0 leaves them alone."""
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    with lowered_pool(1, "t", 5) as outer:
+        assert outer.submit(nice).result() == min(19, base + 5)
+        with lowered_pool(1, "t2", 5) as inner:  # started from a lowered thread
+            assert outer.submit(lambda: inner.submit(nice).result()).result() == min(19, base + 5)
+    assert in_lowered_thread(nice, 3) == min(19, base + 3)
+    with lowered_pool(1, "t3", 0) as same:
+        assert same.submit(nice).result() == base

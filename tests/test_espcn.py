@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from app.core.espcn import ESPCN, pad_for
-from app.core.tiling import extract_tiles, pad_image, plan_axis, plan_tiles, stitch_tile
+from app.core.tiling import count_tiles, extract_tiles, pad_image, plan_axis, plan_tiles, stitch_tile
 
 
 @pytest.fixture(params=[2, 3, 4])
@@ -77,6 +77,13 @@ def test_tile_plan_owns_every_pixel_once() -> None:
             assert owned == list(range(length))
             assert all(s.start <= s.own_start and s.own_stop <= s.start + tile for s in spans)
             assert all(s.start + tile <= max(length, tile) for s in spans)
+
+
+def test_tile_count_equals_the_plan() -> None:
+    for h in (1, 31, 32, 33, 95, 96, 97, 1024):
+        for w in (1, 32, 64, 200):
+            for tile in (1, 32, 96):
+                assert count_tiles(h, w, tile) == len(plan_tiles(h, w, tile)), (h, w, tile)
 
 
 def test_configurable_architecture() -> None:

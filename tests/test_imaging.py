@@ -18,10 +18,11 @@ from app.core.color import rgb_to_y
 from app.imaging import compose as compose_module
 from app.imaging import icc
 from app.imaging.compose import compose, luma_tensor
-from app.imaging.decode import _color_and_alpha, decode
+from app.imaging.decode import _color_and_alpha, decode, peek, peek_prefix
 from app.imaging.encode import OUTPUT_FORMATS, encode
 from app.imaging.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.imaging.limits import ImageLimits, check_size
+from tests.conftest import encoded, natural
 
 RNG = np.random.default_rng(0)
 ASTRONAUT = Image.fromarray(data.astronaut()).crop((150, 40, 246, 136))  # 96×96, face and helmet
@@ -465,3 +466,22 @@ def test_compose_in_parallel_bands_equals_one_band(monkeypatch: pytest.MonkeyPat
     banded = [compose_module._bicubic_rows(source, top, min(top + rows, source.height), scale)
               for top in range(0, source.height, rows)]
     assert np.array_equal(np.concatenate(banded), whole)
+
+
+def test_the_first_bytes_of_a_jpeg_or_png_tell_its_size_as_the_whole_header_does() -> None:
+    """Admission mid-upload: the size from a prefix is the full header's; too few bytes or another format: None."""
+    image = natural((320, 200))
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 30000  # a large APP1 segment before the JPEG's size marker
+    for upload in (encoded(image, "JPEG", quality=90), encoded(image, "JPEG", exif=exif.tobytes()),
+                 encoded(image, "PNG")):
+        full = peek(upload, 2)
+        told = [peek_prefix(upload[:n], 2) for n in (8, 64, 1024, 40_000, len(upload))]
+        assert told[0] is None  # the magic alone says no size
+        assert told[-1] == full and told[-2] == full
+        assert all(t is None or t == full for t in told)
+    assert peek_prefix(encoded(image, "GIF"), 2) is None  # only JPEG and still PNG
+    assert peek_prefix(encoded(image, "PNG", save_all=True, append_images=[image.rotate(90)]), 2) is None  # APNG
+    with pytest.raises(ImageTooLarge):
+        peek_prefix(encoded(image, "PNG")[:100], 2, ImageLimits(max_input_pixels=320 * 199))
+

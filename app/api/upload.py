@@ -5,6 +5,11 @@ app sees them, so the body is counted while it streams: the answer is 413 as
 soon as the limit is passed (or at once, from ``Content-Length``), and only
 then is a multipart body parsed, from memory.
 
+Admission need not wait for the whole body: ``on_prefix`` is called with the
+image's first bytes as they arrive (from inside the multipart framing too),
+so the pipeline can hold or refuse the request's queue room from the header
+while a large upload is still on the wire.
+
 A client that goes away before its body has arrived is no error of ours:
 starlette raises ``ClientDisconnect`` from the stream, which becomes 499
 ``client_gone`` here (counted under that reason by the metrics middleware,
@@ -13,6 +18,9 @@ logged as one access line, never as a traceback or a 500).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
@@ -20,6 +28,10 @@ from starlette.types import Message
 from app.api.errors import ApiError
 
 RAW_TYPES = ("image/", "application/octet-stream")
+PREFIX_MAX_BYTES = 256 * 1024  # a JPEG's size marker comes after its EXIF/ICC segments, rarely later than this
+PrefixHook = Callable[[bytes], bool]  # the image's first bytes → True once it needs no more of them
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_FILE_PART = re.compile(rb'content-disposition:[^\r\n]*[;\s]name="?file"?(?=[;\s]|$)', re.IGNORECASE | re.MULTILINE)
 
 
 def client_gone() -> ApiError:
@@ -31,8 +43,12 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or :class:`ApiError` 413 as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, on_prefix: PrefixHook | None = None) -> bytes:
+    """The whole body, or :class:`ApiError` 413 as soon as it passes ``limit`` bytes.
+
+    ``on_prefix`` sees the first bytes after each chunk until it returns True
+    or :data:`PREFIX_MAX_BYTES` are in; what it raises ends the read.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -44,19 +60,58 @@ async def read_body(request: Request, limit: int) -> bytes:
             if size > limit:
                 raise _too_large(limit)
             chunks.append(chunk)
+            if on_prefix is not None and chunk:
+                done = on_prefix(b"".join(chunks)[:PREFIX_MAX_BYTES])
+                if done or size >= PREFIX_MAX_BYTES:
+                    on_prefix = None
     except ClientDisconnect:
         raise client_gone() from None
     return b"".join(chunks)
 
 
-async def read_image_upload(request: Request, limit: int) -> bytes:
-    """The image bytes of an ``/upscale``-style request (415/422/413 as :class:`ApiError`)."""
-    content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        body = await read_body(request, limit)
+def multipart_file_prefix(body: bytes, boundary: bytes) -> bytes | None:
+    """The first bytes of the ``file`` part in the first bytes of a multipart body; ``None`` until they are in."""
+    delimiter = b"--" + boundary
+    at = body.find(delimiter)
+    while at != -1:
+        heads = at + len(delimiter)
+        end_of_heads = body.find(b"\r\n\r\n", heads)
+        if body.startswith(b"--", heads) or end_of_heads == -1:
+            return None
+        start = end_of_heads + 4
+        following = body.find(b"\r\n" + delimiter, start)
+        if _FILE_PART.search(body, heads, end_of_heads):
+            return body[start:] if following == -1 else body[start:following]
+        at = -1 if following == -1 else following + 2
+    return None
+
+
+def _in_multipart(hook: PrefixHook, content_type: str) -> PrefixHook | None:
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    boundary = found.group(1).encode("latin-1", "replace")
+
+    def file_prefix(body: bytes) -> bool:
+        prefix = multipart_file_prefix(body, boundary)
+        return bool(prefix) and hook(prefix)
+
+    return file_prefix
+
+
+async def read_image_upload(request: Request, limit: int, on_prefix: PrefixHook | None = None) -> bytes:
+    """The image bytes of an ``/upscale``-style request (415/422/413 as :class:`ApiError`).
+
+    ``on_prefix`` (see :func:`read_body`) is given the image's own first bytes, multipart or raw.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        hook = None if on_prefix is None else _in_multipart(on_prefix, content_type)
+        body = await read_body(request, limit, hook)
         return await _multipart_file(request, body)
+    content_type = content_type.lower()
     if content_type.startswith(RAW_TYPES):
-        return await read_body(request, limit)
+        return await read_body(request, limit, on_prefix)
     if not content_type:
         body = await read_body(request, limit)
         if not body:

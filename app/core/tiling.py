@@ -56,6 +56,13 @@ def plan_tiles(height: int, width: int, tile: int) -> list[Tile]:
     return [Tile(r, c) for r in plan_axis(height, tile) for c in plan_axis(width, tile)]
 
 
+def count_tiles(height: int, width: int, tile: int) -> int:
+    """``len(plan_tiles(height, width, tile))`` without building them (admission counts often, on the event loop)."""
+    if height < 1 or width < 1 or tile < 1:
+        raise ValueError(f"height, width and tile must be >= 1, got {height}, {width} and {tile}")
+    return -(-height // tile) * -(-width // tile)
+
+
 def pad_image(image: Tensor, halo: int, tile: int) -> Tensor:
     """(C, H, W) → edge-replicated to at least ``(tile + 2·halo)`` per side, plus the halo ring."""
     _, h, w = image.shape

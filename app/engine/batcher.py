@@ -41,13 +41,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from app.core.tiling import Tile, pad_image, plan_tiles, stitch_tile
+from app.core.tiling import Tile, count_tiles, pad_image, plan_tiles, stitch_tile
 from app.engine.errors import (
     DeadlineExceeded,
     EngineClosed,
@@ -58,6 +57,7 @@ from app.engine.errors import (
     WorkerRestarted,
 )
 from app.engine.observer import EngineObserver
+from app.engine.priority import lowered_pool
 from app.engine.runner import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,13 @@ class _Job:
 class Reservation:
     """Queue room held for a request whose image is still being decoded (see :meth:`Engine.reserve`)."""
 
-    def __init__(self, engine: Engine, tiles: int) -> None:
+    def __init__(self, engine: Engine, tiles: int, shape: tuple[int, int, int]) -> None:
         self._engine, self.tiles = engine, tiles
+        self.shape = shape  # (scale, height, width) it was taken for
+
+    def covers(self, scale: int, height: int, width: int) -> bool:
+        """Whether this room is held for that image (and still held)."""
+        return self.tiles > 0 and self.shape == (scale, height, width)
 
     def release(self) -> None:
         """Give the room back (idempotent): on failure before admission, or when the tiles are admitted."""
@@ -122,6 +127,7 @@ class Engine:
         whole_max_pixels: int = 0,
         observer: EngineObserver | None = None,
         restart_delay_s: float = 0.5,
+        niceness: int = 0,
     ) -> None:
         if tile < 1 or max_batch < 1 or max_queue_tiles < 1:
             raise ValueError("tile, max_batch and max_queue_tiles must be >= 1")
@@ -142,7 +148,8 @@ class Engine:
         self._accepting = False
         self._busy = False  # a batch is in the inference thread
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.niceness = niceness  # the inference thread's, below the event loop (app.engine.priority)
+        self._executor = lowered_pool(1, "inference", niceness)
         self.restart_delay_s = restart_delay_s
         self.restarts = 0  # times the supervisor restarted a dead worker
         self._alive = False  # the worker loop runs (false while the supervisor waits to restart it)
@@ -195,9 +202,9 @@ class Engine:
         milliseconds, before its decode waits for a busy codec pool; pass the
         reservation to :meth:`upscale` once decoded (or release it on failure).
         """
-        tiles = len(plan_tiles(height, width, self.tile))  # EXIF rotation swaps the sides, not the count
+        tiles = count_tiles(height, width, self.tile)  # EXIF rotation swaps the sides, not the count
         self._check_room(scale, tiles, self._depth + self._reserved)
-        reservation = Reservation(self, tiles)
+        reservation = Reservation(self, tiles, (scale, height, width))
         self._reserved += tiles
         return reservation
 
@@ -354,7 +361,7 @@ class Engine:
             self._busy = False
             self.restarts += 1
             self.observer.worker_restarted()
-            old, self._executor = self._executor, ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+            old, self._executor = self._executor, lowered_pool(1, "inference", self.niceness)
             old.shutdown(wait=False)  # a hung call keeps its thread; new batches get a fresh one
             await asyncio.sleep(delay)
             delay = min(2 * delay, 10.0) if time.monotonic() - began < 60 else self.restart_delay_s

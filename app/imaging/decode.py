@@ -115,6 +115,31 @@ def peek(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Heade
     return Header(im.format or "", im.width, im.height, getattr(im, "n_frames", 1))
 
 
+# Formats whose header tells a still image's size from the first bytes, read by a parser that stops there.
+_PREFIX_FORMATS = ("JPEG", "PNG")
+
+
+def peek_prefix(prefix: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Header | None:
+    """The size of a JPEG or still PNG from the first bytes of an upload still arriving; ``None`` if they do not tell.
+
+    For admission before the body is in: a queue that cannot hold the image
+    refuses it while the client is still sending. Only the size counts here —
+    every structural check runs on the whole upload (:func:`peek`), and ``None``
+    (too few bytes yet, another format, an animation, anything odd) just means
+    admission waits for the body. Raises :class:`ImageTooLarge` when the header
+    declares more than ``limits`` allow.
+    """
+    try:
+        im = Image.open(io.BytesIO(prefix), formats=_PREFIX_FORMATS)
+        header = Header(im.format or "", im.width, im.height, getattr(im, "n_frames", 1))
+    except Exception:  # a prefix may be cut anywhere: decide on the whole body
+        return None
+    if header.frames != 1:
+        return None
+    check_size(header.width, header.height, scale, limits)
+    return header
+
+
 def _open(data: bytes, scale: int, limits: ImageLimits) -> Image.Image:
     """Guards, then the header only (``Image.open``), checked against the limits."""
     if not data:

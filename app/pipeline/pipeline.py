@@ -11,7 +11,9 @@ for the encoder; on the CPU the banded Pillow/NumPy compose
 Admission comes from the header: the structural checks and the header's size
 (:func:`app.imaging.decode.peek`, no pixel decoded) refuse what is too large
 or too complex, and the engine reserves the request's queue room, all within
-milliseconds and before the decode waits for a busy codec pool. Images over
+milliseconds and before the decode waits for a busy codec pool. For a JPEG
+or PNG the size is known from the first bytes, so :meth:`Pipeline.admit` can
+hold (or refuse) the room while the client is still sending. Images over
 ``sandbox_min_pixels`` then decode in a killable worker process within the
 decode budget (:mod:`app.imaging.sandbox`); smaller ones in the codec pool,
 where the structural checks bound the work.
@@ -42,7 +44,7 @@ from app.engine.batcher import Engine, Reservation
 from app.engine.errors import DeadlineExceeded, UnknownScale
 from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
 from app.imaging.compose import compose, planes_of
-from app.imaging.decode import DecodedImage, Header, decode, peek
+from app.imaging.decode import DecodedImage, Header, decode, peek, peek_prefix
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageTooComplex, ImageTooLarge
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
@@ -170,13 +172,40 @@ class Pipeline:
             return peek(data, scale, self.limits)
         return await asyncio.get_running_loop().run_in_executor(self._admission, peek, data, scale, self.limits)
 
+    def admit(self, prefix: bytes, scale: int) -> Reservation | None:
+        """Admission from the first bytes of an upload still arriving: its queue room, or a refusal now.
+
+        ``None`` when those bytes do not tell the size (see
+        :func:`~app.imaging.decode.peek_prefix`): admission then waits for the
+        whole body. Pass the reservation to :meth:`upscale`, and release it if
+        the body never comes. Raises ``QueueFull``/``TooManyTiles``/``ImageTooLarge``.
+        """
+        self.check_scale(scale)
+        header = peek_prefix(prefix, scale, self.limits)
+        if header is None:
+            return None
+        return self.engine.reserve(scale, header.height, header.width)
+
     async def upscale(
-        self, data: bytes, scale: int, options: OutputOptions | None = None, *, deadline: float | None = None
+        self, data: bytes, scale: int, options: OutputOptions | None = None, *, deadline: float | None = None,
+        reservation: Reservation | None = None,
     ) -> UpscaleResult:
         """Encoded image bytes → the ×``scale`` image encoded as ``options`` asks.
 
         ``deadline`` is a ``time.monotonic()`` instant; by default ``request_timeout_s`` from now.
+        ``reservation``, from :meth:`admit`, is the queue room already held for it (released here
+        in every case).
         """
+        try:
+            return await self._upscale(data, scale, options, deadline, reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def _upscale(
+        self, data: bytes, scale: int, options: OutputOptions | None, deadline: float | None,
+        early: Reservation | None,
+    ) -> UpscaleResult:
         options = options or OutputOptions()
         self.check_scale(scale)
         if deadline is None and self.request_timeout_s is not None:
@@ -186,11 +215,18 @@ class Pipeline:
         if header.frames > 1 and header.format in ANIMATED_FORMATS:  # frame by frame: app/pipeline/animated.py
             from app.pipeline.animated import upscale_animated  # it imports this module
 
+            if early is not None:
+                early.release()  # an animation takes its room frame by frame
             return await upscale_animated(self, data, scale, options, deadline=deadline, timings=timings)
         fmt = options.resolve(header.format)
         if fmt == "webp" and max(header.width, header.height) * scale > WEBP_MAX_SIDE:
             raise ImageTooLarge(f"WebP holds at most {WEBP_MAX_SIDE} px per side; ask for png or jpeg")
-        reservation = self.engine.reserve(scale, header.height, header.width)  # queue room, or 503 now
+        if early is not None and early.covers(scale, header.height, header.width):
+            reservation = early  # taken from the first bytes, before the body was in
+        else:
+            if early is not None:
+                early.release()
+            reservation = self.engine.reserve(scale, header.height, header.width)  # queue room, or 503 now
         try:
             if self._sandboxed(header):
                 started = time.perf_counter()

@@ -1,7 +1,8 @@
 """``POST /upscale``: HTTP ⇄ the request pipeline, nothing else.
 
 The route checks the query (scale served, options coherent) before it reads
-the body, reads the body within the byte limit, hands the bytes to
+the body, reads the body within the byte limit (taking the request's queue
+room from the image's first bytes, so a full queue refuses it mid-upload), hands the bytes to
 :class:`~app.pipeline.Pipeline` and turns its result into a response — or its
 exception into a JSON error. Pixels, codecs and the model live below.
 """
@@ -20,6 +21,7 @@ from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
 from app.api.state import StateDep
 from app.api.upload import read_image_upload
+from app.engine.batcher import Reservation
 from app.engine.errors import EngineError
 from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError
@@ -89,14 +91,24 @@ async def upscale(
 ) -> Response:
     started = time.perf_counter()
     pipeline = state.pipeline
+    reservation: Reservation | None = None
+
+    def admit(prefix: bytes) -> bool:  # queue room from the header, while the rest of the body arrives
+        nonlocal reservation
+        reservation = pipeline.admit(prefix, scale)
+        return reservation is not None
+
     try:
         refuse_repeated(request)
         pipeline.check_scale(scale)  # before the body is read
         options = OutputOptions(format.value, quality, lossless)
-        data = await read_image_upload(request, state.settings.max_body_bytes)
-        result = await unless_disconnected(request, pipeline.upscale(data, scale, options))
+        data = await read_image_upload(request, state.settings.max_body_bytes, on_prefix=admit)
+        result = await unless_disconnected(request, pipeline.upscale(data, scale, options, reservation=reservation))
     except (ImageError, EngineError, InvalidOptions, ApiError) as exc:
         raise classify(exc, state.settings.overload_status) from exc
+    finally:
+        if reservation is not None:
+            reservation.release()  # idempotent: the pipeline has released it unless the body never came
     return Response(
         result.body,
         media_type=result.media_type,
