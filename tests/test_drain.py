@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import torch
 
 from app.api.upload import multipart_file_prefix
 from app.cli.benchlib.service import free_port, wait_ready
+from app.core.espcn import ESPCN
 from app.engine.priority import in_lowered_thread, lowered_pool
 from tests.conftest import encoded, natural
 
@@ -96,6 +98,37 @@ def _status(conn: socket.socket) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+def _answer(conn: socket.socket) -> tuple[int, bytes]:
+    """One whole response (status, body) read from ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed before the answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed inside the answer"
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_an_early_refusal_arrives_at_once_and_the_connection_lingers_for_the_body(seeded_store: Path) -> None:
+    """The 413 (from Content-Length) is all there while 8 MiB are still unsent; the connection then reads
+    the rest (no reset: sending it succeeds) and serves the next request on it."""
+    with serving(seeded_store) as base:
+        conn = _start_upload(base, BODY, 2048, "image/png")
+        started = time.perf_counter()
+        status, body = _answer(conn)
+        assert status == 413 and json.loads(body)["code"] == "body_too_large"
+        assert time.perf_counter() - started < 2
+        conn.sendall(BODY[2048:])
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(conn)[0] == 200
+        conn.close()
+
+
 def test_a_full_queue_refuses_an_upload_from_its_first_bytes(seeded_store: Path) -> None:
     """Admission mid-upload (issue 15): the room is held from the header, so the next upload is refused
     while its body is still on the wire; the held room serves its own request, or comes back if it never ends."""
@@ -135,17 +168,46 @@ def test_the_file_part_of_a_multipart_prefix() -> None:
     assert multipart_file_prefix(body.replace(b'name="file"; filename', b'name="x"; filename'), b"XyZ") is None
 
 
-def test_compute_threads_run_below_the_event_loop() -> None:
-    """The pools' threads get the main thread's nice + n, once (a pool started from a lowered thread is not
-    lowered twice); 0 leaves them alone."""
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+def _nice(tid: int | None = None) -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id() if tid is None else tid)
 
+
+def _native_threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def test_lowered_threads_get_the_main_threads_nice_plus_n_once() -> None:
+    """A pool started from a lowered thread is not lowered twice; 0 leaves threads alone."""
     base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     with lowered_pool(1, "t", 5) as outer:
-        assert outer.submit(nice).result() == min(19, base + 5)
+        assert outer.submit(_nice).result() == min(19, base + 5)
         with lowered_pool(1, "t2", 5) as inner:  # started from a lowered thread
-            assert outer.submit(lambda: inner.submit(nice).result()).result() == min(19, base + 5)
-    assert in_lowered_thread(nice, 3) == min(19, base + 3)
+            assert outer.submit(lambda: inner.submit(_nice).result()).result() == min(19, base + 5)
+    assert in_lowered_thread(_nice, 3) == min(19, base + 3)
     with lowered_pool(1, "t3", 0) as same:
-        assert same.submit(nice).result() == base
+        assert same.submit(_nice).result() == base
+
+
+def test_only_onnx_runtimes_own_threads_run_below_the_event_loop(seeded_store: Path) -> None:
+    """The sessions are built in a lowered thread, so ONNX Runtime's pool threads (native, never holding
+    the GIL) are lowered; the Python threads (inference caller, codec pool) keep the loop's priority."""
+    from app.engine.onnx_backend import OrtModel
+    from app.pipeline.build import build_pipeline
+    from tests.conftest import make_settings
+
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    before = _native_threads()
+    session = in_lowered_thread(lambda: OrtModel(ESPCN(3), threads=2), 5)  # intra-op pool: one thread of its own
+    session(torch.rand(1, 1, 24, 24))
+    started = _native_threads() - before
+    assert started, "ONNX Runtime started no pool thread"
+    assert {_nice(t) for t in started} == {min(19, base + 5)}
+
+    pipeline = build_pipeline(make_settings(seeded_store, compute_nice=5, backend="onnxruntime"))
+    try:
+        assert pipeline.codec_pool.submit(_nice).result() == base
+        assert pipeline.engine._executor.submit(_nice).result() == base
+    finally:
+        pipeline.codec_pool.shutdown()
+        pipeline.engine._executor.shutdown()
+    del session

@@ -1,15 +1,18 @@
-"""Early refusals a client can read: the unread rest of the body is discarded before the answer goes out.
+"""Early refusals a client can read: the answer goes out at once, the connection closes only after the body.
 
-A 413 from ``Content-Length``, or a 415/422/401 decided before the body is
-read, used to go out while the client was still sending; the connection then
-closed with unread data in the server's socket, the kernel answered with a
-reset, and a client that sends its whole body before reading (Python's
+A 413 from ``Content-Length``, or a 415/422/401/503 decided before the body
+is read, used to go out while the client was still sending; the connection
+then closed with unread data in the server's socket, the kernel answered with
+a reset, and a client that sends its whole body before reading (Python's
 ``urllib``, ``requests``, many SDKs; they also send ``Connection: close``)
-saw ``ECONNRESET`` instead of the JSON. uvicorn stops delivering the body
-once the answer is complete, so this middleware drains it *before* the
-answer starts: it reads and drops what is left, never buffering it, up to
-``max_bytes`` or ``max_seconds``, whichever comes first — past those the
-connection closes as before. A client that goes away meanwhile just ends it.
+saw ``ECONNRESET`` instead of the JSON. This middleware lingers, as nginx
+does: the answer's status, headers and body are sent at once (a client that
+reads while sending, like curl or a browser, has it within milliseconds, and
+one that sends first finds it waiting), but its end is held back — uvicorn
+closes the connection when the answer ends — while the rest of the body is
+read and dropped, never buffered, up to ``max_bytes`` or ``max_seconds``,
+whichever comes first; past those the connection closes as before. A client
+that goes away meanwhile just ends it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class DrainBeforeRefusal:
         if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
-        finished = False
+        finished = False  # the request body is all in (or the client left)
+        lingering = False  # the answer started before it was
 
         async def tracked() -> Message:
             nonlocal finished
@@ -47,32 +51,34 @@ class DrainBeforeRefusal:
                 finished = True
             return message
 
-        async def drain_then_send(message: Message) -> None:
-            nonlocal finished
-            if message["type"] == "http.response.start" and not finished:
-                finished = await self._drain(receive)
+        async def linger_then_end(message: Message) -> None:
+            nonlocal lingering
+            if message["type"] == "http.response.start":
+                lingering = not finished
+            elif message["type"] == "http.response.body" and lingering and not message.get("more_body", False):
+                await send({**message, "more_body": True})  # every byte of the answer, but not its end
+                await self._drain(receive)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await send(message)
 
-        await self.app(scope, tracked, drain_then_send)
+        await self.app(scope, tracked, linger_then_end)
 
-    async def _drain(self, receive: Receive) -> bool:
-        """Discard the rest of the body within the bounds; True if it was all read (or the client left)."""
+    async def _drain(self, receive: Receive) -> None:
+        """Discard the rest of the body within the bounds (or until the client leaves)."""
         max_bytes = self.settings.refusal_drain_bytes
         drained, deadline = 0, time.monotonic() + self.settings.refusal_drain_s
         while drained <= max_bytes:
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return
             try:
                 message = await asyncio.wait_for(receive(), left)
             except TimeoutError:
-                return False
-            if message["type"] == "http.disconnect":
-                return True
+                return
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
             drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return True
-        return False
 
 
 def _has_body(scope: Scope) -> bool:

@@ -56,8 +56,8 @@ class Settings(BaseSettings):
         description="threads composing one big answer band by band (0: one per usable CPU core, at least 2; 1: none)",
     )
     compute_nice: int = Field(
-        0, ge=0, le=19, description="how far below the event loop the model, codec and compose threads run "
-        "(Linux nice; 0: the same priority): faster refusals under overload, less throughput (docs/settings.md)"
+        0, ge=0, le=19, description="how far below the event loop ONNX Runtime's own worker threads run "
+        "(Linux nice; 0: the same priority; docs/settings.md)"
     )
     compose: Literal["auto", "tensor", "pillow"] = Field(
         "auto", description="where the colour work around the model runs: auto = tensor code on the model's "

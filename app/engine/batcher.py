@@ -41,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +58,6 @@ from app.engine.errors import (
     WorkerRestarted,
 )
 from app.engine.observer import EngineObserver
-from app.engine.priority import lowered_pool
 from app.engine.runner import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ class Engine:
         whole_max_pixels: int = 0,
         observer: EngineObserver | None = None,
         restart_delay_s: float = 0.5,
-        niceness: int = 0,
     ) -> None:
         if tile < 1 or max_batch < 1 or max_queue_tiles < 1:
             raise ValueError("tile, max_batch and max_queue_tiles must be >= 1")
@@ -148,8 +147,7 @@ class Engine:
         self._accepting = False
         self._busy = False  # a batch is in the inference thread
         self._worker: asyncio.Task[None] | None = None
-        self.niceness = niceness  # the inference thread's, below the event loop (app.engine.priority)
-        self._executor = lowered_pool(1, "inference", niceness)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.restart_delay_s = restart_delay_s
         self.restarts = 0  # times the supervisor restarted a dead worker
         self._alive = False  # the worker loop runs (false while the supervisor waits to restart it)
@@ -361,7 +359,7 @@ class Engine:
             self._busy = False
             self.restarts += 1
             self.observer.worker_restarted()
-            old, self._executor = self._executor, lowered_pool(1, "inference", self.niceness)
+            old, self._executor = self._executor, ThreadPoolExecutor(1, thread_name_prefix="inference")
             old.shutdown(wait=False)  # a hung call keeps its thread; new batches get a fresh one
             await asyncio.sleep(delay)
             delay = min(2 * delay, 10.0) if time.monotonic() - began < 60 else self.restart_delay_s

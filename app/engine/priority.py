@@ -1,15 +1,20 @@
-"""Compute threads yield the CPU to the event loop: per-thread ``nice`` on Linux.
+"""The model runtime's worker threads yield the CPU to the event loop: per-thread ``nice`` on Linux.
 
 On a busy host the event loop is what answers — admissions, refusals, health
-checks, the bytes of uploads still arriving — while the model, the codecs and
-compose only need the cores it leaves. With every thread at the same priority
-the scheduler shares a core between the event loop and two compute threads
-evenly, so a refusal waits behind batches it has nothing to do with. Raising
-the compute threads' niceness (allowed without privileges; lowering it back
-is not, so it is only ever raised) lets the loop run first and costs the
-compute nothing when the loop is idle. Threads inherit it from their
-creator, so ONNX Runtime's and OpenMP's worker threads started from a
-lowered thread are lowered too.
+checks, the bytes of uploads still arriving — while the model only needs the
+cores it leaves. With every thread at the same priority the scheduler shares
+the cores evenly between the event loop and the model's threads, so a refusal
+waits behind batches it has nothing to do with.
+
+Only ONNX Runtime's own worker threads are lowered: they are native threads
+that never hold the GIL. Lowering Python threads too (the inference thread,
+the codec pools) was tried and cost 9–22 % of the throughput: a lowered
+thread preempted while holding the GIL stalls the very event loop it yields
+to. Raising a thread's niceness needs no privilege (lowering it back does, so
+it is only ever raised); threads inherit it from their creator, so building
+the runtime's sessions in a lowered thread (:func:`in_lowered_thread`) lowers
+the pool threads they start, while the thread that calls the model, itself one
+of the runtime's parallel workers, keeps the loop's priority.
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ of their defaults).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from app.api.settings import Settings
 from app.engine.batcher import Engine
 from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device, usable_cores
 from app.engine.observer import EngineObserver
-from app.engine.priority import in_lowered_thread, lowered_pool
+from app.engine.priority import in_lowered_thread
 from app.engine.runner import ModelRunner
 from app.imaging.limits import ImageLimits
 from app.imaging.sandbox import DecodeBudget, DecodeSandbox
@@ -37,12 +38,11 @@ def build_pipeline(
     models = discover(settings.model_store)
     if not models:
         log.error("no usable model in %s: the service will not become ready", settings.model_store)
-    nice = settings.compute_nice
-    runners = in_lowered_thread(lambda: {  # ONNX Runtime's worker threads start here and inherit the priority
+    runners = in_lowered_thread(lambda: {  # ONNX Runtime's own worker threads start here and inherit the priority
         s: ModelRunner(m.model, device, half=settings.half, backend=settings.backend, tile=settings.tile_size,
                        observer=engine_observer)
         for s, m in models.items()
-    }, nice)
+    }, settings.compute_nice)
     backend = next(iter(runners.values())).backend if runners else "eager"  # they all get the same one
     engine = Engine(
         runners,
@@ -53,15 +53,14 @@ def build_pipeline(
         retry_after_s=settings.retry_after_s,
         whole_max_pixels=settings.whole_image_max_pixels,
         observer=engine_observer,
-        niceness=nice,
     )
     codec_threads = codec_threads_for(settings.codec_threads)
     compose_threads = codec_threads_for(settings.compose_threads)
     return Pipeline(
         models,
         engine,
-        codec_pool=lowered_pool(codec_threads, "codec", nice),
-        band_pool=lowered_pool(compose_threads, "compose-band", nice) if compose_threads > 1 else None,
+        codec_pool=ThreadPoolExecutor(codec_threads, thread_name_prefix="codec"),
+        band_pool=ThreadPoolExecutor(compose_threads, thread_name_prefix="compose-band") if compose_threads > 1 else None,
         limits=ImageLimits(
             max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels,
             max_jpeg_scans=settings.max_jpeg_scans, max_chunks=settings.max_image_chunks,

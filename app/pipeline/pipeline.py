@@ -44,7 +44,7 @@ from app.engine.batcher import Engine, Reservation
 from app.engine.errors import DeadlineExceeded, UnknownScale
 from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
 from app.imaging.compose import compose, planes_of
-from app.imaging.decode import DecodedImage, Header, decode, peek, peek_prefix
+from app.imaging.decode import DecodedImage, Header, decode, load_codecs, peek, peek_prefix
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageTooComplex, ImageTooLarge
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
@@ -121,8 +121,10 @@ class Pipeline:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._admission, load_codecs)
         if self.sandbox is not None:  # its warm worker imports Pillow: off the event loop
-            await asyncio.get_running_loop().run_in_executor(self._admission, self.sandbox.start)
+            await loop.run_in_executor(self._admission, self.sandbox.start)
         await self.engine.start()
 
     async def close(self, drain_timeout_s: float = 30.0) -> None:
