@@ -42,7 +42,6 @@ class DrainBeforeRefusal:
             await self.app(scope, receive, send)
             return
         finished = False  # the request body is all in (or the client left)
-        lingering = False  # the answer started before it was
 
         async def tracked() -> Message:
             nonlocal finished
@@ -52,10 +51,7 @@ class DrainBeforeRefusal:
             return message
 
         async def linger_then_end(message: Message) -> None:
-            nonlocal lingering
-            if message["type"] == "http.response.start":
-                lingering = not finished
-            elif message["type"] == "http.response.body" and lingering and not message.get("more_body", False):
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not finished:
                 await send({**message, "more_body": True})  # every byte of the answer, but not its end
                 await self._drain(receive)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
