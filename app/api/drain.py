@@ -11,7 +11,9 @@ reads while sending, like curl or a browser, has it within milliseconds, and
 one that sends first finds it waiting), but its end is held back — uvicorn
 closes the connection when the answer ends — while the rest of the body is
 read and dropped, never buffered, up to ``max_bytes`` or ``max_seconds``,
-whichever comes first; past those the connection closes as before. A client
+whichever comes first. Past those the answer ends anyway: a ``Connection:
+close`` request's connection then closes as before, a keep-alive one has the
+rest dropped by uvicorn's parser (within ``SR_BODY_TIMEOUT_S``). A client
 that goes away meanwhile just ends it.
 """
 
