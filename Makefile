@@ -42,7 +42,8 @@ bench: $(VENV)/.dev
 # Wheels (Python 3.12, x86-64) of what a GPU device image lacks, for scripts/device_check.sh (carry .whl).
 DEVICE_WHEELS = fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
 	pydantic-settings==2.16.3 python-dotenv==1.2.4 python-multipart==0.0.34 uvicorn==0.54.0 \
-	isal==1.9.1 av==18.1.0 tqdm==4.70.1 annotated-types==0.8.0 typing-inspection==0.4.5 httptools==0.9.0 opentelemetry-api==1.45.2
+	isal==1.9.1 av==18.1.0 tqdm==4.70.1 annotated-types==0.8.0 typing-inspection==0.4.5 httptools==0.9.0 opentelemetry-api==1.45.2 \
+	numba==0.68.1 llvmlite==0.50.0
 device-wheels: $(VENV)/.runtime
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

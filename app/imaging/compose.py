@@ -20,6 +20,7 @@ colour under fully transparent pixels is often black, or junk):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from app.core import planes
 from app.core.color import Y_OFFSET, Y_WEIGHTS
+from app.imaging import fused
 from app.imaging.decode import DecodedImage
 
 _BAND_PIXELS = 1 << 19  # output pixels per colour band: bounds the scratch memory, spreads big images over cores
@@ -51,10 +53,17 @@ def luma_tensor(img: DecodedImage) -> Tensor:
     return planes.luma(*planes_of(img))
 
 
-def compose(img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | None = None) -> Image.Image:
+FUSED = fused.available()  # RGB answers through the compiled pass (same bytes as the Pillow path below)
+
+
+def compose(
+    img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | None = None, *, use_fused: bool | None = None
+) -> Image.Image:
     """Model output Y (1, r·H, r·W) in [0, 1] + bicubic chroma (+ bicubic alpha) → ``L``/``LA``/``RGB``/``RGBA``.
 
-    Colour images go band by band: each band of the source is upscaled with
+    Opaque RGB, the common case, goes through :func:`app.imaging.fused.compose_rows`
+    when Numba is there (``use_fused``, default :data:`FUSED`): the same bytes,
+    2–3× faster. Otherwise colour images go band by band: each band of the source is upscaled with
     Pillow's bicubic (a few rows of halo make it bit-identical to upscaling
     the whole image, see :func:`_bicubic_rows`) and gets its luma swapped at
     once, while it is still in cache. Bands of a big image run on all cores
@@ -71,12 +80,15 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | No
         if img.alpha is not None:
             out.putalpha(img.alpha.resize(size, Image.Resampling.BICUBIC))
         return out
+    rows = max(_MIN_BAND_ROWS, _BAND_PIXELS // (img.width * scale * scale))  # source rows per band
+    tops = range(0, img.height, rows)
+    if img.alpha is None and (FUSED if use_fused is None else use_fused):
+        return _fused(img, y, scale, rows, tops, bands)
     source = img.color
     if img.alpha is not None:
         source = img.color.copy()
         source.putalpha(img.alpha)  # Pillow's RGBA bicubic premultiplies: invisible colour weighs nothing
     pixels = np.empty((size[1], size[0], len(source.mode)), np.uint8)
-    rows = max(_MIN_BAND_ROWS, _BAND_PIXELS // (img.width * scale * scale))  # source rows per band
 
     def band(top: int) -> None:  # writes only its own rows of ``pixels``
         bottom = min(img.height, top + rows)
@@ -84,13 +96,30 @@ def compose(img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | No
         hr = slice(top * scale, bottom * scale)
         _swap_luma(upscaled, y[hr], pixels[hr])
 
-    tops = range(0, img.height, rows)
+    _run_bands(band, tops, bands)  # NumPy and Pillow's resize release the GIL
+    return Image.fromarray(pixels, source.mode)
+
+
+def _fused(img: DecodedImage, y: np.ndarray, scale: int, rows: int, tops: range,
+           bands: Executor | None) -> Image.Image:
+    """Opaque RGB in one compiled pass per band (the bands of a big image on all cores, without the GIL)."""
+    src = np.asarray(img.color)
+    pixels = np.empty((img.height * scale, img.width * scale, 3), np.uint8)
+
+    def band(top: int) -> None:
+        hr = slice(top * scale, min(img.height, top + rows) * scale)
+        fused.compose_rows(src, y[hr], scale, hr.start, hr.stop, out=pixels[hr])
+
+    _run_bands(band, tops, bands)
+    return Image.fromarray(pixels, "RGB")
+
+
+def _run_bands(band: Callable[[int], None], tops: range, bands: Executor | None) -> None:
     if len(tops) == 1 or bands is None:
         for top in tops:
             band(top)
-    else:  # NumPy and Pillow's resize release the GIL
+    else:
         list(bands.map(band, tops))
-    return Image.fromarray(pixels, source.mode)
 
 
 def _bicubic_rows(source: Image.Image, top: int, bottom: int, scale: int) -> np.ndarray:
