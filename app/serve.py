@@ -21,7 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from app.api.settings import get_settings
-from app.engine.device import share_cores, workers_for
+from app.engine.device import on_gpu, share_cores, workers_for
 
 log = logging.getLogger("app.serve")
 
@@ -35,6 +35,8 @@ def main() -> None:
         os.environ[f"SR_{name.upper()}"] = str(value)
     log.info("%d worker process(es); per process: %s", workers,
              {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")} | shares)
+    if workers > 1 and not on_gpu(settings.device) and not settings.core_tokens_dir:  # cores lent between workers
+        os.environ["SR_CORE_TOKENS_DIR"] = tempfile.mkdtemp(prefix="sr-cores-")
     if workers > 1:
         folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sr-metrics-"))
         shutil.rmtree(folder, ignore_errors=True)

@@ -21,7 +21,7 @@ ASTRONAUT = Image.fromarray(data.astronaut())
 SIZES = [(1, 1), (1, 7), (7, 1), (2, 3), (5, 5), (37, 23), (96, 96), (161, 130)]
 
 
-def _model_luma(image, scale: int) -> torch.Tensor:  # noqa: ANN001
+def _model_luma(image, scale: int) -> torch.Tensor:
     """The shipped model's Y for ``image``: what the pipeline would hand the compose."""
     from app.imaging.compose import luma_tensor
 
@@ -31,7 +31,7 @@ def _model_luma(image, scale: int) -> torch.Tensor:  # noqa: ANN001
         return model.forward_valid(x)[0].clamp(0, 1)
 
 
-def _both(image, sr: torch.Tensor, scale: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _both(image, sr: torch.Tensor, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.asarray(compose(image, sr, scale, use_fused=True)),
             np.asarray(compose(image, sr, scale, use_fused=False)))
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_auto_workers_fit_the_host() -> None:
     assert workers_for(3) == 3 and workers_for("2") == 2
-    assert workers_for("auto", "cpu") == max(1, usable_cores() // 2)  # one per core pair on CPU hosts
+    assert workers_for("auto", "cpu") == usable_cores()  # one per core on CPU hosts (idle cores are lent)
     assert Settings().workers == "auto"
     with pytest.raises(ValueError):
         Settings(workers=0)
@@ -31,7 +31,7 @@ def test_processes_share_the_cores_instead_of_each_taking_all() -> None:
     assert share_cores(1, Settings()) == {}  # one process: the in-process defaults
     shares = share_cores(2, Settings())
     cores = max(1, usable_cores() // 2)
-    assert shares == {"threads": cores, "codec_threads": max(2, cores), "compose_threads": cores}
+    assert shares == {"threads": cores, "codec_threads": max(2, cores), "compose_threads": usable_cores()}
     assert "threads" not in share_cores(2, Settings(threads=3))  # what is set stays set
 
 

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         0, ge=0, le=64,
         description="threads composing one big answer band by band (0: one per usable CPU core, at least 2; 1: none)",
     )
+    core_tokens_dir: Path | None = Field(
+        None, description="folder of the per-core lock files that let a whole-image call of one worker process "
+        "borrow the cores the others leave idle (app/engine/cores.py); python -m app.serve sets it for CPU workers"
+    )
     compute_nice: int = Field(
         0, ge=0, le=19, description="how far below the event loop ONNX Runtime's own worker threads run "
         "(Linux nice; 0: the same priority; docs/settings.md)"

@@ -409,7 +409,7 @@ class Engine:
         """Inference thread: cut windows, run the model once, stitch each tile into its request."""
         job = batch[0].job
         if job.whole:
-            out = runner(job.padded_for(runner.radius, self.tile)[None])[0]
+            out = runner(job.padded_for(runner.radius, self.tile)[None], borrow=True)[0]
             job.out = out[:, : job.out.shape[1], : job.out.shape[2]]  # the model's own output: no copy
             return
         size = self.tile + 2 * runner.radius

@@ -72,7 +72,7 @@ def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
         return None
 
 
-CORES_PER_CPU_WORKER = 2  # a core pair per process: README, "Benchmarks" (1 against 2 workers on 2 cores)
+CORES_PER_CPU_WORKER = 1  # a process per core, lending idle cores to big calls: README, "Benchmarks"
 MAX_GPU_WORKERS = 8
 
 
@@ -81,10 +81,12 @@ def workers_for(setting: int | str, device: str = "auto") -> int:
 
     One Python process cannot keep many cores busy: the event loop, the GIL and
     the codec threads queue behind each other. CPU hosts get one process per
-    core pair (:data:`CORES_PER_CPU_WORKER`), each with two inference threads:
-    on the 2-core machine two single-thread processes served 17–35 % more under
-    load but took a lone 640×360 request from 89 to 115 ms, so a pair keeps
-    single-request latency while larger hosts get a process per pair. On a GPU
+    core (:data:`CORES_PER_CPU_WORKER`), each with one inference thread: on the
+    2-core machine two processes served 0.62–0.66 of the bare model's rate
+    against 0.49–0.59 for one. A lone whole-image request still gets every
+    core: its model call borrows the cores the other processes leave idle
+    (:mod:`app.engine.cores`; a ×3 640×360 request 134 ms against 197–210
+    without borrowing and 113–120 in one process). On a GPU
     host the model is rarely the limit, the CPU side is, so every core pair
     gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
     holds its own CUDA context and model copies) — a count not yet measured
@@ -93,10 +95,14 @@ def workers_for(setting: int | str, device: str = "auto") -> int:
     if isinstance(setting, int) or str(setting).isdigit():
         return max(1, int(setting))
     cores = usable_cores()
-    gpu = device != "cpu" and torch.cuda.is_available()
-    if gpu:
+    if on_gpu(device):
         return max(1, min(MAX_GPU_WORKERS, cores // 2))
     return max(1, cores // CORES_PER_CPU_WORKER)
+
+
+def on_gpu(device: str = "auto") -> bool:
+    """Whether the service will run its models on CUDA with this ``SR_DEVICE``."""
+    return device != "cpu" and torch.cuda.is_available()
 
 
 def share_cores(workers: int, settings: object) -> dict[str, int]:
@@ -110,7 +116,8 @@ def share_cores(workers: int, settings: object) -> dict[str, int]:
     if workers <= 1:
         return {}
     share = max(1, usable_cores() // workers)
-    shares = {"threads": share, "codec_threads": max(2, share), "compose_threads": share}
+    # compose bands run only for big answers, mostly alone: each process may use every core for them
+    shares = {"threads": share, "codec_threads": max(2, share), "compose_threads": usable_cores()}
     return {name: value for name, value in shares.items() if not getattr(settings, name)}
 
 

@@ -81,23 +81,35 @@ def espcn_graph(model: ESPCN) -> bytes:
 
 
 class OrtModel:
-    """``forward_valid`` on CPU tensors through an ONNX Runtime session."""
+    """``forward_valid`` on CPU tensors through an ONNX Runtime session.
 
-    def __init__(self, model: ESPCN, threads: int) -> None:
-        import onnxruntime as ort
+    With ``wide_threads`` above ``threads`` a second session with that many
+    threads is built too, for the calls that may borrow idle cores
+    (:mod:`app.engine.cores`); both give the same numbers (tested).
+    """
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(espcn_graph(model), options, providers=["CPUExecutionProvider"])
+    def __init__(self, model: ESPCN, threads: int, wide_threads: int = 0) -> None:
+        graph = espcn_graph(model)
+        self.session = _session(graph, threads)
+        self.wide = _session(graph, wide_threads) if wide_threads > threads else None
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, wide: bool = False) -> Tensor:
         """Raises ``RuntimeError`` on bad input, as the PyTorch paths do (ORT has its own exception types)."""
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        session = self.wide if wide and self.wide is not None else self.session
         try:
-            return torch.from_numpy(self.session.run(["y"], {"x": array})[0])
+            return torch.from_numpy(session.run(["y"], {"x": array})[0])
         except Exception as exc:
             raise RuntimeError(f"ONNX Runtime failed on input {tuple(x.shape)}: {exc}") from exc
+
+
+def _session(graph: bytes, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

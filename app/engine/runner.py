@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from app.core.espcn import ESPCN
 from app.engine import onnx_backend
+from app.engine.cores import CoreTokens
 from app.engine.observer import EngineObserver
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,10 @@ class ModelRunner:
         backend: Backend = "auto",
         tile: int = 96,
         observer: EngineObserver | None = None,
+        cores: CoreTokens | None = None,
     ) -> None:
         self.scale = model.scale
+        self.cores = cores  # shared with the host's other worker processes: whole-image calls borrow idle ones
         self.radius = model.radius
         self.device = device
         self.half = half and device.type == "cuda"
@@ -114,7 +117,8 @@ class ModelRunner:
             example = torch.zeros(1, self._cpu.channels, side, side)
             candidates: list[tuple[str, Callable[[], Callable[[Tensor], Tensor]]]] = []
             if backend in ("auto", "onnxruntime") and onnx_backend.available():
-                candidates.append(("onnxruntime", partial(onnx_backend.OrtModel, self._cpu, torch.get_num_threads())))
+                candidates.append(("onnxruntime", partial(onnx_backend.OrtModel, self._cpu, torch.get_num_threads(),
+                                                                 cores.cores if cores is not None else 0)))
             candidates.append(("torchscript", partial(torchscript_cpu, self._cpu, example)))
             for name, build in candidates:  # the first exact one wins; eager if none
                 self._cpu_fast = exact_or_none(name, build, self._cpu, example)
@@ -129,16 +133,22 @@ class ModelRunner:
         return torch.float16 if self.half else torch.float32
 
     @torch.inference_mode()
-    def __call__(self, windows: Tensor) -> Tensor:
+    def __call__(self, windows: Tensor, *, borrow: bool = False) -> Tensor:
         """(N, c, t + 2R, t + 2R) float32 → (N, c, r·t, r·t) float32 in [0, 1], on the device the windows are on.
 
         Windows already on the model's GPU (the pipeline's tensor path) stay there; CPU windows make one
-        round trip.
+        round trip. ``borrow`` (a whole-image call): run on every core of the host if no other worker
+        process is computing (:mod:`app.engine.cores`); any other call holds one core's token meanwhile.
         """
-        return self._run(windows).clamp_(0.0, 1.0)
+        if self.cores is None or self.device.type != "cpu":
+            return self._run(windows).clamp_(0.0, 1.0)
+        with self.cores.take(None if borrow else 1) as taken:
+            return self._run(windows, wide=borrow and taken == self.cores.cores).clamp_(0.0, 1.0)
 
-    def _run(self, windows: Tensor) -> Tensor:
+    def _run(self, windows: Tensor, wide: bool = False) -> Tensor:
         if self.device.type == "cpu":
+            if isinstance(self._cpu_fast, onnx_backend.OrtModel):
+                return self._cpu_fast(windows, wide)
             return self._cpu_fast(windows) if self._cpu_fast is not None else self._cpu.forward_valid(windows)
         source = windows.device
         try:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.api.settings import Settings
 from app.engine.batcher import Engine
+from app.engine.cores import CoreTokens
 from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device, usable_cores
 from app.engine.observer import EngineObserver
 from app.engine.priority import in_lowered_thread
@@ -38,9 +39,10 @@ def build_pipeline(
     models = discover(settings.model_store)
     if not models:
         log.error("no usable model in %s: the service will not become ready", settings.model_store)
+    cores = CoreTokens(settings.core_tokens_dir, usable_cores()) if settings.core_tokens_dir else None
     runners = in_lowered_thread(lambda: {  # ONNX Runtime's own worker threads start here and inherit the priority
         s: ModelRunner(m.model, device, half=settings.half, backend=settings.backend, tile=settings.tile_size,
-                       observer=engine_observer)
+                       observer=engine_observer, cores=cores)
         for s, m in models.items()
     }, settings.compute_nice)
     backend = next(iter(runners.values())).backend if runners else "eager"  # they all get the same one
