@@ -1,0 +1,65 @@
+"""Interleaved A/B of worker layouts: a lone ×3 640×360 JPEG request and 32 clients of 96² PNGs, beside
+OpenCV's ESPCN and the bare model, round after round (this machine drifts, so compare within a round).
+
+    python scripts/workers_ab.py 1x0,2x0 2 8   # layouts WORKERSxTHREADS (0: auto), rounds, seconds of load
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from app.api.settings import Settings
+from app.cli.benchlib import service
+from app.cli.benchlib.common import frame, load_source
+from app.cli.benchlib.load import hammer
+from app.cli.benchlib.model_paths import PathConfig
+from app.cli.benchlib.peers import build_opencv
+from app.store.registry import DEFAULT_STORE, discover
+
+
+def main() -> None:
+    layouts = [tuple(map(int, c.split("x"))) for c in sys.argv[1].split(",")]
+    rounds, seconds = int(sys.argv[2]), float(sys.argv[3])
+    source, model = load_source(None), discover(DEFAULT_STORE)[3].model
+    image = frame(source, 640, 360)
+    jpeg = service.jpeg_bytes(image)
+    load = service.small_load(source, 32, 96, 3, seconds)
+    cfg = PathConfig(device=torch.device("cpu"), tile=96, max_batch=32, repeats=5, warmup=1, compile=False)
+    images = service.load_images(source, service.LoadConfig(32, seconds, 96, 3))
+    opencv = build_opencv(Path("../shared/peers/opencv/ESPCN_x3.pb"), "espcn", 3, image)
+    for rnd in range(rounds):
+        bare = service.bare_runs(model, images, cfg, [32])[32].images_per_s
+        opencv()
+        opencv_ms = statistics.median(_timed(opencv) for _ in range(7))
+        for workers, threads in layouts:
+            settings = Settings(model_store=DEFAULT_STORE, workers=workers, threads=threads, max_batch=32)
+            with service.running_service(settings) as served, httpx.Client(base_url=served.url, timeout=60) as c:
+                def post() -> None:
+                    c.post("/upscale", params={"scale": 3, "format": "jpeg"}, content=jpeg,
+                           headers={"content-type": "image/jpeg"}).raise_for_status()
+                for _ in range(3):
+                    post()
+                lone = statistics.median(_timed(post) for _ in range(9))
+                asyncio.run(hammer(served.url, load.path, load.bodies, 2.0, load.content_type))
+                result = asyncio.run(hammer(served.url, load.path, load.bodies, seconds, load.content_type))
+            rate = result.ok / result.wall_s
+            print(f"round {rnd} {workers}w x{threads}t: lone {lone:.1f} ms (OpenCV {opencv_ms:.1f}, "
+                  f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {bare:.1f} -> {rate / bare:.3f}",
+                  flush=True)
+
+
+def _timed(fn) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+if __name__ == "__main__":
+    main()
