@@ -35,24 +35,29 @@ def main() -> None:
         os.environ[f"SR_{name.upper()}"] = str(value)
     log.info("%d worker process(es); per process: %s", workers,
              {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")} | shares)
+    tokens = None
     if workers > 1 and not on_gpu(settings.device) and not settings.core_tokens_dir:  # cores lent between workers
-        os.environ["SR_CORE_TOKENS_DIR"] = tempfile.mkdtemp(prefix="sr-cores-")
+        tokens = os.environ["SR_CORE_TOKENS_DIR"] = tempfile.mkdtemp(prefix="sr-cores-")
     if workers > 1:
         folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sr-metrics-"))
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keep_alive_s,
-        http="app.api.connections:TimedHttpToolsProtocol",  # header and body read timeouts
-    )
+    try:
+        uvicorn.run(
+            "app.main:app",
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            access_log=settings.access_log,
+            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+            limit_concurrency=settings.limit_concurrency,
+            timeout_keep_alive=settings.keep_alive_s,
+            http="app.api.connections:TimedHttpToolsProtocol",  # header and body read timeouts
+        )
+    finally:
+        if tokens:  # the lock files outlive no one: every worker has exited
+            shutil.rmtree(tokens, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,10 @@ def share_cores(workers: int, settings: object) -> dict[str, int]:
     """Per-process thread counts for the settings left at 0 (auto), so ``workers`` processes share the cores.
 
     With one worker nothing changes (the in-process defaults hold). With more,
-    each gets ``cores / workers`` inference threads (ONNX Runtime and PyTorch)
-    and compose threads, and at least two codec threads (a decode waiting on
-    the GIL should not leave the pool idle).
+    each gets ``cores / workers`` inference threads (ONNX Runtime and PyTorch),
+    at least two codec threads (a decode waiting on the GIL should not leave
+    the pool idle), and every core for the bands of a big answer's compose,
+    which run rarely and mostly alone.
     """
     if workers <= 1:
         return {}

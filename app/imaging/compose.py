@@ -56,6 +56,12 @@ def luma_tensor(img: DecodedImage) -> Tensor:
 FUSED = fused.available()  # RGB answers through the compiled pass (same bytes as the Pillow path below)
 
 
+def warm_up() -> None:
+    """Compile the RGB compose before the first request needs it (a no-op without Numba)."""
+    if FUSED:
+        fused.warm_up()
+
+
 def compose(
     img: DecodedImage, sr_luma: Tensor, scale: int, bands: Executor | None = None, *, use_fused: bool | None = None
 ) -> Image.Image:

@@ -35,7 +35,7 @@ from app.core.resample import PRECISION_BITS, axis_coefficients
 
 _HALF = 1 << (PRECISION_BITS - 1)
 _WR, _WG, _WB = (np.float32(w) for w in Y_WEIGHTS)
-_OFF, _Y255, _K = np.float32(Y_OFFSET), np.float32(255.0), np.float32(Y_TO_RGB)
+_OFF, _Y255, _K = np.float32(Y_OFFSET), np.float32(255.0), np.float32(Y_TO_RGB)  # float32: the NumPy swap's roundings
 
 
 def available() -> bool:
@@ -55,7 +55,7 @@ def coefficients(size_in: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(starts, np.int32), table
 
 
-def _kernel(src, y, out, row0, xs, xk, ys, yk, wr, wg, wb, off, y255, k):  # noqa: ANN001 (Numba)
+def _kernel(src, y, out, row0, xs, xk, ys, yk):  # noqa: ANN001 (Numba)
     """Output rows ``row0 … row0 + len(out)`` of the compose of ``src`` (H, W, 3) uint8 with ``y`` (rows, r·W).
 
     Rows are flat (x, c) runs of ``3·r·W`` integers so the inner loops are contiguous and vectorise.
@@ -100,12 +100,12 @@ def _kernel(src, y, out, row0, xs, xk, ys, yk, wr, wg, wb, off, y255, k):  # noq
             acc[n] = 0 if v < 0 else (255 if v > 255 else v)
         yrow, orow = y[i], out[i].reshape(flat)
         for x in range(width):  # the luma shift of each pixel, one float32 plane
-            shift = np.float32(acc[3 * x]) * wr
-            shift += np.float32(acc[3 * x + 1]) * wg
-            shift += np.float32(acc[3 * x + 2]) * wb
-            shift += off
-            shift = yrow[x] * y255 - shift
-            shift *= k
+            shift = np.float32(acc[3 * x]) * _WR
+            shift += np.float32(acc[3 * x + 1]) * _WG
+            shift += np.float32(acc[3 * x + 2]) * _WB
+            shift += _OFF
+            shift = yrow[x] * _Y255 - shift
+            shift *= _K
             moves[x] = np.rint(shift)
         for n in range(flat):  # added to R, G and B alike
             v = acc[n] + np.int32(moves[n // 3])
@@ -143,6 +143,5 @@ def compose_rows(src: np.ndarray, y: np.ndarray, scale: int, row0: int, row1: in
         out = np.empty((row1 - row0, width * scale, 3), np.uint8)
     xs, xk = coefficients(width, scale)
     ys, yk = coefficients(height, scale)
-    _compiled()(np.ascontiguousarray(src), np.ascontiguousarray(y, dtype=np.float32), out, row0,
-                xs, xk, ys, yk, _WR, _WG, _WB, _OFF, _Y255, _K)
+    _compiled()(np.ascontiguousarray(src), np.ascontiguousarray(y, dtype=np.float32), out, row0, xs, xk, ys, yk)
     return out

@@ -42,9 +42,9 @@ from torch import Tensor
 from app.core import planes
 from app.engine.batcher import Engine, Reservation
 from app.engine.errors import DeadlineExceeded, UnknownScale
-from app.imaging import fused
 from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
-from app.imaging.compose import FUSED, compose, planes_of
+from app.imaging.compose import compose, planes_of
+from app.imaging.compose import warm_up as warm_up_compose
 from app.imaging.decode import DecodedImage, Header, decode, load_codecs, peek, peek_prefix
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageTooComplex, ImageTooLarge
@@ -124,8 +124,8 @@ class Pipeline:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._admission, load_codecs)
-        if FUSED and not self.tensor_compose:  # compile the RGB compose before the first request needs it
-            await loop.run_in_executor(self._admission, fused.warm_up)
+        if not self.tensor_compose:
+            await loop.run_in_executor(self._admission, warm_up_compose)
         if self.sandbox is not None:  # its warm worker imports Pillow: off the event loop
             await loop.run_in_executor(self._admission, self.sandbox.start)
         await self.engine.start()
