@@ -80,3 +80,15 @@ def test_fused_rows_can_be_written_in_place_band_by_band() -> None:
     assert np.array_equal(out, whole)
     with pytest.raises(ValueError, match="y must be"):
         fused.compose_rows(src, y[:10], 3, 0, 90)
+
+
+def test_warm_up_compiles_what_a_decoded_image_needs() -> None:
+    """A decoded image's pixels are read-only to Numba: the warm-up must compile that kind too,
+    or the first request pays for a compile (about 2 s where no cache folder is writable)."""
+    fused.warm_up()
+    compiled = fused._compiled()
+    before = list(compiled.signatures)
+    image = decode(encoded(ASTRONAUT.crop((0, 0, 37, 23)), "PNG"), 3)
+    assert not np.asarray(image.color).flags.writeable  # the case the warm-up exists for
+    compose(image, _model_luma(image, 3), 3, use_fused=True)
+    assert compiled.signatures == before

@@ -12,7 +12,12 @@ releases. Nothing is written to disk and nothing is unpickled.
 ``onnxruntime`` and ``onnx`` are imported lazily: without them (see :func:`available`)
 the runner falls back to TorchScript; it also checks the session against eager.
 ORT's threads sleep when idle (``allow_spinning = 0``), for the same reason as
-``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores.
+``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores. Memory patterns
+(``enable_mem_pattern``) are off: ORT plans one per input shape, and shapes here vary
+(batches of 1–N tiles, whole images of any size). With them on, the second call at each new,
+larger whole-image shape paid for allocation again (×3 of 640×360: 102–230 ms against 73–77),
+and a process held 126 MB more after the batch sizes and a dozen image sizes, for no gain at
+steady state (5.7–5.8 ms per tile either way; ``python scripts/ort_memory_pattern.py``).
 """
 
 from __future__ import annotations
@@ -90,8 +95,8 @@ class OrtModel:
 
     def __init__(self, model: ESPCN, threads: int, wide_threads: int = 0) -> None:
         graph = espcn_graph(model)
-        self.session = _session(graph, threads)
-        self.wide = _session(graph, wide_threads) if wide_threads > threads else None
+        self.session = session(graph, threads)
+        self.wide = session(graph, wide_threads) if wide_threads > threads else None
 
     def __call__(self, x: Tensor, wide: bool = False) -> Tensor:
         """Raises ``RuntimeError`` on bad input, as the PyTorch paths do (ORT has its own exception types)."""
@@ -103,7 +108,8 @@ class OrtModel:
             raise RuntimeError(f"ONNX Runtime failed on input {tuple(x.shape)}: {exc}") from exc
 
 
-def _session(graph: bytes, threads: int):
+def session(graph: bytes, threads: int, *, mem_pattern: bool = False):  # noqa: ANN201 (onnxruntime is optional)
+    """An ONNX Runtime CPU session of ``graph`` with ``threads`` intra-op threads that sleep when idle."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -111,5 +117,6 @@ def _session(graph: bytes, threads: int):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_mem_pattern = mem_pattern  # off by default: see the module docstring
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

@@ -123,8 +123,20 @@ def _compiled():
 
 
 def warm_up() -> None:
-    """Compile (or load from Numba's cache) before the first request: ~2 s cold, off the event loop."""
-    compose_rows(np.zeros((2, 2, 3), np.uint8), np.zeros((4, 4), np.float32), 2, 0, 4)
+    """Compile (or load from Numba's cache) before the first request: ~2 s cold, off the event loop.
+
+    Both kinds of source: a decoded image's pixels come read-only (``np.asarray`` of a Pillow
+    image), a different type to Numba, which would otherwise compile it on the first request.
+    """
+    src = np.zeros((2, 2, 3), np.uint8)
+    for source in (src, _read_only(src)):
+        compose_rows(source, np.zeros((4, 4), np.float32), 2, 0, 4)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def compose_rows(src: np.ndarray, y: np.ndarray, scale: int, row0: int, row1: int,
