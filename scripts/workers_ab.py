@@ -1,7 +1,8 @@
 """Interleaved A/B of worker layouts: a lone ×3 640×360 JPEG request and 32 clients of 96² PNGs, beside
 OpenCV's ESPCN and the bare model, round after round (this machine drifts, so compare within a round).
 
-    python scripts/workers_ab.py 1x0,2x0 2 8   # layouts WORKERSxTHREADS (0: auto), rounds, seconds of load
+    python scripts/workers_ab.py 1x0,2x0 2 8      # layouts WORKERSxTHREADS (0: auto), rounds, seconds of load
+    python scripts/workers_ab.py 1x0,2x0 2 8 15   # and 16 clients of that 640×360 frame → ×3 JPEG for 15 s
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from app.store.registry import DEFAULT_STORE, discover
 def main() -> None:
     layouts = [tuple(map(int, c.split("x"))) for c in sys.argv[1].split(",")]
     rounds, seconds = int(sys.argv[2]), float(sys.argv[3])
+    frame_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     source, model = load_source(None), discover(DEFAULT_STORE)[3].model
     image = frame(source, 640, 360)
     jpeg = service.jpeg_bytes(image)
+    frames = service.frame_load(image, 16, 3, frame_seconds)
     load = service.small_load(source, 32, 96, 3, seconds)
     cfg = PathConfig(device=torch.device("cpu"), tile=96, max_batch=32, repeats=5, warmup=1, compile=False)
     images = service.load_images(source, service.LoadConfig(32, seconds, 96, 3))
@@ -49,9 +52,17 @@ def main() -> None:
                 lone = statistics.median(_timed(post) for _ in range(9))
                 asyncio.run(hammer(served.url, load.path, load.bodies, 2.0, load.content_type))
                 result = asyncio.run(hammer(served.url, load.path, load.bodies, seconds, load.content_type))
+                framed = ""
+                if frame_seconds:
+                    asyncio.run(hammer(served.url, frames.path, frames.bodies, 3.0, frames.content_type))
+                    cpu = service.tree_cpu_s(served.pid)
+                    run = asyncio.run(hammer(served.url, frames.path, frames.bodies, frame_seconds, frames.content_type))
+                    cpu = (service.tree_cpu_s(served.pid) or 0.0) - (cpu or 0.0)
+                    framed = (f" | 16 clients of the frame {run.ok / run.wall_s:.2f} frames/s, "
+                              f"{cpu * 1000 / max(1, run.ok):.0f} core-ms each, {run.errors} errors")
             rate = result.ok / result.wall_s
             print(f"round {rnd} {workers}w x{threads}t: lone {lone:.1f} ms (OpenCV {opencv_ms:.1f}, "
-                  f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {bare:.1f} -> {rate / bare:.3f}",
+                  f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {bare:.1f} -> {rate / bare:.3f}{framed}",
                   flush=True)
 
 
