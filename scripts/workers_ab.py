@@ -1,7 +1,7 @@
 """Interleaved A/B of worker layouts: a lone ×3 640×360 JPEG request and 32 clients of 96² PNGs, beside
 OpenCV's ESPCN and the bare model, round after round (this machine drifts, so compare within a round).
 
-    python scripts/workers_ab.py 1x0,2x0 2 8      # layouts WORKERSxTHREADS (0: auto), rounds, seconds of load
+    python scripts/workers_ab.py 1x0,2x0 2 8      # layouts WORKERSxTHREADS[xMAX_BATCH] (0: auto), rounds, seconds
     python scripts/workers_ab.py 1x0,2x0 2 8 15   # and 16 clients of that 640×360 frame → ×3 JPEG for 15 s
 """
 
@@ -26,7 +26,7 @@ from app.store.registry import DEFAULT_STORE, discover
 
 
 def main() -> None:
-    layouts = [tuple(map(int, c.split("x"))) for c in sys.argv[1].split(",")]
+    layouts = [(*map(int, c.split("x")), 0)[:3] for c in sys.argv[1].split(",")]
     rounds, seconds = int(sys.argv[2]), float(sys.argv[3])
     frame_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     source, model = load_source(None), discover(DEFAULT_STORE)[3].model
@@ -41,8 +41,8 @@ def main() -> None:
         bare = service.bare_runs(model, images, cfg, [32])[32].images_per_s
         opencv()
         opencv_ms = statistics.median(_timed(opencv) for _ in range(7))
-        for workers, threads in layouts:
-            settings = Settings(model_store=DEFAULT_STORE, workers=workers, threads=threads, max_batch=32)
+        for workers, threads, max_batch in layouts:
+            settings = Settings(model_store=DEFAULT_STORE, workers=workers, threads=threads, max_batch=max_batch)
             with service.running_service(settings) as served, httpx.Client(base_url=served.url, timeout=60) as c:
                 def post() -> None:
                     c.post("/upscale", params={"scale": 3, "format": "jpeg"}, content=jpeg,
@@ -61,7 +61,7 @@ def main() -> None:
                     framed = (f" | 16 clients of the frame {run.ok / run.wall_s:.2f} frames/s, "
                               f"{cpu * 1000 / max(1, run.ok):.0f} core-ms each, {run.errors} errors")
             rate = result.ok / result.wall_s
-            print(f"round {rnd} {workers}w x{threads}t: lone {lone:.1f} ms (OpenCV {opencv_ms:.1f}, "
+            print(f"round {rnd} {workers}w x{threads}t x{max_batch}b: lone {lone:.1f} ms (OpenCV {opencv_ms:.1f}, "
                   f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {bare:.1f} -> {rate / bare:.3f}{framed}",
                   flush=True)
 

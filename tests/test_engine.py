@@ -205,7 +205,7 @@ def test_mid_sized_images_run_whole_and_equal_the_tiled_result() -> None:
 
 def test_max_batch_auto_depends_on_the_device() -> None:
     assert max_batch_for(torch.device("cpu"), backend="torchscript") == 8
-    assert max_batch_for(torch.device("cpu"), backend="onnxruntime") == 32
+    assert max_batch_for(torch.device("cpu"), backend="onnxruntime") == 8
     assert max_batch_for(torch.device("cuda"), backend="eager") == 64  # only the device type is read: no GPU needed
     assert max_batch_for(torch.device("cpu"), 3, "onnxruntime") == 3
 

@@ -23,16 +23,22 @@ def resolve_device(setting: DeviceSetting) -> torch.device:
     return torch.device("cuda")
 
 
-AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 32, "torchscript": 8, "eager": 8}
+AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 8, "torchscript": 8, "eager": 8}
 
 
 def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchscript") -> int:
     """Tiles per model call: ``setting`` when positive, else what suits the device and CPU backend.
 
-    Measured on the 2-core bench machine, ×3, 104² windows, ms per tile at batches of 1 / 8 / 16 / 32 / 64:
-    TorchScript 2.7 / 2.7 / 3.7 / 4.1 / 4.4 (a batch's 64-channel activations, 2.8 MB per window,
-    spill the cache: 8); ONNX Runtime 5.7 / 3.2 / 2.8 / 2.65 / 2.5 (its kernels want work: 32,
-    where latency stays bounded). CUDA: 64, where batching is what keeps the GPU busy.
+    CPU: 8, for either backend, since bigger batches no longer buy speed and cost memory. ×3, 104²
+    windows, ms per tile at batches of 1 / 4 / 8 / 16 / 32 / 64 on the 2-core bench machine
+    (``python scripts/ort_batch.py``, 2026-12-03): ONNX Runtime with one thread (a worker process's
+    share on a CPU host) 5.64 / 5.66 / 5.66 / 5.66 / 5.65 / –, flat; with two 3.3 / 2.95 / 2.94 /
+    2.93 / 2.94 / –, flat from 4 (on an older ORT it was 5.7 / – / 3.2 / 2.8 / 2.65 / 2.5, when 32
+    was chosen). Its arena keeps the largest batch's activations: 46 MB per model at 8 against
+    170 at 32, so under 32 clients of 96² PNGs a worker held 415 MB instead of 720–800 at the same
+    throughput (2 workers, three interleaved rounds: 147–162 against 132–152 requests/s).
+    TorchScript: 2.7 up to 8, 4.1 at 32 (a batch's 64-channel activations, 2.8 MB per window, spill
+    the cache). CUDA: 64, where batching is what keeps the GPU busy.
     """
     if setting > 0:
         return setting
