@@ -1,8 +1,8 @@
 """``python -m app.serve``: run the service with uvicorn, using the ``SR_HOST``/``SR_PORT``/``SR_WORKERS`` settings.
 
 ``SR_WORKERS=auto`` (the default) picks the process count for the host
-(:func:`app.engine.device.workers_for`), and each process gets its share of the
-cores for inference, codec and compose threads (:func:`app.engine.device.share_cores`)
+(:func:`app.engine.host.workers_for`), and each process gets its share of the
+cores for inference, codec and compose threads (:func:`app.engine.host.share_cores`)
 unless those are set, so processes never oversubscribe the machine.
 
 With several workers every process keeps its own metrics, so Prometheus'
@@ -21,7 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from app.api.settings import get_settings
-from app.engine.device import on_gpu, share_cores, workers_for
+from app.engine.host import on_gpu, share_cores, workers_for
 
 log = logging.getLogger("app.serve")
 

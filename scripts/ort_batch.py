@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from app.engine.onnx_backend import espcn_graph, session
-from app.store.registry import DEFAULT_STORE, discover
+from app.store import DEFAULT_STORE
+from app.store.registry import discover
 
 BATCHES = (1, 4, 8, 16, 32, 64)
 

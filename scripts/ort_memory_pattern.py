@@ -19,7 +19,8 @@ import numpy as np
 
 def measure(mem_pattern: bool) -> None:
     from app.engine.onnx_backend import espcn_graph, session
-    from app.store.registry import DEFAULT_STORE, discover
+    from app.store import DEFAULT_STORE
+    from app.store.registry import discover
 
     model = discover(DEFAULT_STORE)[3].model
     pad = 2 * model.radius

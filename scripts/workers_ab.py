@@ -22,7 +22,8 @@ from app.cli.benchlib.common import frame, load_source
 from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig
 from app.cli.benchlib.peers import build_opencv
-from app.store.registry import DEFAULT_STORE, discover
+from app.store import DEFAULT_STORE
+from app.store.registry import discover
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import torch
 from app.engine import onnx_backend
 from app.engine.cores import CoreTokens
 from app.engine.runner import ModelRunner
-from app.store.registry import DEFAULT_STORE, discover
+from app.store import DEFAULT_STORE
+from app.store.registry import discover
 
 
 def _hold_one(folder: str, ready, release) -> None:

@@ -12,8 +12,9 @@ import torch
 from app.core.espcn import ESPCN
 from app.core.tiling import plan_tiles
 from app.engine.batcher import Engine
-from app.engine.device import codec_threads_for, max_batch_for
+from app.engine.device import max_batch_for
 from app.engine.errors import DeadlineExceeded, EngineClosed, QueueFull, TooManyTiles, UnknownScale
+from app.engine.host import codec_threads_for
 from app.engine.observer import EngineObserver
 from app.engine.onnx_backend import OrtModel
 from app.engine.runner import ModelRunner

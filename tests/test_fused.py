@@ -12,7 +12,8 @@ from app.core.resample import axis_coefficients
 from app.imaging import fused
 from app.imaging.compose import compose
 from app.imaging.decode import decode
-from app.store.registry import DEFAULT_STORE, discover
+from app.store import DEFAULT_STORE
+from app.store.registry import discover
 from tests.conftest import encoded
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")

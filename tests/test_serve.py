@@ -13,7 +13,7 @@ import pytest
 
 from app.api.settings import Settings
 from app.cli.benchlib.service import free_port, wait_ready
-from app.engine.device import share_cores, usable_cores, workers_for
+from app.engine.host import share_cores, usable_cores, workers_for
 from tests.conftest import encoded, natural
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,21 @@ def test_processes_share_the_cores_instead_of_each_taking_all() -> None:
     cores = max(1, usable_cores() // 2)
     assert shares == {"threads": cores, "codec_threads": max(2, cores), "compose_threads": usable_cores()}
     assert "threads" not in share_cores(2, Settings(threads=3))  # what is set stays set
+
+
+def test_the_supervisor_chooses_its_workers_without_importing_pytorch() -> None:
+    """``app.serve``'s process outlives its workers: importing PyTorch there held 0.15 GiB for nothing."""
+    from app.engine.host import NVIDIA_DRIVER_PATHS
+
+    device = "cpu" if any(Path(p).exists() for p in NVIDIA_DRIVER_PATHS) else "auto"  # auto must ask torch there
+    code = ("import sys, app.serve\n"
+            "from app.api.settings import Settings\n"
+            "from app.engine.host import on_gpu, share_cores, workers_for\n"
+            f"workers = workers_for('auto', {device!r})\n"
+            "share_cores(workers, Settings())\n"
+            f"print(workers, on_gpu({device!r}), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(usable_cores()), "False", "False"]
 
 
 def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, tmp_path: Path) -> None:
@@ -62,7 +77,7 @@ def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, t
 
 
 def test_a_containers_cpu_quota_bounds_the_cores(tmp_path: Path) -> None:
-    from app.engine.device import cgroup_cpu_quota
+    from app.engine.host import cgroup_cpu_quota
 
     limit = tmp_path / "cpu.max"
     limit.write_text("150000 100000\n")  # docker run --cpus 1.5 / a Kubernetes limit of 1500m

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.store.registry import DEFAULT_STORE
+from app.store import DEFAULT_STORE
 
 
 class Settings(BaseSettings):
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
     workers: int | Literal["auto"] = Field(
-        "auto", description="worker processes for `python -m app.serve`; auto: see app.engine.device.workers_for"
+        "auto", description="worker processes for `python -m app.serve`; auto: see app.engine.host.workers_for"
     )
     # decode bounds (app/imaging/guards.py, app/imaging/sandbox.py; issue 19)
     max_jpeg_scans: int = Field(100, ge=1, description="most scans in a JPEG (progressive encoders write about 10)")

@@ -46,8 +46,10 @@ from app.cli.benchlib.peers import opencv_available, peer_rows
 from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_json
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
 from app.core.espcn import ESPCN
-from app.engine.device import max_batch_for, resolve_device, usable_cores
-from app.store.registry import DEFAULT_STORE, LoadedModel, discover
+from app.engine.device import max_batch_for, resolve_device
+from app.engine.host import usable_cores
+from app.store import DEFAULT_STORE
+from app.store.registry import LoadedModel, discover
 
 FULL = {"sizes": ["256x256", "640x360", "1920x1080"], "repeats": 10, "warmup": 2, "duration": 10.0,
         "http_size": "640x360", "sgemm_size": 2048, "compile": True}

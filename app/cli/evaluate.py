@@ -25,7 +25,8 @@ from PIL import Image
 
 from app.datasets import HR_FITS, load_pairs, luma
 from app.evaluation import Score, Upscaler, bicubic_upscaler, mean_score, model_upscaler, score_pairs
-from app.store.registry import DEFAULT_STORE, discover, load_model
+from app.store import DEFAULT_STORE
+from app.store.registry import discover, load_model
 
 
 def opencv_upscaler(path: Path, algorithm: str, scale: int) -> Upscaler:

@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from app.datasets import luma
-from app.store.registry import DEFAULT_STORE, LoadedModel, discover
+from app.store import DEFAULT_STORE
+from app.store.registry import LoadedModel, discover
 from app.viz import render_channels, render_kernels
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from app.api.settings import Settings
 from app.engine.batcher import Engine
 from app.engine.cores import CoreTokens
-from app.engine.device import codec_threads_for, configure_threads, max_batch_for, resolve_device, usable_cores
+from app.engine.device import configure_threads, max_batch_for, resolve_device
+from app.engine.host import codec_threads_for, usable_cores
 from app.engine.observer import EngineObserver
 from app.engine.priority import in_lowered_thread
 from app.engine.runner import ModelRunner

@@ -23,7 +23,6 @@ from app.store.manifest import Architecture, Manifest, Metric, Training
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = Path(__file__).resolve().parents[2] / "model_store"  # the models this repository ships
 
 
 class ModelRejected(Exception):
