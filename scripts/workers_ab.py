@@ -1,5 +1,7 @@
 """Interleaved A/B of worker layouts: a lone ×3 640×360 JPEG request and 32 clients of 96² PNGs, beside
-OpenCV's ESPCN and the bare model, round after round (this machine drifts, so compare within a round).
+OpenCV's ESPCN and the bare model, round after round. This machine drifts by ±20 % within minutes, so
+each layout's lone request is timed right after OpenCV, and its load is bracketed by two bare-model runs
+(the server up and idle meanwhile), whose mean is the ratio's denominator.
 
     python scripts/workers_ab.py 1x0,2x0 2 8      # layouts WORKERSxTHREADS[xMAX_BATCH] (0: auto), rounds, seconds
     python scripts/workers_ab.py 1x0,2x0 2 8 15   # and 16 clients of that 640×360 frame → ×3 JPEG for 15 s
@@ -38,10 +40,11 @@ def main() -> None:
     cfg = PathConfig(device=torch.device("cpu"), tile=96, max_batch=32, repeats=5, warmup=1, compile=False)
     images = service.load_images(source, service.LoadConfig(32, seconds, 96, 3))
     opencv = build_opencv(Path("../shared/peers/opencv/ESPCN_x3.pb"), "espcn", 3, image)
+    def bare() -> float:
+        return service.bare_runs(model, images, cfg, [32])[32].images_per_s
+
+    opencv()
     for rnd in range(rounds):
-        bare = service.bare_runs(model, images, cfg, [32])[32].images_per_s
-        opencv()
-        opencv_ms = statistics.median(_timed(opencv) for _ in range(7))
         for workers, threads, max_batch in layouts:
             settings = Settings(model_store=DEFAULT_STORE, workers=workers, threads=threads, max_batch=max_batch)
             with service.running_service(settings) as served, httpx.Client(base_url=served.url, timeout=60) as c:
@@ -50,9 +53,12 @@ def main() -> None:
                            headers={"content-type": "image/jpeg"}).raise_for_status()
                 for _ in range(3):
                     post()
+                opencv_ms = statistics.median(_timed(opencv) for _ in range(7))
                 lone = statistics.median(_timed(post) for _ in range(9))
                 asyncio.run(hammer(served.url, load.path, load.bodies, 2.0, load.content_type))
+                before = bare()
                 result = asyncio.run(hammer(served.url, load.path, load.bodies, seconds, load.content_type))
+                after = bare()
                 framed = ""
                 if frame_seconds:
                     asyncio.run(hammer(served.url, frames.path, frames.bodies, 3.0, frames.content_type))
@@ -61,10 +67,10 @@ def main() -> None:
                     cpu = (service.tree_cpu_s(served.pid) or 0.0) - (cpu or 0.0)
                     framed = (f" | 16 clients of the frame {run.ok / run.wall_s:.2f} frames/s, "
                               f"{cpu * 1000 / max(1, run.ok):.0f} core-ms each, {run.errors} errors")
-            rate = result.ok / result.wall_s
+            rate, bare_mean = result.ok / result.wall_s, (before + after) / 2
             print(f"round {rnd} {workers}w x{threads}t x{max_batch}b: lone {lone:.1f} ms (OpenCV {opencv_ms:.1f}, "
-                  f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {bare:.1f} -> {rate / bare:.3f}{framed}",
-                  flush=True)
+                  f"{opencv_ms / lone:.2f}x) | 32 clients {rate:.1f} req/s, bare {before:.1f}/{after:.1f} -> "
+                  f"{rate / bare_mean:.3f}{framed}", flush=True)
 
 
 def _timed(fn) -> float:  # noqa: ANN001

@@ -18,6 +18,9 @@ Integers make it exact on every device: the largest partial sum,
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,49 +28,54 @@ PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 _SUPPORT = 2.0  # bicubic
 
 
-def _bicubic(x: float) -> float:
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic, a = −0.5, elementwise in float64 with the C code's operations in its order."""
     a = -0.5
-    x = abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
-def _fixed(w: float) -> int:
-    """C's ``(int)(±0.5 + w · 2²²)``: round half away from zero."""
-    scaled = w * (1 << PRECISION_BITS)
-    return int(scaled - 0.5) if w < 0 else int(scaled + 0.5)
+@lru_cache(maxsize=512)
+def axis_coefficients(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output index: the first source index ``(out,)`` and the fixed-point weights of its taps
+    ``(out, taps)``, int32, Pillow's order, zero after each index's own taps (the borders have fewer).
 
-
-def axis_coefficients(size_in: int, size_out: int) -> tuple[list[int], list[list[int]]]:
-    """Per output index: the first source index and the fixed-point weights of its taps (Pillow's order)."""
+    Vectorised over the output indices, each step the same float64 operation as Pillow's C loop
+    in the same order (no fused multiply-add in NumPy), so the integers are Pillow's: tested
+    against a scalar transcription (every size to 100 at ×1–8, larger ones, downscales). As a
+    Python loop it took 15 ms for a 640-pixel axis at ×3 (48 for 1920) on the dev machine, paid by
+    every request of a new size, and by every request in the tensor compose; now 1.1 ms (1.7).
+    Cached, and read-only, since request sizes repeat.
+    """
     scale = size_in / size_out
     filterscale = max(scale, 1.0)
     support = _SUPPORT * filterscale
-    starts, weights = [], []
-    for i in range(size_out):
-        center = (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), size_in)
-        raw = [_bicubic((x + lo - center + 0.5) / filterscale) for x in range(hi - lo)]
-        total = sum(raw)
-        starts.append(lo)
-        weights.append([_fixed(w / total if total != 0.0 else w) for w in raw])
+    center = (np.arange(size_out, dtype=np.float64) + 0.5) * scale
+    lo = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C's (int) truncates toward zero
+    hi = np.minimum(np.trunc(center + support + 0.5), size_in).astype(np.int64)
+    counts = hi - lo
+    k = np.arange(int(counts.max()))
+    own = k[None, :] < counts[:, None]
+    raw = np.where(own, _bicubic(((k[None, :] + lo[:, None]) - center[:, None] + 0.5) / filterscale), 0.0)
+    total = np.zeros(size_out)
+    for t in range(len(k)):  # left to right, as the C loop sums (the zeros after a row's taps add nothing)
+        total = total + raw[:, t]
+    nonzero = total != 0.0
+    w = np.where(nonzero[:, None], raw / np.where(nonzero, total, 1.0)[:, None], raw)
+    scaled = w * (1 << PRECISION_BITS)
+    weights = np.where(w < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)  # half away from 0
+    starts = lo.astype(np.int32)
+    starts.flags.writeable = weights.flags.writeable = False
     return starts, weights
 
 
 def _tables(size_in: int, size_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(out, taps) source indices and int32 weights; missing taps point at index 0 with weight 0."""
+    """(out, taps) source indices and int32 weights; taps past a border weigh 0, their index clamped into the image."""
     starts, weights = axis_coefficients(size_in, size_out)
-    taps = max(len(w) for w in weights)
-    index = torch.zeros(size_out, taps, dtype=torch.long)
-    kernel = torch.zeros(size_out, taps, dtype=torch.int32)
-    for i, (lo, ws) in enumerate(zip(starts, weights, strict=True)):
-        index[i, : len(ws)] = torch.arange(lo, lo + len(ws))
-        kernel[i, : len(ws)] = torch.tensor(ws, dtype=torch.int32)
-    return index.to(device), kernel.to(device)
+    index = (torch.from_numpy(starts.astype(np.int64))[:, None] + torch.arange(weights.shape[1])).clamp_(max=size_in - 1)
+    return index.to(device), torch.from_numpy(weights.copy()).to(device)
 
 
 def _pass(x: Tensor, dim: int, size_out: int) -> Tensor:

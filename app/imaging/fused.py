@@ -43,16 +43,10 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-@lru_cache(maxsize=512)
 def coefficients(size_in: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """Per output index of a ×``scale`` axis: the first source index (int32) and the fixed-point weights
-    (out, taps) int32 of Pillow's bicubic, zero-padded; cached, since request sizes repeat."""
-    starts, weights = axis_coefficients(size_in, size_in * scale)
-    taps = max(len(w) for w in weights)
-    table = np.zeros((len(weights), taps), np.int32)
-    for i, ws in enumerate(weights):
-        table[i, : len(ws)] = ws
-    return np.asarray(starts, np.int32), table
+    (out, taps) int32 of Pillow's bicubic, zero-padded (cached by :func:`app.core.resample.axis_coefficients`)."""
+    return axis_coefficients(size_in, size_in * scale)
 
 
 def _kernel(src, y, out, row0, xs, xk, ys, yk):  # noqa: ANN001 (Numba)
