@@ -60,11 +60,11 @@ def workers_for(setting: int | str, device: str = "auto") -> int:
     One Python process cannot keep many cores busy: the event loop, the GIL and
     the codec threads queue behind each other. CPU hosts get one process per
     core (:data:`CORES_PER_CPU_WORKER`), each with one inference thread: on the
-    2-core machine two processes served 0.62–0.66 of the bare model's rate
-    against 0.49–0.59 for one. A lone whole-image request still gets every
-    core: its model call borrows the cores the other processes leave idle
-    (:mod:`app.engine.cores`; a ×3 640×360 request 134 ms against 197–210
-    without borrowing and 113–120 in one process). On a GPU
+    2-core machine two processes served 0.54–0.70 (median 0.62) of the bare
+    model's rate against 0.45–0.56 for one, over interleaved rounds (README,
+    "Benchmarks"). A lone whole-image request still gets every core: its model
+    call borrows the cores the other processes leave idle (:mod:`app.engine.cores`;
+    a ×3 640×360 request 134 ms against 197–210 without borrowing). On a GPU
     host the model is rarely the limit, the CPU side is, so every core pair
     gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
     holds its own CUDA context and model copies) — a count not yet measured

@@ -24,7 +24,6 @@ from app.store.manifest import Architecture, Manifest, Metric, Training
 log = logging.getLogger(__name__)
 
 
-
 class ModelRejected(Exception):
     """A model in the store that must not be served; the message says why."""
 
