@@ -14,17 +14,13 @@ import statistics
 import time
 
 import numpy as np
+from ort_memory import anon_mb  # scripts/: this script's own folder
 
 from app.engine.onnx_backend import espcn_graph, session
 from app.store import DEFAULT_STORE
 from app.store.registry import discover
 
 BATCHES = (1, 4, 8, 16, 32, 64)
-
-
-def anon_mb() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) // 1024
 
 
 def main() -> None:

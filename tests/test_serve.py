@@ -85,3 +85,13 @@ def test_a_containers_cpu_quota_bounds_the_cores(tmp_path: Path) -> None:
     limit.write_text("max 100000\n")
     assert cgroup_cpu_quota(str(limit)) is None
     assert cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_benchmarked_servers_read_back_the_settings_they_were_given(tmp_path: Path, monkeypatch) -> None:
+    """An unset setting stays unset in the server's environment: "None" would be read as a folder name."""
+    from app.cli.benchlib.service import settings_env
+
+    monkeypatch.setenv("SR_CORE_TOKENS_DIR", str(tmp_path))  # even when this process has one
+    env = settings_env(Settings(workers=2, core_tokens_dir=None))
+    assert "SR_CORE_TOKENS_DIR" not in env and env["SR_WORKERS"] == "2"
+    assert settings_env(Settings(core_tokens_dir=tmp_path))["SR_CORE_TOKENS_DIR"] == str(tmp_path)

@@ -68,10 +68,18 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a fresh process read exactly these settings."""
+    """The environment that makes a fresh process read exactly these settings.
+
+    A setting left at ``None`` is left out (``str(None)`` would be read back as the text "None":
+    ``SR_CORE_TOKENS_DIR=None`` made every benchmarked server lock files in ./None).
+    """
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[f"SR_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        key = f"SR_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
