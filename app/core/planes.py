@@ -36,6 +36,16 @@ _GREY_TO_Y = torch.tensor(219.0 / 255.0, dtype=_F32)  # float32 constants: the N
 _Y_TO_RGB32 = torch.tensor(Y_TO_RGB, dtype=_F32)
 
 
+def _over_255(x: Tensor) -> Tensor:
+    """``x / 255`` correctly rounded on every device.
+
+    CUDA divides by a host scalar as a multiply by its reciprocal, which can land one
+    float32 step away from the CPU's quotient; the luma then differs before the model
+    ever runs. Dividing by a tensor on ``x``'s own device keeps the true division.
+    """
+    return x / torch.full((), 255.0, dtype=x.dtype, device=x.device)
+
+
 def luma(color: Tensor, alpha: Tensor | None = None) -> Tensor:
     """(1 or 3, H, W) 8-bit values (any dtype) → the model input (1, H, W) float32, studio-swing Y / 255.
 
@@ -45,9 +55,9 @@ def luma(color: Tensor, alpha: Tensor | None = None) -> Tensor:
     """
     values = color.to(torch.float32)
     if values.shape[0] == 1:
-        y = (16.0 + values * _GREY_TO_Y) / 255.0
+        y = _over_255(16.0 + values * _GREY_TO_Y)
     elif values.shape[0] == 3:
-        y = rgb_to_y(values) / 255.0
+        y = _over_255(rgb_to_y(values))
     else:
         raise ValueError(f"expected 1 or 3 colour planes, got shape {tuple(color.shape)}")
     if alpha is not None:

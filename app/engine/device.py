@@ -1,5 +1,12 @@
-"""Choosing the device, the batch size and PyTorch's CPU threads once, at start-up (the host's cores and
-processes: :mod:`app.engine.host`)."""
+"""The device, resolved once, and the one copy between host and device; batch size and PyTorch's CPU threads.
+
+Devices are compared only after :func:`concrete`: a tensor on the first GPU reports
+``cuda:0``, which is not equal to ``torch.device("cuda")``, and that one mismatch
+once made every GPU request pin GPU memory and fail. Everything that holds a
+device holds a concrete one, so ``==`` means "the same memory".
+
+The host's cores and processes are in :mod:`app.engine.host`.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,44 @@ import logging
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 DeviceSetting = Literal["auto", "cpu", "cuda"]
 
 
-def resolve_device(setting: DeviceSetting) -> torch.device:
-    """``auto`` takes CUDA when present; ``cuda`` without a GPU is a configuration error."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("SR_DEVICE=cuda but no CUDA device is available")
+def concrete(device: torch.device | str) -> torch.device:
+    """``cuda`` → ``cuda:N`` (the current GPU), any other device as it is: the form tensors report."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_device(setting: DeviceSetting | str) -> torch.device:
+    """The concrete device for ``SR_DEVICE``: ``auto`` takes the current GPU when present, else the CPU.
+
+    ``cuda`` (or ``cuda:N``) without a GPU is a configuration error.
+    """
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"SR_DEVICE={setting} but no CUDA device is available")
     if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda")
+    return concrete("cuda" if setting == "auto" else setting)
+
+
+def transfer(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` (concrete): itself when it is there already, else one copy.
+
+    Host memory headed for a GPU is pinned first, so the copy is asynchronous and may
+    overlap other work; that one line is the only CUDA-specific step.
+    """
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 8, "torchscript": 8, "eager": 8}
@@ -28,16 +60,9 @@ AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 8, "torchscript": 8, "eager": 8}
 def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchscript") -> int:
     """Tiles per model call: ``setting`` when positive, else what suits the device and CPU backend.
 
-    CPU: 8, for either backend, since bigger batches no longer buy speed and cost memory. ×3, 104²
-    windows, ms per tile at batches of 1 / 4 / 8 / 16 / 32 / 64 on the 2-core bench machine
-    (``python scripts/ort_batch.py``, 2026-12-03): ONNX Runtime with one thread (a worker process's
-    share on a CPU host) 5.64 / 5.66 / 5.66 / 5.66 / 5.65 / –, flat; with two 3.3 / 2.95 / 2.94 /
-    2.93 / 2.94 / –, flat from 4 (on an older ORT it was 5.7 / – / 3.2 / 2.8 / 2.65 / 2.5, when 32
-    was chosen). Its arena keeps the largest batch's activations: 46 MB per model at 8 against
-    170 at 32, so under 32 clients of 96² PNGs a worker held 415 MB instead of 720–800 at the same
-    throughput (2 workers, three interleaved rounds: 147–162 against 132–152 requests/s).
-    TorchScript: 2.7 up to 8, 4.1 at 32 (a batch's 64-channel activations, 2.8 MB per window, spill
-    the cache). CUDA: 64, where batching is what keeps the GPU busy.
+    CPU: 8 for either backend, since bigger batches no longer buy speed and cost memory
+    (ONNX Runtime's arena keeps the largest batch's activations; figures and command in
+    ``docs/benchmarks.md``). CUDA: 64, where batching is what keeps the GPU busy.
     """
     if setting > 0:
         return setting

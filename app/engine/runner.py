@@ -2,11 +2,12 @@
 
 On the CPU, ``backend="auto"`` takes the fastest exact path available:
 
-1. ONNX Runtime (:mod:`app.engine.onnx_backend`), when ``onnxruntime`` is
-   installed: ×3 of 640×360 in 59 ms on the 2-core dev machine;
+1. ONNX Runtime (:mod:`app.engine.onnx_backend`), when ``onnxruntime`` is installed;
 2. else the model traced and frozen with TorchScript and passed through
-   ``torch.jit.optimize_for_inference`` (oneDNN layouts, fused ops): 82 ms;
-3. else eager PyTorch (about 200 ms; 130 ms channels_last).
+   ``torch.jit.optimize_for_inference`` (oneDNN layouts, fused ops);
+3. else eager PyTorch, channels-last.
+
+(Their speeds, measured: ``docs/benchmarks.md``.)
 
 Each fast path is checked against the eager model at start-up (≤ 1e-4) and,
 like the eager one, gives bit-identical tiles whatever the batch size (tested),
@@ -14,9 +15,11 @@ so batching never changes a result. ``onnxruntime``, ``torchscript`` and
 ``eager`` pick a path (a missing or inexact one falls back down the list).
 
 Precision and fall-backs follow what users of SR servers tripped on: fp32 on
-the CPU always; fp16 on CUDA only when asked, and any non-finite output is
-recomputed in fp32; a CUDA out-of-memory error halves the batch, and a single
-tile that still does not fit runs on the CPU.
+the CPU in the service; fp16 on CUDA only when asked, and any non-finite output
+is recomputed in fp32; a CUDA out-of-memory error halves the batch, and a single
+tile that still does not fit runs on the CPU. A GPU and CPU eager share one code
+path (:meth:`ModelRunner._torch`), so the CPU suite runs every line of it but the
+out-of-memory clause — fp16 and its fall-back included, when a test asks for them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from app.core.espcn import ESPCN
 from app.engine import onnx_backend
 from app.engine.cores import CoreTokens
+from app.engine.device import concrete, transfer
 from app.engine.observer import EngineObserver
 
 log = logging.getLogger(__name__)
@@ -99,20 +103,21 @@ class ModelRunner:
         self.scale = model.scale
         self.cores = cores  # shared with the host's other worker processes: whole-image calls borrow idle ones
         self.radius = model.radius
-        self.device = device
-        self.half = half and device.type == "cuda"
+        self.device = concrete(device)
+        self.half = half  # the caller decides (SR_HALF applies on CUDA only); any device runs it, so CPU tests can
         self.observer = observer or EngineObserver()
         self._cpu = copy.deepcopy(model).float().eval().requires_grad_(False)
-        if device.type == "cuda":  # device copies: fp32 (the fall-back) and the fast one
+        if self.device.type == "cuda":
             # cuDNN convolutions default to TF32 on Ampere and later (10-bit mantissa): the fp32 path is
             # the exact one here, SR_HALF the fast one, so keep fp32 convolutions in full precision.
             torch.backends.cudnn.allow_tf32 = False
-            self._fp32 = copy.deepcopy(self._cpu).to(device)
-            fast = copy.deepcopy(self._fp32).half() if self.half else self._fp32
-            self._main = fast.to(memory_format=torch.channels_last)
+        # The PyTorch path (a GPU, or CPU eager): fp32 copies on the device (the fall-back) and the fast one.
+        self._fp32 = self._cpu if self.device.type == "cpu" else copy.deepcopy(self._cpu).to(self.device)
+        fast = copy.deepcopy(self._fp32)  # a copy: channels_last converts a module's weights in place
+        self._main = (fast.half() if self.half else fast).to(memory_format=torch.channels_last)
         self._cpu_fast: Callable[[Tensor], Tensor] | None = None
         self.backend = "eager"
-        if device.type == "cpu" and backend != "eager":
+        if self.device.type == "cpu" and backend != "eager" and not self.half:
             side = tile + 2 * self.radius
             example = torch.zeros(1, self._cpu.channels, side, side)
             candidates: list[tuple[str, Callable[[], Callable[[Tensor], Tensor]]]] = []
@@ -140,32 +145,36 @@ class ModelRunner:
         round trip. ``borrow`` (a whole-image call): run on every core of the host if no other worker
         process is computing (:mod:`app.engine.cores`); any other call holds one core's token meanwhile.
         """
-        if self.cores is None or self.device.type != "cpu":
+        if self.cores is None or self.device.type != "cpu":  # cores are lent between CPU workers only
             return self._run(windows).clamp_(0.0, 1.0)
         with self.cores.take(None if borrow else 1) as taken:
             return self._run(windows, wide=borrow and taken == self.cores.cores).clamp_(0.0, 1.0)
 
     def _run(self, windows: Tensor, wide: bool = False) -> Tensor:
-        if self.device.type == "cpu":
-            if isinstance(self._cpu_fast, onnx_backend.OrtModel):
-                return self._cpu_fast(windows, wide)
-            return self._cpu_fast(windows) if self._cpu_fast is not None else self._cpu.forward_valid(windows)
+        if isinstance(self._cpu_fast, onnx_backend.OrtModel):
+            return self._cpu_fast(windows, wide)
+        if self._cpu_fast is not None:
+            return self._cpu_fast(windows)
+        return self._torch(windows)
+
+    def _torch(self, windows: Tensor) -> Tensor:
+        """The PyTorch path, the same lines on a GPU and on the CPU (eager): only the OOM clause is CUDA's."""
         source = windows.device
         try:
-            x = windows if source == self.device else windows.pin_memory().to(self.device, non_blocking=True)
+            x = transfer(windows, self.device)
             y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
             if self.half and not torch.isfinite(y).all():
                 self.observer.fallback("half_nonfinite")
                 y = self._fp32.forward_valid(x)
-            return y.float().to(source)
+            return transfer(y.float(), source)
         except torch.cuda.OutOfMemoryError:
             self.observer.fallback("cuda_oom")
             torch.cuda.empty_cache()
             if len(windows) == 1:
                 log.warning("CUDA out of memory on a single tile; running it on the CPU")
-                return self._cpu.forward_valid(windows.cpu()).to(source)
+                return transfer(self._cpu.forward_valid(windows.cpu()), source)
             half = len(windows) // 2
-            return torch.cat([self._run(windows[:half]), self._run(windows[half:])])
+            return torch.cat([self._torch(windows[:half]), self._torch(windows[half:])])
 
     def warm_up(self, tile: int, max_batch: int = 1) -> None:
         """Calls at the serving shape, alone and in a full batch, so the first requests do not pay for allocation.

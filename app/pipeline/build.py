@@ -42,7 +42,7 @@ def build_pipeline(
         log.error("no usable model in %s: the service will not become ready", settings.model_store)
     cores = CoreTokens(settings.core_tokens_dir, usable_cores()) if settings.core_tokens_dir else None
     runners = in_lowered_thread(lambda: {  # ONNX Runtime's own worker threads start here and inherit the priority
-        s: ModelRunner(m.model, device, half=settings.half, backend=settings.backend, tile=settings.tile_size,
+        s: ModelRunner(m.model, device, half=settings.half and device.type == "cuda", backend=settings.backend, tile=settings.tile_size,
                        observer=engine_observer, cores=cores)
         for s, m in models.items()
     }, settings.compute_nice)
