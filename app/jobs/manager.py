@@ -8,6 +8,17 @@ against the limits) and queues it, workers run queued jobs
 an image through :meth:`Pipeline.upscale` — and a janitor expires finished
 jobs and fails those whose owner died (see :mod:`app.jobs.store`).
 
+The runners cannot die: each job runs inside a catch-all, so whatever one job
+raises (a cancel from another process, its folder deleted under it, a failed
+write of its record, a bug) is logged and ends *that job* as failed or
+cancelled, and the runner takes the next. Should a runner task end anyway, its
+done-callback logs it and starts a new one; the janitor also drops queued jobs
+that another process cancelled, so they stop holding queue places.
+
+Uploads reserve their bytes against the quota before writing them
+(:meth:`JobManager.reserve` for the declared length, :meth:`JobManager.grow`
+as a body of unknown length arrives), across processes (:meth:`JobStore.reserve`).
+
 Shutdown (:meth:`close`): no new jobs; queued ones fail at once ("the service
 shut down before the job started"); running ones get ``drain_timeout_s`` to
 finish, then are cancelled and fail with that reason. A job is never left
@@ -24,14 +35,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles
 from app.imaging.animation import ANIMATION_OUTPUTS, animated_output
-from app.imaging.decode import INPUT_FORMATS
+from app.imaging.decode import peek_file
 from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, UnsupportedImageType
-from app.imaging.limits import check_size
+from app.imaging.limits import ImageLimits, check_size
 from app.jobs.limits import JobLimits
 from app.jobs.store import (
     ACTIVE,
@@ -44,6 +53,7 @@ from app.jobs.store import (
     JobRecord,
     JobStore,
     new_id,
+    valid_id,
 )
 from app.observability import metrics
 from app.pipeline import InvalidOptions, OutputOptions, Pipeline
@@ -55,7 +65,7 @@ VIDEO_CHOICES = ("mp4", "webm")
 JOB_FORMATS = ("same", *VIDEO_CHOICES, *OUTPUT_FORMATS)  # same, mp4, webm, png, jpeg, webp
 _WRITE_EVERY_S = 0.5  # progress reaches job.json (read by other processes) at most this often
 _QUOTA_EVERY_S = 2.0
-_PIL_FORMATS = tuple(sorted(INPUT_FORMATS - {"MPO"}))
+GROW_AHEAD = 8 << 20  # a body of unknown length reserves this much ahead of what it has written
 
 
 class JobsUnavailable(Exception):
@@ -80,6 +90,7 @@ class _Active:
     lock_fd: int
     task: asyncio.Task[None] | None = None
     user_cancelled: bool = False
+    reserved: int = 0  # upload bytes held against the quota
     last_write: float = 0.0
     last_check: float = 0.0
 
@@ -92,6 +103,7 @@ class JobManager:
         self._active: dict[str, _Active] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self.runner_restarts = 0  # runner tasks that ended unexpectedly and were replaced (0 when healthy)
         self._janitor: asyncio.Task[None] | None = None
         self._accepting = False
         self._closing = False
@@ -101,8 +113,7 @@ class JobManager:
     async def start(self) -> None:
         """Fail the jobs that a dead process left unfinished, then start the workers and the janitor."""
         await asyncio.to_thread(self.sweep)
-        self._workers = [asyncio.create_task(self._work(), name=f"jobs-worker-{i}")
-                         for i in range(self.limits.concurrency)]
+        self._workers = [self._start_runner(i) for i in range(self.limits.concurrency)]
         self._janitor = asyncio.create_task(self._janitor_loop(), name="jobs-janitor")
         self._accepting = True
 
@@ -130,25 +141,48 @@ class JobManager:
     # -- admission --------------------------------------------------------------------------
 
     def reserve(self, declared_bytes: int | None = None) -> tuple[str, Path]:
-        """A new job's id and its upload path, or :class:`JobsUnavailable`; the caller streams the body there."""
+        """A new job's id and its upload path, or :class:`JobsUnavailable`; the caller streams the body there.
+
+        The declared length (or a first slice of an undeclared one, :data:`GROW_AHEAD`) is reserved
+        against the quota now, before any byte is written, so concurrent uploads cannot overbook it.
+        """
         if not self._accepting:
             raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
+        self._drop_cancelled()
         queued = sum(1 for a in self._active.values() if a.record.state == QUEUED)
         if queued >= self.limits.max_queued:
             raise JobsUnavailable(503, "jobs_queue_full", f"{queued} jobs are waiting already; retry later", 30)
-        used = self.store.usage()
-        if used + (declared_bytes or 0) > self.limits.max_bytes:
-            raise JobsUnavailable(507, "storage_full", "the jobs storage quota is full; retry later or delete "
-                                  "finished jobs", 60)
         job_id = new_id()
         folder = self.store.create(job_id)
         fd = self.store.lock(job_id)  # held from now on: a dead uploader's folder is recognised as such
         self._active[job_id] = _Active(JobRecord(job_id, "", 0, "", "", "upload", ""), fd)
+        need = max(1, min(declared_bytes or 0, self.limits.max_upload_bytes))
+        ahead = 0 if declared_bytes else min(GROW_AHEAD, self.limits.max_upload_bytes) - need
+        try:
+            granted = self.store.reserve(job_id, need, self.limits.max_bytes, ahead)
+        except BaseException:
+            self.discard(job_id)
+            raise
+        if not granted:
+            self.discard(job_id)
+            raise _storage_full()
+        self._active[job_id].reserved = granted
         return job_id, folder / "upload"
 
-    def room(self) -> int:
-        """Bytes an upload may still take: the per-upload limit and what the quota has left."""
-        return min(self.limits.max_upload_bytes, self.limits.max_bytes - self.store.usage())
+    def grow(self, job_id: str, written: int) -> int:
+        """Make sure ``written`` bytes of the job's upload are reserved (with room ahead); the bytes reserved.
+
+        :class:`JobsUnavailable` 507 when the quota has no room for them. Blocking (it walks the
+        jobs folder under the quota lock): call it from a thread.
+        """
+        active = self._active[job_id]
+        if written <= active.reserved:
+            return active.reserved
+        granted = self.store.reserve(job_id, written, self.limits.max_bytes, GROW_AHEAD)
+        if not granted:
+            raise _storage_full("the upload does not fit in the jobs storage quota")
+        active.reserved = granted
+        return granted
 
     async def admit(self, job_id: str, upload: Path, scale: int, fmt: str) -> JobRecord:
         """Check the stored upload and queue it; on any refusal the job's folder is removed and the error raised.
@@ -165,7 +199,12 @@ class JobManager:
             self.discard(job_id)
             raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
         active.record = record
-        self.store.write(record)
+        try:
+            self.store.write(record)
+        except BaseException:
+            self.discard(job_id)
+            raise
+        self.store.release(job_id)  # the upload is whole: its file counts from now on
         self._entered(record, QUEUED)
         self._queue.put_nowait(job_id)
         return record
@@ -182,7 +221,7 @@ class JobManager:
         size = upload.stat().st_size
         if size == 0:
             raise InvalidVideo("the upload is empty")
-        image = _image_header(upload)
+        image = _image_header(upload, scale, self.pipeline.limits, self.limits.max_image_bytes)
         if image is not None:
             source_format, width, height, frames = image
             if fmt in VIDEO_CHOICES:
@@ -229,8 +268,9 @@ class JobManager:
         except KeyError:
             return None
 
-    def result_path(self, record: JobRecord) -> Path:
-        return self.store.folder(record.id) / record.result_name
+    def result_file(self, record: JobRecord) -> Path | None:
+        """The result file, only if it is a regular file directly in the job's folder; else ``None``."""
+        return self.store.result_file(record)
 
     async def delete(self, job_id: str) -> bool:
         """Cancel the job if it is queued or running, and remove it and its files; ``False`` if unknown."""
@@ -251,24 +291,49 @@ class JobManager:
 
     # -- running ----------------------------------------------------------------------------
 
+    def _start_runner(self, index: int) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._work(), name=f"jobs-worker-{index}")
+        task.add_done_callback(lambda t: self._runner_ended(t, index))
+        return task
+
+    def _runner_ended(self, task: asyncio.Task[None], index: int) -> None:
+        """A runner should only end when :meth:`close` cancels it; otherwise log why and start another."""
+        if self._closing or task not in self._workers:
+            return
+        reason = "was cancelled" if task.cancelled() else f"died: {task.exception()!r}"
+        log.error("jobs runner %d %s; starting a new one", index, reason)
+        self.runner_restarts += 1
+        self._workers[self._workers.index(task)] = self._start_runner(index)
+
     async def _work(self) -> None:
+        """Run queued jobs one after another, forever: nothing a job does ends this loop."""
         while True:
             job_id = await self._queue.get()
             active = self._active.get(job_id)
             if active is None or active.record.state != QUEUED:
                 continue  # cancelled or failed while it waited
-            active.task = asyncio.create_task(self._run(active), name=f"job-{job_id}")
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(active.task)
+            try:
+                active.task = asyncio.create_task(self._run(active), name=f"job-{job_id}")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(active.task)
+            except asyncio.CancelledError:
+                raise  # close() stops the runner (it has already dealt with the job)
+            except BaseException:  # _run catches everything; this is the net under the net
+                log.exception("job %s: the runner caught what the job let through", job_id)
+                if job_id in self._active:
+                    self._finish(active, FAILED, "internal error (runner)", "internal_error")
 
     async def _run(self, active: _Active) -> None:
+        """One job, start to end; every way it can end leaves it done, failed or cancelled, never running."""
         record = active.record
-        record.started = time.time()
-        self._entered(record, RUNNING)
-        self._save(active)
         folder = self.store.folder(record.id)
         partial = folder / f"partial.{record.result_name}"
         try:
+            if self.store.cancel_requested(record.id):  # deleted by another process while it waited
+                raise _Cancelled
+            record.started = time.time()
+            self._entered(record, RUNNING)
+            self._save(active)
             if record.kind == "video":
                 await self._run_video(active, folder / record.input_name, partial)
             else:
@@ -288,15 +353,23 @@ class JobManager:
                          "storage_full")
         except (VideoError, ImageError, EngineError, InvalidOptions) as exc:
             self._finish(active, FAILED, str(exc), _error_code(exc))
-        except Exception as exc:  # a bug of ours: the job fails with a reason, the service goes on
-            log.exception("job %s failed", record.id)
-            self._finish(active, FAILED, f"internal error ({type(exc).__name__})", "internal_error")
+        except Exception as exc:  # a bug of ours, or the disk: the job ends with a reason, the runner goes on
+            if self._cancelled_elsewhere(record.id):  # its folder went (a delete elsewhere) under the work
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+            else:
+                log.exception("job %s failed", record.id)
+                self._finish(active, FAILED, f"internal error ({type(exc).__name__})", "internal_error")
         else:
-            record.result_bytes = (folder / record.result_name).stat().st_size
-            record.progress = 1.0
-            self._finish(active, DONE, None, None)
+            try:
+                record.result_bytes = (folder / record.result_name).stat().st_size
+            except OSError:  # deleted between the rename and now
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+            else:
+                record.progress = 1.0
+                self._finish(active, DONE, None, None)
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
 
     async def _run_video(self, active: _Active, src: Path, dst: Path) -> None:
         record = active.record
@@ -358,22 +431,33 @@ class JobManager:
         for s in ACTIVE:
             metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.state == s))
 
+    def _cancelled_elsewhere(self, job_id: str) -> bool:
+        try:
+            return self.store.cancel_requested(job_id)
+        except (OSError, KeyError):
+            return True
+
     def _finish(self, active: _Active, state: str, error: str | None, code: str | None) -> None:
+        """End the job in ``state``: the bookkeeping always happens, the files are written if they can be."""
         record = active.record
+        if self._active.get(record.id) is not active:
+            return  # finished already (a cancel and the run's own ending can both get here)
         record.error, record.error_code = error, code
         record.finished = time.time()
         record.expires = record.finished + self.limits.ttl_s
-        self._entered(record, state)
         self._active.pop(record.id, None)
-        for s in ACTIVE:
-            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.state == s))
-        if not active.user_cancelled and state != CANCELLED:
-            with contextlib.suppress(FileNotFoundError, KeyError):
-                self.store.drop_files(record.id, keep=("job.json", "lock", record.result_name))
-                self.store.write(record)
-        else:
-            self.store.remove(record.id)
-        self.store.unlock(active.lock_fd)
+        try:
+            self._entered(record, state)
+            if not active.user_cancelled and state != CANCELLED:
+                with contextlib.suppress(FileNotFoundError, KeyError):
+                    self.store.drop_files(record.id, keep=("job.json", "lock", record.result_name))
+                    self.store.write(record)
+            else:
+                self.store.remove(record.id)
+        except Exception:  # the disk refused (full, read-only, replaced): the job has ended anyway
+            log.exception("job %s: could not record its end (%s)", record.id, state)
+        finally:
+            self.store.unlock(active.lock_fd)
 
     # -- the janitor ------------------------------------------------------------------------
 
@@ -382,38 +466,62 @@ class JobManager:
         while True:
             await asyncio.sleep(period)
             try:
+                self._drop_cancelled()
                 await asyncio.to_thread(self.sweep)
             except Exception:  # never let housekeeping take the service down
                 log.exception("jobs janitor pass failed")
 
+    def _drop_cancelled(self) -> None:
+        """End this process's queued jobs that another process cancelled, so they stop holding queue places."""
+        for active in list(self._active.values()):
+            if active.record.state == QUEUED and active.task is None and self._cancelled_elsewhere(active.record.id):
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+
     def sweep(self, now: float | None = None) -> None:
-        """Fail jobs whose owner is gone, expire finished results, drop old tombstones and stray uploads."""
+        """Fail jobs whose owner is gone, expire finished results, drop old tombstones and stray uploads.
+
+        One odd folder (not a job's, removed by a sibling meanwhile, unreadable) is logged and skipped:
+        it never stops the pass, nor the start-up that runs one.
+        """
         now = now or time.time()
-        tombstone_s = max(self.limits.ttl_s * (TOMBSTONE_FACTOR - 1), 86400.0)
         for entry in list(self.store.root.iterdir()):
-            if not entry.is_dir() or entry.name in self._active:
+            if not valid_id(entry.name) or entry.name in self._active or not entry.is_dir():
                 continue
-            record = self.store.read(entry.name)
-            if record is None:  # an upload whose process died before the job was queued
-                if not self.store.owner_alive(entry.name) and now - entry.stat().st_mtime > 60:
-                    self.store.remove(entry.name)
-                continue
-            if record.state in ACTIVE:
-                if self.store.owner_alive(record.id):
-                    continue
-                record.state, record.error, record.error_code = FAILED, (
-                    "interrupted: the service stopped before the job finished"), "interrupted"
-                record.finished, record.expires = now, now + self.limits.ttl_s
-                self.store.drop_files(record.id, keep=("job.json", "lock"))
+            try:
+                self._sweep_one(entry, now)
+            except FileNotFoundError:
+                pass  # a sibling process removed it meanwhile
+            except Exception:
+                log.exception("jobs janitor: skipping %s", entry.name)
+
+    def _sweep_one(self, entry: Path, now: float) -> None:
+        tombstone_s = max(self.limits.ttl_s * (TOMBSTONE_FACTOR - 1), 86400.0)
+        record = self.store.read(entry.name)
+        if record is None:  # an upload whose process died before the job was queued (or no record of ours)
+            if not self.store.owner_alive(entry.name) and now - entry.lstat().st_mtime > 60:
+                self.store.remove(entry.name)
+            return
+        if record.state in ACTIVE:
+            if self.store.owner_alive(record.id):
+                return
+            record.state, record.error, record.error_code = FAILED, (
+                "interrupted: the service stopped before the job finished"), "interrupted"
+            record.finished, record.expires = now, now + self.limits.ttl_s
+            self.store.drop_files(record.id, keep=("job.json", "lock"))
+            self.store.write(record)
+            metrics.job_entered(record.kind, FAILED)
+        elif record.expires is not None and now >= record.expires:
+            if not record.expired:
+                record.expired = True
+                self.store.drop_files(record.id)
                 self.store.write(record)
-                metrics.job_entered(record.kind or "video", FAILED)
-            elif record.expires is not None and now >= record.expires:
-                if not record.expired:
-                    record.expired = True
-                    self.store.drop_files(record.id)
-                    self.store.write(record)
-                elif now >= record.expires + tombstone_s:
-                    self.store.remove(record.id)
+            elif now >= record.expires + tombstone_s:
+                self.store.remove(record.id)
+
+
+def _storage_full(message: str = "the jobs storage quota is full; retry later or delete finished jobs"
+                  ) -> JobsUnavailable:
+    return JobsUnavailable(507, "storage_full", message, 60)
 
 
 class ImageTooLargeFile(ImageTooLarge):
@@ -435,10 +543,11 @@ def _error_code(exc: Exception) -> str:
     return next((code for cls, code in _CODES if isinstance(exc, cls)), "internal_error")
 
 
-def _image_header(path: Path) -> tuple[str, int, int, int] | None:
-    """(format, width, height, frames) when Pillow recognises one of the accepted image formats, else ``None``."""
-    try:
-        with Image.open(path, formats=_PIL_FORMATS) as im:
-            return (im.format or "PNG"), im.width, im.height, getattr(im, "n_frames", 1)
-    except Exception:  # not an image we take: the video probe decides
-        return None
+def _image_header(path: Path, scale: int, limits: ImageLimits, max_bytes: int) -> tuple[str, int, int, int] | None:
+    """(format, width, height, frames) of an upload that starts like an accepted image, else ``None`` (a video).
+
+    The same structural checks as ``/upscale`` run before any Pillow parser (frame count
+    included) reads it (:func:`app.imaging.decode.peek_file`); their refusals are 4xx.
+    """
+    header = peek_file(path, scale, limits, max_bytes)
+    return None if header is None else (header.format, header.width, header.height, header.frames)

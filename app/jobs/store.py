@@ -15,6 +15,17 @@ atomic (temporary file + rename), so a reader never sees half a record.
 Expiry keeps a tombstone: the result and input files are deleted, ``job.json``
 stays with ``expired`` set, so the result answers 410 rather than 404 until
 the tombstone itself goes (after :data:`TOMBSTONE_FACTOR` × the TTL, at least a day).
+
+Nothing on disk is trusted: the root and every job folder are 0700 and must
+belong to this process's user (a folder another local user pre-created is
+refused, not used), a ``job.json`` that fails :func:`record_from` is no job,
+and a result is served only as a regular file directly inside its job's folder.
+
+The storage quota holds across processes: an upload reserves its bytes
+(:meth:`JobStore.reserve`, a ``reserved`` file in its folder) under a
+``flock`` of the root folder before it writes them, and :meth:`JobStore.usage` counts
+each folder as the larger of its files and its reservation, so concurrent
+uploads cannot each see the same free space.
 """
 
 from __future__ import annotations
@@ -22,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +54,15 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 RECORD = "job.json"
 LOCK = "lock"
 CANCEL = "cancel"
+RESERVED = "reserved"  # bytes an upload in progress holds against the quota
+KINDS = ("video", "image")
+_INPUT_NAME = re.compile(r"^input\.[a-z0-9]{1,10}$")
+_RESULT_NAME = re.compile(r"^result\.[a-z0-9]{1,10}$")
+_FORMAT = re.compile(r"^[a-z0-9]{1,10}$")
+_MEDIA_TYPE = re.compile(r"^[a-z]{1,20}/[a-z0-9.+-]{1,40}$")
+_NUMBER = (int, float)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +98,38 @@ class JobRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def validate(self) -> None:
+        """``ValueError`` unless every field has its type and range: ``job.json`` is read from disk, not trusted.
+
+        The names are checked hardest: ``result_name`` picks the file a result answer sends.
+        """
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"job record {what}")
+
+        need(isinstance(self.id, str) and valid_id(self.id), "has no valid id")
+        need(self.kind in KINDS, f"has kind {self.kind!r}")
+        need(self.state in STATES, f"has state {self.state!r}")
+        need(type(self.scale) is int and 1 <= self.scale <= 16, f"has scale {self.scale!r}")
+        need(isinstance(self.format, str) and bool(_FORMAT.match(self.format)), "has a bad format")
+        need(isinstance(self.media_type, str) and bool(_MEDIA_TYPE.match(self.media_type)), "has a bad media type")
+        need(isinstance(self.input_name, str) and bool(_INPUT_NAME.match(self.input_name)), "has a bad input name")
+        need(isinstance(self.result_name, str) and bool(_RESULT_NAME.match(self.result_name)),
+             "has a bad result name")
+        for name in ("created", "progress"):
+            need(isinstance(getattr(self, name), _NUMBER) and not isinstance(getattr(self, name), bool),
+                 f"has a bad {name}")
+        for name in ("started", "finished", "expires", "fps"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, _NUMBER) and not isinstance(value, bool)), f"has a bad {name}")
+        for name in ("frames_done", "frames_total", "input_bytes", "result_bytes", "owner_pid"):
+            need(type(getattr(self, name)) is int and getattr(self, name) >= 0, f"has a bad {name}")
+        need(type(self.expired) is bool, "has a bad expired flag")
+        need(0.0 <= self.progress <= 1.0, "has progress out of 0..1")
+        for name in ("error", "error_code"):
+            need(getattr(self, name) is None or isinstance(getattr(self, name), str), f"has a bad {name}")
+        need(isinstance(self.info, dict), "has a bad info")
+
     def eta_s(self, now: float | None = None) -> float | None:
         """Seconds left, from the rate so far; ``None`` until there is a rate (and once finished: 0)."""
         if self.state in FINISHED:
@@ -94,12 +148,46 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def record_from(data: object, job_id: str) -> JobRecord:
+    """The record ``data`` (parsed ``job.json``) holds for ``job_id``; ``ValueError`` if it is not a valid one."""
+    if not isinstance(data, dict):
+        raise ValueError("job record is not an object")
+    try:
+        record = JobRecord.from_dict(data)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(f"job record is incomplete ({exc})") from None
+    record.validate()
+    if record.id != job_id:
+        raise ValueError(f"job record is for {record.id}, found in {job_id}'s folder")
+    return record
+
+
+def own_private_folder(path: Path) -> None:
+    """Make sure ``path`` is a real folder of this process's user, 0700; ``PermissionError`` if another's.
+
+    A folder another local user created first (``/tmp/espcn-jobs`` is guessable) would let
+    them read uploads or plant records and links, so it is refused rather than used.
+    """
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):  # the root may be a link (a mounted volume); what it names must be ours
+        info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{path} is not a folder")
+    if info.st_uid != os.geteuid():
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this service's uid {os.geteuid()}: "
+                              "refusing to keep jobs there (choose another SR_JOBS_DIR)")
+    if info.st_mode & 0o077:
+        log.warning("tightening %s from %o to 700: job files are private", path, stat.S_IMODE(info.st_mode))
+        os.chmod(path, 0o700)
+
+
 class JobStore:
     """The jobs folder: records, files, locks, usage."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        own_private_folder(self.root)
 
     def folder(self, job_id: str) -> Path:
         if not valid_id(job_id):
@@ -110,8 +198,16 @@ class JobStore:
 
     def create(self, job_id: str) -> Path:
         folder = self.folder(job_id)
-        folder.mkdir()
+        folder.mkdir(mode=0o700)
         return folder
+
+    def owned(self, job_id: str) -> bool:
+        """Whether the job's folder is a real folder (not a link) of this user: only those are read or served."""
+        try:
+            info = self.folder(job_id).lstat()
+        except (KeyError, OSError):
+            return False
+        return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
 
     def write(self, record: JobRecord) -> None:
         """Atomically replace the record; ``FileNotFoundError`` when the job was deleted meanwhile."""
@@ -121,10 +217,32 @@ class JobStore:
         os.replace(tmp, folder / RECORD)
 
     def read(self, job_id: str) -> JobRecord | None:
-        try:
-            return JobRecord.from_dict(json.loads((self.folder(job_id) / RECORD).read_text()))
-        except (KeyError, FileNotFoundError, NotADirectoryError, json.JSONDecodeError, TypeError):
+        """The job's record, or ``None`` if there is none or it is not a valid record in a folder of ours."""
+        if not self.owned(job_id):
             return None
+        path = self.folder(job_id) / RECORD
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                raise ValueError(f"{RECORD} is not a regular file")
+            return record_from(json.loads(path.read_bytes()), job_id)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
+            log.warning("job %s: ignoring its record: %s", job_id, exc)
+            return None
+
+    def result_file(self, record: JobRecord) -> Path | None:
+        """The result as a regular file directly inside the job's folder, or ``None`` (expired, missing, odd)."""
+        if not _RESULT_NAME.match(record.result_name) or not self.owned(record.id):
+            return None
+        path = self.folder(record.id) / record.result_name
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or path.parent != self.folder(record.id):
+            return None
+        return path
 
     def records(self) -> Iterator[JobRecord]:
         for entry in self.root.iterdir():
@@ -140,7 +258,7 @@ class JobStore:
 
     def lock(self, job_id: str) -> int:
         """Take the job's owner lock for this process; the descriptor holds it until :meth:`unlock`."""
-        fd = os.open(self.folder(job_id) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.folder(job_id) / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
@@ -175,13 +293,59 @@ class JobStore:
     # -- space ------------------------------------------------------------------------------
 
     def usage(self) -> int:
-        """Bytes of every file under the jobs folder (uploads in progress included)."""
+        """Bytes held under the jobs folder: each job folder's files or its reservation, whichever is larger."""
         total = 0
-        for dirpath, _, files in os.walk(self.root):
-            for name in files:
-                with contextlib.suppress(FileNotFoundError):
-                    total += os.stat(os.path.join(dirpath, name)).st_size
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        total += self._held(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
         return total
+
+    @staticmethod
+    def _held(folder: Path) -> int:
+        written = 0
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    written += os.lstat(os.path.join(dirpath, name)).st_size
+        return max(written, _reserved(folder))
+
+    @contextlib.contextmanager
+    def _quota_lock(self) -> Iterator[None]:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # the root itself is the lock: no file to leave
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def reserve(self, job_id: str, need: int, limit: int, ahead: int = 0) -> int:
+        """Hold at least ``need`` bytes (up to ``need + ahead`` if free) for the job; the bytes now held, or 0.
+
+        0 means the quota ``limit`` has no room for ``need``: nothing changes. The check and the
+        write happen under one lock on the root, so processes reserving at once cannot overbook.
+        """
+        folder = self.folder(job_id)
+        with self._quota_lock():
+            held = _reserved(folder)
+            if need <= held:
+                return held
+            free = limit - (self.usage() - self._held(folder))
+            if free < need:
+                return 0
+            grant = min(need + ahead, free)
+            tmp = folder / f".{RESERVED}.{os.getpid()}.tmp"
+            tmp.write_text(str(grant))
+            os.replace(tmp, folder / RESERVED)
+            return grant
+
+    def release(self, job_id: str) -> None:
+        """Drop the job's reservation: its files alone count from now on."""
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            (self.folder(job_id) / RESERVED).unlink()
 
     def drop_files(self, job_id: str, keep: tuple[str, ...] = (RECORD, LOCK)) -> None:
         """Delete a job's files except ``keep`` (the record and lock, by default)."""
@@ -193,3 +357,10 @@ class JobStore:
                         shutil.rmtree(entry, ignore_errors=True)
                     else:
                         entry.unlink(missing_ok=True)
+
+
+def _reserved(folder: Path) -> int:
+    try:
+        return max(0, int((folder / RESERVED).read_text()[:20]))
+    except (OSError, ValueError):
+        return 0

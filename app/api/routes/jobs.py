@@ -8,12 +8,15 @@ bad upload is refused here with a 4xx, never queued. ``GET /jobs/{id}`` is the
 state and progress, ``GET /jobs/{id}/result`` the output once done,
 ``DELETE /jobs/{id}`` cancels and removes. The work itself is
 :class:`app.jobs.JobManager`'s.
+
+The upload's bytes go straight into the job's folder, multipart ones too (parsed
+as they stream, never spooled to the temporary folder, where the quota would not
+see them), and every byte is reserved against the jobs quota before it is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
@@ -22,9 +25,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+
+try:
+    import python_multipart as multipart
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+except ImportError:  # python-multipart < 0.0.13
+    import multipart  # type: ignore[no-redef]
+    from multipart.exceptions import FormParserError  # type: ignore[no-redef]
+    from multipart.multipart import parse_options_header  # type: ignore[no-redef]
 
 from app.api.common import ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
@@ -40,7 +50,7 @@ router = APIRouter(tags=["jobs"])
 
 JobFormat = StrEnum("JobFormat", {name: name for name in JOB_FORMATS})
 RAW_TYPES = ("video/", "image/", "application/octet-stream")
-_CHUNK = 1 << 20
+MAX_PARTS = 16  # multipart parts besides the file; their data is skipped, not kept
 
 JOB_UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -137,47 +147,123 @@ async def _counted(request: Request, limit: int, over: ApiError) -> AsyncIterato
         raise client_gone() from None
 
 
-async def receive_upload(request: Request, path: Path, manager: JobManager) -> None:
+class _UploadFile:
+    """The job's upload file, each chunk reserved against the quota (:meth:`JobManager.grow`) before it is written."""
+
+    def __init__(self, manager: JobManager, job_id: str, path: Path) -> None:
+        self.manager, self.job_id, self.path = manager, job_id, path
+        self.file = path.open("wb")
+        self.written = 0
+        self.reserved = 0
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        end = self.written + len(data)
+        if end > self.reserved:
+            try:
+                self.reserved = await asyncio.to_thread(self.manager.grow, self.job_id, end)
+            except JobsUnavailable as exc:
+                raise _unavailable(exc) from None
+        self.file.write(data)
+        self.written = end
+
+
+class _FilePart:
+    """A streaming multipart reader that writes field ``file``'s data to the upload file as it arrives.
+
+    Starlette's form parser spools files to the temporary folder (outside the jobs quota, and a
+    second copy); this keeps one copy, in the job's folder, counted from its first byte.
+    """
+
+    def __init__(self, boundary: bytes, sink: _UploadFile) -> None:
+        self.sink = sink
+        self.found = False  # a file part named "file" was seen
+        self._parts = 0
+        self._target = False
+        self._header = b""
+        self._value = b""
+        self._disposition = b""
+        self._pending: list[bytes] = []
+        self.parser = multipart.MultipartParser(boundary, {
+            "on_part_begin": self._begin, "on_part_data": self._data, "on_header_field": self._field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+        })
+
+    def _begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS + 1:
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: more than {MAX_PARTS + 1} parts")
+        self._target, self._header, self._value, self._disposition = False, b"", b"", b""
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+        if len(self._header) + len(self._value) > 16384:
+            raise ApiError(400, "invalid_multipart", "malformed multipart body: a part header over 16 KiB")
+
+    def _header_end(self) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._header, self._value = b"", b""
+
+    def _headers_done(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name") == b"file" and b"filename" in options and not self.found:
+            self._target = self.found = True
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._target:
+            self._pending.append(data[start:end])
+
+    async def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except FormParserError as exc:
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+        pending, self._pending = b"".join(self._pending), []
+        await self.sink.write(pending)
+
+    def finish(self) -> None:
+        try:
+            self.parser.finalize()
+        except FormParserError as exc:
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+
+
+async def receive_upload(request: Request, job_id: str, path: Path, manager: JobManager) -> None:
     """Stream the upload to ``path`` within the byte limit (413) and the quota (507); 415/422/400 as for /upscale."""
-    room = manager.room()
-    limits = manager.limits
-    if room < limits.max_upload_bytes:
-        limit, over = room, ApiError(507, "storage_full", "the upload does not fit in the jobs storage quota")
-    else:
-        limit, over = limits.max_upload_bytes, ApiError(
-            413, "body_too_large", f"request body is larger than the limit of {limits.max_upload_bytes} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise over
+    limit = manager.limits.max_upload_bytes
+    over = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
     content_type = request.headers.get("content-type", "").lower()
+    boundary = None
     if content_type.startswith("multipart/form-data"):
-        parser = MultiPartParser(request.headers, _counted(request, limit, over), max_files=1, max_fields=16)
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc.message}") from None
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(422, "missing_file", "multipart body has no file field 'file'")
-            await asyncio.to_thread(_copy, upload, path)
-        finally:
-            await form.close()
-        return
-    if not content_type.startswith(RAW_TYPES):
+        _, params = parse_options_header(request.headers["content-type"])
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise ApiError(400, "invalid_multipart", "malformed multipart body: Missing boundary in multipart.")
+    elif not content_type.startswith(RAW_TYPES):
         raise ApiError(415, "unsupported_media_type", "send multipart field 'file' or a raw video/* or image/* body"
                        + (f", not {content_type.split(';')[0]!r}" if content_type else ""))
-    with path.open("wb") as f:
+    sink = _UploadFile(manager, job_id, path)
+    try:
+        form = _FilePart(boundary, sink) if boundary else None
         async for chunk in _counted(request, limit, over):
-            f.write(chunk)
-    if path.stat().st_size == 0:
+            if form is not None:
+                await form.feed(chunk)
+            else:
+                await sink.write(chunk)
+        if form is not None:
+            form.finish()
+    finally:
+        sink.file.close()
+    if form is not None and not form.found:
+        raise ApiError(422, "missing_file", "multipart body has no file field 'file'")
+    if sink.written == 0:
         raise ApiError(422, "missing_file", "the body is empty: send the video or image")
-
-
-def _copy(upload: UploadFile, path: Path) -> None:
-    upload.file.seek(0)
-    with path.open("wb") as f:
-        shutil.copyfileobj(upload.file, f, _CHUNK)
 
 
 @router.post(
@@ -201,8 +287,12 @@ async def create_job(
     try:
         state.pipeline.check_scale(scale)  # before the body is read
         declared = request.headers.get("content-length")
-        job_id, path = manager.reserve(int(declared) if declared and declared.isdigit() else None)
-        await receive_upload(request, path, manager)
+        size = int(declared) if declared and declared.isdigit() else None
+        if size is not None and size > manager.limits.max_upload_bytes:
+            raise ApiError(413, "body_too_large",
+                           f"request body is larger than the limit of {manager.limits.max_upload_bytes} bytes")
+        job_id, path = manager.reserve(size)  # the declared bytes are held against the quota from here
+        await receive_upload(request, job_id, path, manager)
         record = await manager.admit(job_id, path, scale, format.value)
     except BaseException as exc:
         if job_id is not None:
@@ -238,8 +328,8 @@ async def job_result(request: Request, job_id: str) -> Response:
     if record.state != "done":
         detail = f"job {job_id} is {record.state}" + (f": {record.error}" if record.error else "")
         raise ApiError(409, "not_done", detail)
-    path = manager.result_path(record)
-    if not path.is_file():  # expired between the read and now
+    path = manager.result_file(record)
+    if path is None:  # expired between the read and now (or not a file of its folder)
         raise ApiError(410, "expired", f"job {job_id} finished and its result expired")
     ext = path.suffix
     return FileResponse(path, media_type=record.media_type, filename=f"{job_id}_x{record.scale}{ext}",
