@@ -38,8 +38,11 @@ def main() -> None:
     tokens = None
     if workers > 1 and not on_gpu(settings.device) and not settings.core_tokens_dir:  # cores lent between workers
         tokens = os.environ["SR_CORE_TOKENS_DIR"] = tempfile.mkdtemp(prefix="sr-cores-")
+    made_metrics = None  # the metrics folder this process made (not one it was given) goes at exit
     if workers > 1:
-        folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sr-metrics-"))
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            made_metrics = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sr-metrics-")
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
@@ -58,6 +61,8 @@ def main() -> None:
     finally:
         if tokens:  # the lock files outlive no one: every worker has exited
             shutil.rmtree(tokens, ignore_errors=True)
+        if made_metrics:
+            shutil.rmtree(made_metrics, ignore_errors=True)
 
 
 if __name__ == "__main__":

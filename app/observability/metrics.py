@@ -39,19 +39,26 @@ worker at random (kserve#2979). Set ``PROMETHEUS_MULTIPROC_DIR`` to an empty wri
 directory *before the server starts*: prometheus-client picks its value store when it is
 first imported, and every process then writes mmap files there. **Wipe the directory
 between runs** — files left by earlier pids are merged into counters and histograms.
-:func:`render` then merges all files through a fresh ``MultiProcessCollector``. Call
-:func:`mark_process_dead` from gunicorn's ``child_exit`` hook so ``live*`` gauges forget a
-dead worker. Info/Enum metrics do not work in this mode, hence ``sr_model_info`` is a
-Gauge set to 1, and every gauge declares a ``multiprocess_mode``. Separate containers
+:func:`render` then merges all files through a fresh ``MultiProcessCollector``. Every
+gauge declares a ``live*`` ``multiprocess_mode``, so only living processes count — once
+their dead are marked: uvicorn's supervisor has no exit hook, so before each merge
+:func:`forget_dead_processes` calls ``mark_process_dead`` for every pid whose gauge files
+are there but whose process is gone (SIGKILLed, OOM-killed, exited), and a replaced
+worker's ``sr_queue_depth`` or ``sr_jobs_active`` no longer adds to the living's for good.
+(gunicorn can also call :func:`mark_process_dead` from its ``child_exit`` hook.) Info/Enum
+metrics do not work in this mode, hence ``sr_model_info`` is a Gauge set to 1. Separate containers
 (compose ``scaled`` profile) need none of this: Prometheus scrapes each replica.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -61,6 +68,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from app.store.manifest import MAX_SCALE, MIN_SCALE
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
 
 # Rejection reasons (label values of sr_rejected_total).
 QUEUE_FULL = "queue_full"
@@ -327,6 +335,7 @@ def render(accept: str | None = None) -> tuple[bytes, str]:
     """
     registry: CollectorRegistry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
+        forget_dead_processes(os.environ[MULTIPROC_ENV])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     encoder, content_type = choose_encoder(accept or "")
@@ -340,3 +349,37 @@ def mark_process_dead(pid: int) -> None:
     """
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, killed but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs: the signal test is all there is
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def forget_dead_processes(path: str | os.PathLike[str]) -> list[int]:
+    """``mark_process_dead`` for each pid with ``live*`` gauge files in ``path`` whose process is gone; those pids.
+
+    Counters and histograms of the dead stay (their counts happened); only their gauges,
+    which describe "now", go. Safe to run from several processes at once.
+    """
+    pids = set()
+    with contextlib.suppress(FileNotFoundError), os.scandir(path) as entries:
+        for entry in entries:
+            match = _LIVE_GAUGE_FILE.match(entry.name)
+            if match:
+                pids.add(int(match.group(1)))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not process_alive(pid))
+    for pid in dead:
+        with contextlib.suppress(FileNotFoundError):  # a sibling's scrape removed it first
+            multiprocess.mark_process_dead(pid, str(path))
+    return dead
