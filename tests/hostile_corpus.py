@@ -272,3 +272,41 @@ def bmp_rle(side: int = 3000) -> bytes:
     palette = bytes(1024)
     info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(pixels), 0, 0, 256, 0)
     return b"BM" + struct.pack("<IHHI", 14 + 40 + 1024 + len(pixels), 0, 0, 14 + 40 + 1024) + info + palette + pixels
+
+
+def tiff_directory_chain(directories: int = 20_000, side: int = 4) -> bytes:
+    """A real ``side``² grey TIFF whose one directory is repeated ``directories`` times, each linking to the next.
+
+    Pillow's frame count walks the chain with a list lookup per directory: quadratic in its length.
+    """
+    one = tiff_strip(side)
+    ifd_at = struct.unpack_from("<I", one, 4)[0]
+    entries = struct.unpack_from("<H", one, ifd_at)[0]
+    body = one[ifd_at : ifd_at + 2 + 12 * entries]  # every value is inline: the directory is self-contained
+    size = len(body) + 4
+    chain = b"".join(body + struct.pack("<I", 0 if i == directories - 1 else ifd_at + (i + 1) * size)
+                     for i in range(directories))
+    return one[:ifd_at] + chain
+
+
+def tiff_bad_last_directory(side: int = 4) -> bytes:
+    """A real ``side``² TIFF whose directory links to a second one, past the end of the file (Pillow: TypeError)."""
+    one = bytearray(tiff_strip(side))
+    ifd_at = struct.unpack_from("<I", one, 4)[0]
+    entries = struct.unpack_from("<H", one, ifd_at)[0]
+    struct.pack_into("<I", one, ifd_at + 2 + 12 * entries, len(one) - 3)
+    return bytes(one)
+
+
+def gif_truncated(frames: int = 5, side: int = 32, keep: float = 0.85) -> bytes:
+    """A real animated GIF cut short inside a later frame's pixel data (Pillow: IndexError counting frames)."""
+    images = [noise((side, side), seed=s).convert("P") for s in range(frames)]
+    data = encoded(images[0], "GIF", save_all=True, append_images=images[1:])
+    return data[: int(len(data) * keep)]
+
+
+def png_chunk_flood(count: int = 200_000) -> bytes:
+    """A real 16² PNG with ``count`` empty private chunks before its pixels (Pillow opens them one by one, in Python)."""
+    parts = _png_parts(encoded(noise((16, 16)), "PNG"))
+    flood = png_chunk(b"prIv", b"") * count
+    return PNG_MAGIC + png_chunk(*parts[0]) + flood + b"".join(png_chunk(k, p) for k, p in parts[1:])

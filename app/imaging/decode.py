@@ -36,6 +36,7 @@ frame here; animated GIF, APNG and WebP are decoded frame by frame by
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zlib
@@ -51,8 +52,10 @@ from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, check_size
 # MPO is how Pillow names the multi-picture JPEGs many phones write.
 INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"})
 _ACCEPTED = "PNG, JPEG, WebP, BMP, GIF or TIFF"
-# What Pillow raises on malformed input (its fuzzers' list, plus the codecs').
-_BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error)
+# What Pillow raises on malformed input (its fuzzers' list, plus the codecs'; a TIFF whose later
+# directory lacks its size gives a TypeError when its pages are counted).
+_BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, ArithmeticError,
+           struct.error, zlib.error)
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _INT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # MPO has no parser of its own: the JPEG one returns MPO pictures.
@@ -116,9 +119,56 @@ class Header:
 
 
 def peek(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Header:
-    """The structural checks and the header's size against ``limits``, without decoding (fast: no pixel is read)."""
-    im = _open(data, scale, limits)
-    return Header(im.format or "", im.width, im.height, getattr(im, "n_frames", 1))
+    """The structural checks and the header's size against ``limits``, without decoding (fast: no pixel is read).
+
+    The frame count too runs after the structural checks (which bound the frames and
+    TIFF directories it walks) and inside the error mapping: a corrupt later frame or
+    directory is a 400, never an exception of Pillow's.
+    """
+    im, directories = _open_counted(data, scale, limits)
+    frames = max(directories, 1) if im.format == "TIFF" and directories is not None else count_frames(im)
+    return Header(im.format or "", im.width, im.height, frames)
+
+
+def count_frames(im: Image.Image) -> int:
+    """``im.n_frames`` of an image opened by :func:`_open`, its parser's errors as :class:`InvalidImage`."""
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except _BOMB as e:
+        raise ImageTooLarge(f"a later frame of the {im.format} image is too large: {e}") from None
+    except _BROKEN as e:
+        raise InvalidImage(f"could not count the frames of the {im.format} image: {type(e).__name__}: {e}") \
+            from None
+
+
+# The magic numbers of the accepted formats: enough to tell an image upload from a video one.
+_MAGICS = (b"\xff\xd8", guards.PNG_MAGIC, b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00",
+           b"MM\x00+")
+
+
+def looks_like_image(prefix: bytes) -> bool:
+    """Whether the first bytes of an upload are those of an accepted image format (by magic number only)."""
+    return prefix.startswith(_MAGICS) or (prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP")
+
+
+def peek_file(path: str | os.PathLike[str], scale: int, limits: ImageLimits = DEFAULT_LIMITS,
+              max_bytes: int | None = None) -> Header | None:
+    """:func:`peek` of an upload on disk, or ``None`` when its magic number is no accepted image's (a video).
+
+    For uploads that may be a video or an image (``POST /jobs``): only files that
+    start like an image are read, and they get the same structural checks as
+    ``/upscale`` before any Pillow parser walks them. ``max_bytes``: an image file
+    larger than this is refused (:class:`ImageTooLarge`) without reading it.
+    """
+    with open(path, "rb") as f:
+        if not looks_like_image(f.read(16)):
+            return None
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ImageTooLarge(f"image files over {max_bytes} bytes are not accepted here")
+        f.seek(0)
+        data = f.read()
+    return peek(data, scale, limits)
 
 
 # Formats whose header tells a still image's size from the first bytes, read by a parser that stops there.
@@ -148,9 +198,14 @@ def peek_prefix(prefix: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS)
 
 def _open(data: bytes, scale: int, limits: ImageLimits) -> Image.Image:
     """Guards, then the header only (``Image.open``), checked against the limits."""
+    return _open_counted(data, scale, limits)[0]
+
+
+def _open_counted(data: bytes, scale: int, limits: ImageLimits) -> tuple[Image.Image, int | None]:
+    """:func:`_open`, and the TIFF directory count the guards found (``None`` for other formats)."""
     if not data:
         raise InvalidImage("the upload is empty: no image data")
-    guards.check_structure(data, scale, limits)
+    directories = guards.check_structure(data, scale, limits)
     try:
         # only the accepted formats' parsers see the bytes: others are named from their magic alone
         im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
@@ -165,7 +220,7 @@ def _open(data: bytes, scale: int, limits: ImageLimits) -> Image.Image:
         raise InvalidImage(f"could not read the image header: {e}") from None
     check_size(im.width, im.height, scale, limits)
     guards.check_opened(im, data)
-    return im
+    return im, directories
 
 
 def _bomb_message(error: Exception, limits: ImageLimits) -> str:

@@ -51,8 +51,14 @@ _PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"fcTL", b"fd
 _WEBP_METADATA = frozenset({b"ICCP", b"EXIF", b"XMP "})
 
 
-def check_structure(data: bytes, scale: int, limits: ImageLimits) -> None:
-    """Walk the container of a JPEG, PNG, GIF, WebP, TIFF or BMP and refuse it if decoding would cost too much."""
+def check_structure(data: bytes, scale: int, limits: ImageLimits) -> int | None:
+    """Walk the container of a JPEG, PNG, GIF, WebP, TIFF or BMP and refuse it if decoding would cost too much.
+
+    Returns the TIFF's directory (page) count, which this walk knows at no cost and
+    Pillow's ``n_frames`` would take a quadratic walk to find; ``None`` otherwise.
+    """
+    if data[:4] in _TIFF_MAGICS:
+        return _tiff_ifd(data, limits)
     if data.startswith(b"\xff\xd8"):
         _jpeg(data, limits)
     elif data.startswith(PNG_MAGIC):
@@ -61,10 +67,9 @@ def check_structure(data: bytes, scale: int, limits: ImageLimits) -> None:
         _gif(data, scale, limits)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         _webp(data, scale, limits)
-    elif data[:4] in _TIFF_MAGICS:
-        _tiff_ifd(data, limits)
     elif data[:2] == b"BM":
         _bmp(data)
+    return None
 
 
 def check_opened(im: Image.Image, data: bytes) -> None:
@@ -154,8 +159,11 @@ def _gif(data: bytes, scale: int, limits: ImageLimits) -> None:
             frames += 1
             if frames > limits.max_frames:
                 raise _too_complex(f"the GIF has over {limits.max_frames} frames")
-            if frames == 1:  # Pillow grows the canvas to hold the first frame
-                check_size(max(width, x + w), max(height, y + h), scale, limits)
+            if x + w > width or y + h > height:  # Pillow grows the canvas to hold any frame
+                width, height = max(width, x + w), max(height, y + h)
+                check_size(width, height, scale, limits)
+            elif frames == 1:
+                check_size(width, height, scale, limits)
             pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # + LZW minimum code size
         else:  # trailer, or garbage Pillow stops at
             return
@@ -203,35 +211,60 @@ def _webp(data: bytes, scale: int, limits: ImageLimits) -> None:
         pos = body + size + (size & 1)
 
 
-def _tiff_ifd(data: bytes, limits: ImageLimits) -> None:
-    """The first IFD, before Pillow turns its tag arrays into Python tuples."""
+def _tiff_ifd(data: bytes, limits: ImageLimits) -> int:
+    """Every directory of the chain, before Pillow parses any: their count, entries and tag values.
+
+    Pillow's frame count walks the whole chain, loading each directory twice and
+    checking each offset against a list of those seen (quadratic: 20,000
+    directories cost seconds). This walk reads only offsets and entry headers,
+    stops at the first bound passed or at a loop (where Pillow stops too), and
+    leaves anything malformed to Pillow.
+    """
     order, big = _TIFF_MAGICS[data[:4]]
     n = len(data)
+    if big:
+        first_fmt, first_at, count_fmt, count_size, entry_fmt, entry_size, next_fmt = "Q", 8, "Q", 8, "HHQQ", 20, "Q"
+    else:
+        first_fmt, first_at, count_fmt, count_size, entry_fmt, entry_size, next_fmt = "I", 4, "H", 2, "HHII", 12, "I"
     try:
-        if big:
-            (offset,) = struct.unpack_from(order + "Q", data, 8)
-            (entries,) = struct.unpack_from(order + "Q", data, offset)
-            entry_fmt, entry_size, start = order + "HHQ", 20, offset + 8
-        else:
-            (offset,) = struct.unpack_from(order + "I", data, 4)
-            (entries,) = struct.unpack_from(order + "H", data, offset)
-            entry_fmt, entry_size, start = order + "HHI", 12, offset + 2
+        (offset,) = struct.unpack_from(order + first_fmt, data, first_at)
     except struct.error:
-        return
-    if entries > limits.max_chunks:
-        raise _too_complex(f"the TIFF's first directory has {entries} entries; at most {limits.max_chunks}")
-    numeric = 0
-    for i in range(entries):
-        at = start + i * entry_size
-        if at + entry_size > n:
-            return
-        _, kind, count = struct.unpack_from(entry_fmt, data, at)
-        unit = _TIFF_TYPE_SIZES.get(kind)
-        if unit is None or kind in _TIFF_BYTES_TYPES or count * unit > n:
-            continue  # unknown types and values past the end are skipped by Pillow
-        numeric += count
-        if numeric > MAX_TIFF_NUMERIC_VALUES:
-            raise _too_complex(f"the TIFF's first directory holds over {MAX_TIFF_NUMERIC_VALUES} numeric tag values")
+        return 0
+    seen: set[int] = set()
+    total_entries = numeric = value_bytes = 0
+    max_value_bytes = limits.max_metadata_bytes + 8 * MAX_TIFF_NUMERIC_VALUES
+    while offset and offset not in seen and offset + count_size <= n:
+        seen.add(offset)
+        if len(seen) > limits.max_frames:
+            raise _too_complex(f"the TIFF has over {limits.max_frames} directories (pages)")
+        (entries,) = struct.unpack_from(order + count_fmt, data, offset)
+        total_entries += entries
+        if total_entries > limits.max_chunks:
+            raise _too_complex(f"the TIFF's directories have over {limits.max_chunks} entries")
+        start = offset + count_size
+        for i in range(entries):
+            at = start + i * entry_size
+            if at + entry_size > n:
+                return len(seen)  # truncated: Pillow reports it
+            _, kind, count, value_at = struct.unpack_from(order + entry_fmt, data, at)
+            unit = _TIFF_TYPE_SIZES.get(kind)
+            if unit is None:
+                continue  # unknown types are skipped by Pillow unread
+            size = count * unit
+            if size > (8 if big else 4):  # stored elsewhere: Pillow reads up to that many bytes
+                value_bytes += min(size, max(n - value_at, 0))
+                if value_bytes > max_value_bytes:
+                    raise _too_complex(f"the TIFF's tags hold over {max_value_bytes} bytes of values")
+            if kind in _TIFF_BYTES_TYPES or size > n:
+                continue  # bytes stay bytes; values past the end are skipped by Pillow
+            numeric += count
+            if numeric > MAX_TIFF_NUMERIC_VALUES:
+                raise _too_complex(f"the TIFF's directories hold over {MAX_TIFF_NUMERIC_VALUES} numeric tag values")
+        try:
+            (offset,) = struct.unpack_from(order + next_fmt, data, start + entries * entry_size)
+        except struct.error:
+            break
+    return len(seen)
 
 
 def _tiff_layout(im: Image.Image, size: int) -> None:
