@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.access_log import AccessLog
 from app.api.drain import DrainBeforeRefusal
 from app.api.errors import install_error_handlers
 from app.api.routes import debug, jobs, service, upscale, web
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.add_middleware(SecurityMiddleware, settings=settings)  # keys, CORS, security headers; inside the metrics
     app.add_middleware(DrainBeforeRefusal, settings=settings)  # early refusals readable by send-it-all clients
     app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(AccessLog, settings=settings)  # outermost: every answer gets its line and X-Request-Id
     app.include_router(upscale.router)
     app.include_router(jobs.router)
     app.include_router(service.router)

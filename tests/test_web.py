@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.routes import web
+from app.api.routes.web import serving_words, worker_count
 from app.main import create_app
 from app.web import STATIC_DIR
 from tests.conftest import make_settings, open_bytes
@@ -121,7 +122,10 @@ def test_every_static_file_is_package_data() -> None:
 def test_web_config_says_whether_debug_routes_are_on(client: TestClient, seeded_store: Path) -> None:
     config = client.get("/web/config").json()
     assert config == {"debug_routes": True, "formats": ["png", "jpeg", "webp", "same"],
-                      "max_body_bytes": 32 * 1024 * 1024}
+                      "max_body_bytes": 32 * 1024 * 1024, "jobs_max_upload_bytes": 1 << 30, "workers": 1,
+                      "serving": config["serving"]}
+    assert re.fullmatch(r"1 worker process on the CPU, \d+ inference threads?, (ONNX Runtime|TorchScript|PyTorch)",
+                        config["serving"]), config["serving"]
     with TestClient(create_app(make_settings(seeded_store, debug_routes=False))) as off:
         assert off.get("/web/config").json()["debug_routes"] is False
         assert off.get("/kernels/deconv.png", params={"scale": 3}).status_code == 404
@@ -145,3 +149,21 @@ def test_pages_tell_the_browser_to_load_only_from_this_origin(client: TestClient
     policy = client.get(path).headers["content-security-policy"]
     assert "default-src 'self'" in policy and "img-src 'self' data: blob:" in policy
     assert "http" not in policy and "unsafe-eval" not in policy
+
+
+@pytest.mark.parametrize(("workers", "device", "backend", "words"), [
+    (2, "cpu (1 threads)", "onnxruntime", "2 worker processes on the CPU, 1 inference thread each, ONNX Runtime"),
+    (1, "cpu (4 threads)", "torchscript", "1 worker process on the CPU, 4 inference threads, TorchScript"),
+    (8, "cuda (NVIDIA H200)", "eager", "8 worker processes on the GPU (NVIDIA H200), PyTorch"),
+])
+def test_the_footer_says_workers_device_and_backend_in_words(workers: int, device: str, backend: str,
+                                                             words: str) -> None:
+    """Issue 31: the footer said "Running on cpu (1 threads)" while two worker processes served."""
+    assert serving_words(workers, device, backend) == words
+
+
+def test_worker_count_follows_app_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert worker_count(2, "cpu") == 1  # a bare uvicorn is one process whatever SR_WORKERS says
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")  # app.serve sets it with more than one
+    assert worker_count(3, "cpu") == 3

@@ -1,9 +1,13 @@
 """One JSON error shape for every failure, and the map from lower layers' exceptions to statuses.
 
-Body: ``{"detail": "<human message>", "code": "<machine code>"}`` (FastAPI's
-``detail`` key, so generic clients still find the message). Nothing a client
-sends can produce a 500: every expected failure has a class here, and the
-catch-all handler logs the unexpected ones and still answers in this shape.
+Body: ``{"detail": "<a sentence>", "code": "<a stable word>"}``, plus ``"errors":
+[{"loc", "msg", "type"}, ...]`` when single fields were at fault (FastAPI's
+``detail`` key, so generic clients still find the message; ``detail`` is always
+a string, never pydantic's list). Every problem a request has is reported in one
+answer: a bad query and a misnamed upload field come back together. Nothing a
+client sends can produce a 500: every expected failure has a class here, and
+the catch-all handler logs the unexpected ones and still answers in this shape.
+The codes are listed, with their statuses, in :data:`CODES` (and in the README).
 """
 
 from __future__ import annotations
@@ -34,23 +38,118 @@ from app.pipeline.options import InvalidOptions
 log = logging.getLogger(__name__)
 
 
+class FieldError(BaseModel):
+    """One field's problem: where (``["query", "scale"]``, ``["body", "file"]``), what, and its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
     """What every 4xx/5xx answer carries."""
 
-    detail: str | list[dict[str, object]]
+    detail: str
     code: str
+    errors: list[FieldError] | None = None
 
 
 class ApiError(Exception):
     """An error raised by the HTTP layer itself (bad parameters, body too large, ...)."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+                 errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+        self.errors = errors or []
 
 
-def error_response(status: int, code: str, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": jsonable_encoder(detail), "code": code}, status_code=status, headers=headers)
+def error_response(status: int, code: str, detail: object, headers: dict[str, str] | None = None,
+                   errors: list[dict[str, object]] | None = None) -> JSONResponse:
+    """The JSON answer; ``detail`` is made a sentence whatever it was given as."""
+    body: dict[str, object] = {"detail": sentence(detail if isinstance(detail, str) else str(jsonable_encoder(detail))),
+                               "code": code}
+    if errors:
+        body["errors"] = jsonable_encoder(errors)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def sentence(text: str) -> str:
+    """``request body is larger than …`` → ``Request body is larger than ….``: what a person reads first."""
+    text = text.strip() or "The request failed"
+    if text[0].islower():
+        text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+# Every code an answer may carry: status(es) and meaning. One table, rendered into the README's.
+CODES: dict[str, tuple[str, str]] = {
+    "invalid_parameters": ("422", "a query parameter is missing, malformed, repeated, unknown or incoherent with another"),
+    "unknown_scale": ("422", "no served model has this scale (the answer lists the served ones)"),
+    "missing_image": ("422", "no image: no multipart field `file`, or an empty body"),
+    "missing_file": ("422", "`/jobs`: no multipart field `file`, or an empty body"),
+    "invalid_image": ("400", "not an image, empty, truncated or corrupt"),
+    "invalid_multipart": ("400", "malformed multipart framing"),
+    "invalid_video": ("400", "`/jobs`: not a video FFmpeg can read, or corrupt"),
+    "video_too_large": ("413", "`/jobs`: a video over the duration, frame-count or frame-size limits"),
+    "image_too_complex": ("422", "an image out of proportion with its size (scans, chunks, frames, metadata)"),
+    "unsupported_media_type": ("415", "a Content-Type or image format the service does not read"),
+    "body_too_large": ("413", "the body is over `SR_MAX_BODY_BYTES` (`SR_JOBS_MAX_UPLOAD_BYTES` for jobs)"),
+    "image_too_large": ("413", "the image (input or output) is over a pixel limit"),
+    "unauthorized": ("401", "`SR_API_KEYS` is set and the request has no valid key"),
+    "not_found": ("404", "no such route or job (or debug routes are off)"),
+    "method_not_allowed": ("405", "the path exists, not with this method (`Allow` lists them)"),
+    "expired": ("410", "the job finished and its result expired"),
+    "not_done": ("409", "the job is not done (queued, running, failed or cancelled)"),
+    "client_gone": ("499", "the client left before the answer was ready (logged and counted, never sent)"),
+    "queue_full": ("503 or 429", "the queue has no room; see `Retry-After`"),
+    "jobs_queue_full": ("503", "too many jobs are waiting; see `Retry-After`"),
+    "storage_full": ("507", "the jobs storage quota is full"),
+    "shutting_down": ("503", "the service is shutting down"),
+    "worker_restarted": ("503", "the batching worker died holding the request's tiles; it was restarted"),
+    "debug_busy": ("503", "another debug figure is being drawn"),
+    "engine_error": ("503", "the engine could not take the request"),
+    "timeout": ("504", "the request passed `SR_REQUEST_TIMEOUT_S`"),
+    "body_timeout": ("408", "the body did not arrive within `SR_BODY_TIMEOUT_S`"),
+    "url_too_long": ("414", "the request target is over `SR_MAX_URL_BYTES`"),
+    "headers_too_large": ("431", "the request headers are over `SR_MAX_HEADER_BYTES`"),
+    "http_error": ("4xx", "any other refusal by the HTTP layer"),
+    "model_error": ("500", "the model call of the request's batch failed (other requests are served)"),
+    "internal_error": ("500", "an unexpected error; logged, and the service keeps running"),
+}
+
+
+def field_error(loc: list[str | int] | tuple[str | int, ...], msg: str, kind: str) -> dict[str, object]:
+    """One entry of ``errors``."""
+    return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def describe(error: dict[str, object]) -> str:
+    """``{"loc": ["query", "scale"], "msg": "Field required"}`` → ``query parameter 'scale': field required``."""
+    loc = [str(x) for x in error.get("loc", ()) or ()]  # type: ignore[union-attr]
+    where = {"query": "query parameter", "body": "multipart field", "path": "path parameter",
+             "header": "header"}.get(loc[0], loc[0]) if loc else "request"
+    name = ".".join(loc[1:])
+    msg = str(error.get("msg", "")).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    text = f"{where} {name!r}: {msg}" if name else f"{where}: {msg}"
+    given = error.get("input")
+    if error.get("type") != "missing" and isinstance(given, str | int | float):
+        text += f" (got {given!r})"
+    return text
+
+
+def summary(errors: list[dict[str, object]]) -> str:
+    """The sentence that stands for a list of field errors, every one of them named."""
+    parts = [describe(e) for e in errors]
+    if len(parts) == 1:
+        return parts[0][:1].upper() + parts[0][1:] + "."
+    return f"{len(parts)} problems with the request: " + "; ".join(parts) + "."
+
+
+def invalid(errors: list[dict[str, object]], code: str = "invalid_parameters") -> ApiError:
+    """A 422 reporting every field error at once."""
+    return ApiError(422, code, summary(errors), errors=errors)
 
 
 def classify(exc: Exception, overload_status: int) -> ApiError:
@@ -89,20 +188,30 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+        return error_response(exc.status, exc.code, exc.detail, exc.headers, exc.errors)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from app.api.upload import upload_problems  # imported late: upload imports this module
+
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type", "input")} for e in exc.errors()]
-        return error_response(422, "invalid_parameters", errors)
+        errors += await upload_problems(request)  # a misnamed upload field is told now, not after the fix
+        described = summary(errors)
+        for e in errors:
+            e.pop("input", None)
+        return error_response(422, "invalid_parameters", described, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        headers = exc.headers
+        headers, detail = exc.headers, exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"Nothing is served at {request.url.path} (the routes are listed at /docs)"
         if exc.status_code == 405:  # Starlette's Allow names only the first route on the path
             headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, headers)
+            if detail == "Method Not Allowed":
+                detail = f"{request.method} is not allowed on {request.url.path}; it allows {headers['Allow']}"
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), detail, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -43,7 +43,8 @@ HASH_PREFIX = "sha256:"
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                         "/favicon.ico", "/web/sample.png"})
 OPEN_PREFIXES = ("/static/",)
-EXPOSED_HEADERS = ("X-Model", "X-Scale", "X-Process-Time-Ms", "Server-Timing", "Retry-After", "X-Debug-Analysed")
+EXPOSED_HEADERS = ("X-Model", "X-Scale", "X-Process-Time-Ms", "Server-Timing", "Retry-After", "X-Debug-Analysed",
+                   "X-Request-Id")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
 
@@ -161,8 +162,8 @@ class SecurityMiddleware:
         if self._keys.allows(KeyChecker.presented(Headers(scope=scope))):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": "a valid API key is required: send 'Authorization: Bearer <key>' or "
-                           "'X-API-Key: <key>'", "code": "unauthorized"}).encode()
+        body = json.dumps({"detail": "A valid API key is required: send 'Authorization: Bearer <key>' or "
+                           "'X-API-Key: <key>'.", "code": "unauthorized"}).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="espcn"'),

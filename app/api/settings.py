@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     refusal_drain_s: float = Field(10.0, ge=0, description="… and for at most this long")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long in-flight work may finish")
     access_log: bool = Field(False, description="uvicorn's per-request log lines (counts and latencies are in /metrics)")
+    request_log: bool = Field(
+        True, description="one line per request on the app.access logger: request id, status, scale, sizes, stage "
+        "times (app/api/access_log.py); false: none"
+    )
     host: str = Field("127.0.0.1", description="bind address for `python -m app.serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `python -m app.serve`")
     workers: int | Literal["auto"] = Field(

@@ -25,13 +25,17 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, field_error
 
 RAW_TYPES = ("image/", "application/octet-stream")
 PREFIX_MAX_BYTES = 256 * 1024  # a JPEG's size marker comes after its EXIF/ICC segments, rarely later than this
 PrefixHook = Callable[[bytes], bool]  # the image's first bytes → True once it needs no more of them
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _FILE_PART = re.compile(rb'content-disposition:[^\r\n]*[;\s]name="?file"?(?=[;\s]|$)', re.IGNORECASE | re.MULTILINE)
+_PART_NAME = re.compile(rb'content-disposition:[^\r\n]*?[;\s]name="?([^";\r\n]*)"?', re.IGNORECASE)
+_PART_FILENAME = re.compile(rb'content-disposition:[^\r\n]*?[;\s]filename="?([^";\r\n]*)"?', re.IGNORECASE)
+PEEK_MAX_BYTES = 64 * 1024  # how much of a refused request's body is read to tell its upload's problems too
+UPLOAD_FIELD = "file"
 
 
 def client_gone() -> ApiError:
@@ -84,6 +88,80 @@ def multipart_file_prefix(body: bytes, boundary: bytes) -> bytes | None:
             return body[start:] if following == -1 else body[start:following]
         at = -1 if following == -1 else following + 2
     return None
+
+
+def multipart_fields(body: bytes, boundary: bytes) -> tuple[list[tuple[str, str | None]], bool]:
+    """The parts whose headers are in ``body`` as (field name, file name or None), and whether the body's end was seen."""
+    delimiter = b"--" + boundary
+    fields: list[tuple[str, str | None]] = []
+    at = body.find(delimiter)
+    while at != -1:
+        heads = at + len(delimiter)
+        if body.startswith(b"--", heads):
+            return fields, True
+        end_of_heads = body.find(b"\r\n\r\n", heads)
+        if end_of_heads == -1:
+            return fields, False
+        block = body[heads:end_of_heads]
+        name, filename = _PART_NAME.search(block), _PART_FILENAME.search(block)
+        if name:
+            fields.append((name.group(1).decode("utf-8", "replace"),
+                           filename.group(1).decode("utf-8", "replace") if filename else None))
+        following = body.find(b"\r\n" + delimiter, end_of_heads + 4)
+        at = -1 if following == -1 else following + 2
+    return fields, False
+
+
+def missing_file_field(fields: list[tuple[str, str | None]]) -> dict[str, object]:
+    """The field error for a multipart body without ``file``, naming the file field it has instead, if any."""
+    files = [name for name, filename in fields if filename is not None]
+    msg = f"the image must be in multipart field '{UPLOAD_FIELD}'"
+    if files:
+        msg += f", not {', '.join(repr(f) for f in files)}"
+    elif fields:
+        msg += f"; the body has only {', '.join(repr(name) for name, _ in fields)}"
+    return field_error(["body", UPLOAD_FIELD], msg, "missing")
+
+
+async def upload_problems(request: Request) -> list[dict[str, object]]:
+    """What is wrong with an upload whose query was refused already, so one answer names every problem.
+
+    Reads at most :data:`PEEK_MAX_BYTES` of a multipart body (the part headers come first); the
+    rest is read and dropped by :class:`app.api.drain.DrainBeforeRefusal`. Anything unclear
+    (headers past the peek, a raw body) is left for the corrected request to find.
+    """
+    if request.method != "POST":
+        return []
+    content_type = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if declared == "0" or (declared is None and not chunked):
+        return [field_error(["body", UPLOAD_FIELD], "no image: send multipart field 'file' or a raw image body",
+                            "missing")]
+    found = _BOUNDARY.search(content_type)
+    if not content_type.lower().startswith("multipart/form-data") or found is None:
+        return []
+    boundary = found.group(1).encode("latin-1", "replace")
+    seen = b""
+    try:
+        async for chunk in request.stream():
+            seen += chunk
+            fields, ended = multipart_fields(seen, boundary)
+            if any(name == UPLOAD_FIELD for name, _ in fields):
+                return []
+            if ended:
+                return [missing_file_field(fields)]
+            if len(seen) >= PEEK_MAX_BYTES:
+                break
+    except ClientDisconnect:
+        return []
+    fields, ended = multipart_fields(seen, boundary)
+    if any(name == UPLOAD_FIELD for name, _ in fields):
+        return []
+    # every part seen so far is another field and a file is among them: the name is wrong, whatever follows
+    if ended or any(filename is not None for _, filename in fields):
+        return [missing_file_field(fields)]
+    return []
 
 
 def _in_multipart(hook: PrefixHook, content_type: str) -> PrefixHook | None:
@@ -139,11 +217,14 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
     except Exception as exc:  # malformed multipart framing
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from exc
     try:
-        upload = form.get("file")
+        upload = form.get(UPLOAD_FIELD)
         if upload is None:
-            raise ApiError(422, "missing_image", "multipart body has no 'file' field")
+            fields = [(k, v.filename if isinstance(v, UploadFile) else None) for k, v in form.multi_items()]
+            problem = missing_file_field(fields)
+            raise ApiError(422, "missing_image", f"No image: {problem['msg']}.", errors=[problem])
         if not isinstance(upload, UploadFile):
-            raise ApiError(422, "missing_image", "multipart field 'file' must be a file, not a text field")
+            raise ApiError(422, "missing_image", "Multipart field 'file' must be a file, not a text field.",
+                           errors=[field_error(["body", UPLOAD_FIELD], "must be a file, not a text field", "file")])
         declared = (upload.content_type or "").lower()
         if declared and not declared.startswith(RAW_TYPES):
             raise ApiError(415, "unsupported_media_type", f"uploaded file has Content-Type {declared!r}, not image/*")

@@ -17,12 +17,13 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api.access_log import note_sizes
 from app.api.common import UPLOAD_BODY, ScaleQuery
-from app.api.errors import ApiError, classify, error_responses
+from app.api.errors import ApiError, classify, error_responses, field_error, invalid
 from app.api.state import StateDep
-from app.api.upload import read_image_upload
+from app.api.upload import read_image_upload, upload_problems
 from app.engine.batcher import Reservation
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, UnknownScale
 from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError
 from app.pipeline import OUTPUT_CHOICES, InvalidOptions, OutputOptions
@@ -30,7 +31,12 @@ from app.pipeline import OUTPUT_CHOICES, InvalidOptions, OutputOptions
 router = APIRouter(tags=["super-resolution"])
 T = TypeVar("T")
 
-OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_CHOICES})  # png, jpeg, webp, same
+FORMAT_ALIASES = {"jpg": "jpeg"}  # the spelling of the file extension is accepted too
+# png, jpeg, webp, same, and the aliases (TIFF is read, never written, so there is no `tif` to accept)
+OutputFormat = StrEnum("OutputFormat", {name: name for name in (*OUTPUT_CHOICES, *FORMAT_ALIASES)})
+FORMAT_HELP = ("output format: `png`, `jpeg` (or `jpg`), `webp`, or `same`: JPEG → JPEG, WebP → WebP, an animated "
+               "GIF → GIF and an animated PNG → APNG, any other input → PNG")
+UPSCALE_PARAMS = ("scale", "format", "quality", "lossless")
 
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -65,11 +71,23 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ApiError(499, "client_gone", "client disconnected before the answer was ready")
 
 
-def refuse_repeated(request: Request) -> None:
-    """``?scale=2&scale=3`` would silently mean 3: refuse a repeated parameter instead."""
-    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
-    if repeated:
-        raise ApiError(422, "invalid_parameters", f"parameter given more than once: {', '.join(repeated)}")
+def query_problems(request: Request, known: tuple[str, ...]) -> list[dict[str, object]]:
+    """Repeated parameters (``?scale=2&scale=3`` would silently mean 3) and unknown ones (``fromat=jpeg`` would be PNG)."""
+    params = request.query_params
+    problems = [field_error(["query", k], "given more than once", "repeated")
+                for k in sorted({k for k in params if len(params.getlist(k)) > 1})]
+    problems += [field_error(["query", k], f"unknown parameter; this route takes {', '.join(known)}", "unknown")
+                 for k in sorted(set(params) - set(known))]
+    return problems
+
+
+async def refuse_bad_query(request: Request, problems: list[dict[str, object]]) -> None:
+    """Raise one 422 naming every problem (the upload's too); ``unknown_scale`` when that is the only one."""
+    if not problems:
+        return
+    only_scale = all(p["type"] == "unknown_scale" for p in problems)
+    problems += await upload_problems(request)
+    raise invalid(problems, "unknown_scale" if only_scale else "invalid_parameters")
 
 
 @router.post(
@@ -83,9 +101,7 @@ async def upscale(
     request: Request,
     state: StateDep,
     scale: ScaleQuery,
-    format: Annotated[
-        OutputFormat, Query(description="output format; `same`: the input's (JPEG, WebP), PNG for any other input")
-    ] = OutputFormat.png,
+    format: Annotated[OutputFormat, Query(description=FORMAT_HELP)] = OutputFormat.png,
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality (default 90)")] = None,
     lossless: Annotated[bool, Query(description="lossless WebP (PNG is always lossless)")] = False,
 ) -> Response:
@@ -99,9 +115,16 @@ async def upscale(
         return reservation is not None
 
     try:
-        refuse_repeated(request)
-        pipeline.check_scale(scale)  # before the body is read
-        options = OutputOptions(format.value, quality, lossless)
+        problems = query_problems(request, UPSCALE_PARAMS)  # all of them, before the body is read
+        try:
+            pipeline.check_scale(scale)
+        except UnknownScale as exc:
+            problems.append(field_error(["query", "scale"], str(exc), "unknown_scale"))
+        try:
+            options = OutputOptions(FORMAT_ALIASES.get(format.value, format.value), quality, lossless)
+        except InvalidOptions as exc:
+            problems.append(field_error(["query", "format"], str(exc), "incoherent"))
+        await refuse_bad_query(request, problems)
         data = await read_image_upload(request, state.settings.max_body_bytes, on_prefix=admit)
         result = await unless_disconnected(request, pipeline.upscale(data, scale, options, reservation=reservation))
     except (ImageError, EngineError, InvalidOptions, ApiError) as exc:
@@ -109,6 +132,7 @@ async def upscale(
     finally:
         if reservation is not None:
             reservation.release()  # idempotent: the pipeline has released it unless the body never came
+    note_sizes(request, result.input_size, result.output_size)
     return Response(
         result.body,
         media_type=result.media_type,

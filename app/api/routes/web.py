@@ -7,6 +7,9 @@ copies shipped in ``app/web/static/vendor/``).
 
 from __future__ import annotations
 
+import os
+import re
+
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
@@ -14,8 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from app.api.routes.debug import SAMPLE_IMAGE
-from app.api.routes.upscale import OutputFormat
 from app.api.state import StateDep
+from app.pipeline import OUTPUT_CHOICES
 from app.web import STATIC_DIR
 
 STATIC_URL = "/static"
@@ -37,12 +40,49 @@ DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 's
 router = APIRouter()
 
 
+BACKEND_WORDS = {"onnxruntime": "ONNX Runtime", "torchscript": "TorchScript", "eager": "PyTorch"}
+
+
 class WebConfig(BaseModel):
     """What the page needs to know beyond ``GET /models``."""
 
     debug_routes: bool  # false: /kernels/* and /debug/* answer 404, so the page hides "Look inside"
     formats: list[str]
     max_body_bytes: int
+    jobs_max_upload_bytes: int  # videos go to /jobs, which takes bigger uploads
+    workers: int  # processes serving this port
+    serving: str  # the footer's words: workers, device, backend
+
+
+def worker_count(setting: int | str, device: str) -> int:
+    """How many processes serve this port, as far as one of them can tell.
+
+    ``python -m app.serve`` starts :func:`app.engine.host.workers_for` processes and, only
+    when there are several, switches Prometheus to multiprocess mode; a bare ``uvicorn
+    app.main:app`` is one process whatever ``SR_WORKERS`` says.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return 1
+    from app.engine.host import workers_for
+
+    return workers_for(setting, device)
+
+
+def serving_words(workers: int, device: str, backend: str) -> str:
+    """``2 worker processes on the CPU, 1 inference thread each, ONNX Runtime`` — what the footer says.
+
+    ``device`` is the engine's own description (``cpu (1 threads)``, ``cuda (NVIDIA H200)``).
+    """
+    found = re.search(r"(\d+) thread", device)
+    threads = int(found.group(1)) if found else 1
+    procs = "1 worker process" if workers == 1 else f"{workers} worker processes"
+    if device.startswith("cuda"):
+        gpu = device.partition("(")[2].rstrip(")") or "CUDA"
+        where = f"on the GPU ({gpu})"
+    else:
+        each = "" if workers == 1 else " each"
+        where = f"on the CPU, {threads} inference thread{'' if threads == 1 else 's'}{each}"
+    return f"{procs} {where}, {BACKEND_WORDS.get(backend, backend)}"
 
 
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -52,8 +92,13 @@ async def index() -> FileResponse:
 
 @router.get("/web/config", response_model=WebConfig, tags=["web"], summary="Settings the web page adapts to")
 async def web_config(state: StateDep) -> WebConfig:
-    return WebConfig(debug_routes=state.settings.debug_routes, formats=[f.value for f in OutputFormat],
-                     max_body_bytes=state.settings.max_body_bytes)
+    settings, pipeline = state.settings, state.pipeline
+    workers = worker_count(settings.workers, settings.device)
+    backend = pipeline.backend(pipeline.scales[0]) if pipeline.scales else ""
+    return WebConfig(debug_routes=settings.debug_routes, formats=list(OUTPUT_CHOICES),
+                     max_body_bytes=settings.max_body_bytes, jobs_max_upload_bytes=settings.jobs_max_upload_bytes,
+                     workers=workers,
+                     serving=serving_words(workers, state.device_name, backend))
 
 
 @router.get("/web/sample.png", include_in_schema=False)
