@@ -184,7 +184,7 @@ class JobManager:
         active.reserved = granted
         return granted
 
-    async def admit(self, job_id: str, upload: Path, scale: int, fmt: str) -> JobRecord:
+    async def admit(self, job_id: str, upload: Path, scale: int, fmt: str, upload_name: str = "") -> JobRecord:
         """Check the stored upload and queue it; on any refusal the job's folder is removed and the error raised.
 
         Raises ``ImageError``/``VideoError`` (with their statuses), ``InvalidOptions`` (422).
@@ -198,6 +198,7 @@ class JobManager:
         if not self._accepting:
             self.discard(job_id)
             raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
+        record.upload_name = upload_name
         active.record = record
         try:
             self.store.write(record)

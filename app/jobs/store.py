@@ -89,6 +89,7 @@ class JobRecord:
     error: str | None = None
     error_code: str | None = None
     input_bytes: int = 0
+    upload_name: str = ""  # the client's file name (multipart), for the result's download name
     result_bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # what the probe found; after the run, what was written
     owner_pid: int = field(default_factory=os.getpid)

@@ -17,6 +17,7 @@ see them), and every byte is reserved against the jobs quota before it is writte
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
@@ -125,6 +126,13 @@ def _unavailable(exc: JobsUnavailable) -> ApiError:
     return ApiError(exc.status, exc.code, str(exc), headers)
 
 
+def download_stem(record: JobRecord) -> str:
+    """The upload's file stem (``clip`` of ``C:\\videos\\clip.mp4``), printable; the job id for a raw body."""
+    base = re.split(r"[\\/]", record.upload_name)[-1]
+    stem = "".join(ch for ch in base.rsplit(".", 1)[0] if ch.isprintable() and ch not in '"')[:100].strip()
+    return stem or record.id
+
+
 def _record(manager: JobManager, job_id: str) -> JobRecord:
     record = manager.get(job_id)
     if record is None:
@@ -179,6 +187,7 @@ class _FilePart:
     def __init__(self, boundary: bytes, sink: _UploadFile) -> None:
         self.sink = sink
         self.found = False  # a file part named "file" was seen
+        self.filename = ""  # its file name, for the result's download name
         self._parts = 0
         self._target = False
         self._header = b""
@@ -214,6 +223,7 @@ class _FilePart:
         _, options = parse_options_header(self._disposition)
         if options.get(b"name") == b"file" and b"filename" in options and not self.found:
             self._target = self.found = True
+            self.filename = options[b"filename"].decode("utf-8", "replace")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._target:
@@ -234,8 +244,11 @@ class _FilePart:
             raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
 
 
-async def receive_upload(request: Request, job_id: str, path: Path, manager: JobManager) -> None:
-    """Stream the upload to ``path`` within the byte limit (413) and the quota (507); 415/422/400 as for /upscale."""
+async def receive_upload(request: Request, job_id: str, path: Path, manager: JobManager) -> str:
+    """Stream the upload to ``path`` within the byte limit (413) and the quota (507); 415/422/400 as for /upscale.
+
+    Returns the multipart file name ("" for a raw body), so the result downloads as ``clip_x3.mp4``.
+    """
     limit = manager.limits.max_upload_bytes
     over = ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
     content_type = request.headers.get("content-type", "").lower()
@@ -264,6 +277,7 @@ async def receive_upload(request: Request, job_id: str, path: Path, manager: Job
         raise ApiError(422, "missing_file", "multipart body has no file field 'file'")
     if sink.written == 0:
         raise ApiError(422, "missing_file", "the body is empty: send the video or image")
+    return form.filename if form is not None else ""
 
 
 @router.post(
@@ -292,8 +306,8 @@ async def create_job(
             raise ApiError(413, "body_too_large",
                            f"request body is larger than the limit of {manager.limits.max_upload_bytes} bytes")
         job_id, path = manager.reserve(size)  # the declared bytes are held against the quota from here
-        await receive_upload(request, job_id, path, manager)
-        record = await manager.admit(job_id, path, scale, format.value)
+        name = await receive_upload(request, job_id, path, manager)
+        record = await manager.admit(job_id, path, scale, format.value, upload_name=name)
     except BaseException as exc:
         if job_id is not None:
             manager.discard(job_id)
@@ -332,7 +346,7 @@ async def job_result(request: Request, job_id: str) -> Response:
     if path is None:  # expired between the read and now (or not a file of its folder)
         raise ApiError(410, "expired", f"job {job_id} finished and its result expired")
     ext = path.suffix
-    return FileResponse(path, media_type=record.media_type, filename=f"{job_id}_x{record.scale}{ext}",
+    return FileResponse(path, media_type=record.media_type, filename=f"{download_stem(record)}_x{record.scale}{ext}",
                         headers={"X-Scale": str(record.scale)})
 
 
