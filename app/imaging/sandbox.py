@@ -12,7 +12,15 @@ so the decode runs in a separate process:
   fails inside the codec (a ``MemoryError`` or a codec error) instead of
   growing the server; the worker's RSS can only grow by less than that;
 - **cancellation**: cancelling the awaiting task (the client went away) kills
-  the worker too, so an abandoned bomb stops using a core at once.
+  the worker too, so an abandoned bomb stops using a core at once;
+- **shared memory is the parent's**: a large decoded image comes back through a
+  ``/dev/shm`` file that the parent names and grants (within ``shm_bytes`` for the
+  whole sandbox and the free space of ``/dev/shm``) before the worker writes it,
+  and unlinks however the decode ends: answered, refused, killed mid-write, or
+  abandoned by its client. Without a grant (the budget or ``/dev/shm`` is full:
+  Docker gives 64 MiB by default) the pixels go through the socket instead, slower
+  but never "No space left on device". Files of a server process that died are
+  swept when a sandbox starts.
 
 Workers are fresh interpreters (``python -m app.imaging.sandbox``) that import
 only the decoder (Pillow, NumPy; never PyTorch): ~0.3 s to start, ~40 MB each.
@@ -56,6 +64,12 @@ from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
 
 _SHM = "/dev/shm"
 _INLINE_BYTES = 256 * 1024  # smaller images are pickled with the reply
+_SHM_PREFIX = "sr-decode-"
+_SHM_SPARE = 4 * 1024 * 1024  # left free in /dev/shm for everyone else
+# At most this many bytes of decoded pixels in /dev/shm per sandbox (per server process): four
+# 4096² RGBA images (64 MiB each, the largest the default limits admit). The deployment files give
+# /dev/shm this much per worker process (tests/test_shm.py reads them).
+DEFAULT_SHM_BYTES = 256 * 1024 * 1024
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # a decode is single-threaded: no BLAS/OpenMP thread pools (and their address space) in workers
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -104,7 +118,7 @@ def _worker_main(conn: Connection) -> None:
             ceiling = baseline + memory_bytes
             resource.setrlimit(resource.RLIMIT_AS, (ceiling if hard < 0 else min(ceiling, hard), hard))
         try:
-            reply: tuple[str, Any] = ("ok", _pack(decode(data, scale, limits)))
+            reply: tuple[str, Any] = ("ok", _pack(decode(data, scale, limits), conn))
         except ImageError as e:
             reply = ("error", _over_memory(memory_bytes) if str(e) == OUT_OF_MEMORY else e)
         except MemoryError:
@@ -122,29 +136,33 @@ def _worker_main(conn: Connection) -> None:
             return
 
 
-def _pack(image: DecodedImage) -> DecodedImage | tuple[str, dict[str, Any]]:
+def _pack(image: DecodedImage, conn: Connection) -> DecodedImage | tuple[str, dict[str, Any]]:
     """A large decoded image travels as raw pixels in a ``/dev/shm`` file, not pickled through the socket.
 
     Pickling 12 MB of pixels through a socketpair took ~180 ms on 2 cores (context switches
-    per socket buffer); a tmpfs file costs two memory copies (~5 ms).
+    per socket buffer); a tmpfs file costs two memory copies (~5 ms). The file is the
+    parent's: it names it (or refuses, and the pixels are pickled) and unlinks it.
     """
     planes = [image.color] + ([image.alpha] if image.alpha is not None else [])
-    if sum(len(p.getbands()) * p.width * p.height for p in planes) < _INLINE_BYTES:
+    size = sum(len(p.getbands()) * p.width * p.height for p in planes)
+    if size < _INLINE_BYTES:
         return image
-    fd, path = tempfile.mkstemp(prefix="sr-decode-", dir=_SHM if os.path.isdir(_SHM) else None)
+    conn.send(("shm", size))
+    path = conn.recv()
+    if path is None:
+        return image
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             for plane in planes:
                 f.write(plane.tobytes())
-    except BaseException:
-        os.unlink(path)
-        raise
+    except OSError:  # /dev/shm filled up meanwhile: the socket it is (the parent unlinks the file)
+        return image
     meta = {"planes": [(p.mode, p.size) for p in planes], "icc_profile": image.icc_profile,
             "source_format": image.source_format, "source_mode": image.source_mode}
     return (path, meta)
 
 
-def _unpack(value: DecodedImage | tuple[str, dict[str, Any]]) -> DecodedImage:
+def _unpack(value: DecodedImage | tuple[str, dict[str, Any]], shm: ShmBudget) -> DecodedImage:
     if isinstance(value, DecodedImage):
         return value
     path, meta = value
@@ -158,20 +176,99 @@ def _unpack(value: DecodedImage | tuple[str, dict[str, Any]]) -> DecodedImage:
                 at += n
             view.release()
     finally:
-        os.unlink(path)
+        shm.release(path)
     return DecodedImage(color=planes[0], alpha=planes[1] if len(planes) > 1 else None,
                         icc_profile=meta["icc_profile"], source_format=meta["source_format"],
                         source_mode=meta["source_mode"])
 
 
-def _discard(done: Future[tuple[str, Any, int]]) -> None:
+def _discard(done: Future[tuple[str, Any, int]], shm: ShmBudget) -> None:
     """Remove the pixel file of an answer nobody waits for any more."""
     if done.cancelled() or done.exception() is not None:
         return
     status, value, _ = done.result()
     if status == "ok" and isinstance(value, tuple):
+        shm.release(value[0])
+
+
+class ShmBudget:
+    """The ``/dev/shm`` files of one sandbox: named and granted by the parent, counted, and unlinked by it.
+
+    A grant is refused (``None``: the pixels then go through the socket) when it would
+    take the files together past ``capacity`` or leave less than a few MiB free in
+    ``/dev/shm``. Thread-safe: grants come from the waiter threads.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_SHM_BYTES, folder: str = _SHM) -> None:
+        self.capacity = capacity
+        self.folder = folder if os.path.isdir(folder) else tempfile.gettempdir()
+        self._granted: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._serial = 0
+
+    @property
+    def used(self) -> int:
+        """Bytes granted and not yet released (what this sandbox may hold in ``/dev/shm`` now)."""
+        with self._lock:
+            return sum(self._granted.values())
+
+    @property
+    def files(self) -> int:
+        with self._lock:
+            return len(self._granted)
+
+    def grant(self, size: int) -> str | None:
+        """A fresh path for ``size`` bytes of pixels, or ``None`` when they do not fit."""
+        try:
+            stat = os.statvfs(self.folder)
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:
+            return None
+        with self._lock:
+            if sum(self._granted.values()) + size > self.capacity or size + _SHM_SPARE > free:
+                return None
+            self._serial += 1
+            path = os.path.join(self.folder, f"{_SHM_PREFIX}{os.getpid()}-{self._serial}")
+            self._granted[path] = size
+        with contextlib.suppress(OSError):  # a leftover of an earlier process with our pid
+            os.unlink(path)
+        return path
+
+    def release(self, path: str | None) -> None:
+        """Unlink a granted file (written or not) and give its bytes back; idempotent."""
+        if path is None:
+            return
+        with self._lock:
+            if self._granted.pop(path, None) is None:
+                return
         with contextlib.suppress(OSError):
-            os.unlink(value[0])
+            os.unlink(path)
+
+    def sweep(self) -> int:
+        """Unlink the files of server processes that no longer run (SIGKILLed before they could); returns how many."""
+        removed = 0
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return 0
+        for name in names:
+            pid = name.removeprefix(_SHM_PREFIX).split("-", 1)[0]
+            if not name.startswith(_SHM_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.folder, name))
+                removed += 1
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _over_memory(memory_bytes: int) -> ImageTooComplex:
@@ -200,12 +297,24 @@ class _Worker:
         self.conn = Connection(ours.detach())
         self.dead = False
 
-    def run(self, job: tuple[Any, ...], timeout: float) -> tuple[str, Any, int]:
-        """Send one job and wait for its answer (in a waiter thread); kill the worker past ``timeout``."""
+    def run(self, job: tuple[Any, ...], timeout: float, shm: ShmBudget) -> tuple[str, Any, int]:
+        """Send one job and wait for its answer (in a waiter thread); kill the worker past ``timeout``.
+
+        A worker with a large image asks for a ``/dev/shm`` file first: granted here, and
+        unlinked here unless an answer carrying it comes back (then by whoever reads it).
+        """
+        deadline = time.monotonic() + timeout
+        granted: str | None = None
         try:
             self.conn.send(job)
-            if self.conn.poll(timeout):
+            while self.conn.poll(max(deadline - time.monotonic(), 0)):
                 reply = self.conn.recv()
+                if reply[0] == "shm":
+                    granted = shm.grant(reply[1])
+                    self.conn.send(granted)
+                    continue
+                if not (reply[0] == "ok" and isinstance(reply[1], tuple)):
+                    shm.release(granted)
                 if reply[2] > job[3] // _RETIRE_GROWTH:  # grown too much to keep its budget honest
                     self.reap()
                 return reply
@@ -213,6 +322,7 @@ class _Worker:
         except (EOFError, OSError, ValueError):
             status = "died"
         self.reap()
+        shm.release(granted)  # killed, timed out or gone mid-write: the file is the parent's to remove
         return (status, self.process.returncode, 0)
 
     @property
@@ -252,10 +362,11 @@ class DecodeSandbox:
     upload does not queue behind bombs while fewer than ``max_workers`` decodes run.
     """
 
-    def __init__(self, max_workers: int = 4, warm: int = 2) -> None:
+    def __init__(self, max_workers: int = 4, warm: int = 2, shm_bytes: int = DEFAULT_SHM_BYTES) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.max_workers, self.warm = max_workers, min(warm, max_workers)
+        self.shm = ShmBudget(shm_bytes)
         self._idle: list[_Worker] = []
         self._live = 0
         self._lock = threading.Lock()
@@ -265,7 +376,8 @@ class DecodeSandbox:
         self._closed = False
 
     def start(self) -> None:
-        """Start the warm workers (blocking, ~0.3 s: each imports Pillow and NumPy)."""
+        """Start the warm workers (blocking, ~0.3 s: each imports Pillow and NumPy); sweep dead servers' files."""
+        self.shm.sweep()
         with self._lock:
             missing = self.warm - len(self._idle)
         started = [_Worker() for _ in range(max(missing, 0))]
@@ -296,16 +408,17 @@ class DecodeSandbox:
             raise ImageTooComplex(f"no decoder became free within the {timeout:.1f} s decode budget")
         left = max(timeout - (time.monotonic() - started), 0.001)
         job = (data, scale, limits, budget.memory_bytes)
-        running = self._waiters.submit(worker.run, job, left)
+        running = self._waiters.submit(worker.run, job, left, self.shm)
         try:
             status, value, _ = await asyncio.wrap_future(running)
         except BaseException:  # cancelled (client gone) or the loop is going away: stop the decode now
             worker.stop()
-            running.add_done_callback(lambda done: (_discard(done), worker.reap(), self._give_back(worker)))
+            running.add_done_callback(
+                lambda done: (_discard(done, self.shm), worker.reap(), self._give_back(worker)))
             raise
         self._give_back(worker)
         if status == "ok":
-            return _unpack(value)
+            return _unpack(value, self.shm)
         if status == "error":
             raise value
         if status == "timeout":
@@ -371,7 +484,7 @@ class DecodeSandbox:
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.close()
-        self._waiters.shutdown(wait=False, cancel_futures=True)
+        self._waiters.shutdown(wait=False, cancel_futures=True)  # a busy decode's run() unlinks its own file
 
     @property
     def workers(self) -> int:
