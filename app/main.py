@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.access_log import AccessLog
 from app.api.drain import DrainBeforeRefusal
@@ -22,7 +24,6 @@ from app.api.security import SecurityMiddleware
 from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import PipelineMetrics, PrometheusObserver, RequestMetricsMiddleware
-from app.engine.device import describe
 from app.jobs import JobManager, from_settings
 from app.observability import metrics
 from app.pipeline.build import build_pipeline
@@ -35,11 +36,12 @@ def build_state(settings: Settings) -> ServiceState:
     for scale, loaded in pipeline.models.items():
         best = loaded.manifest.metrics[0] if loaded.manifest.metrics else None
         metrics.set_model_loaded(
-            name=loaded.manifest.name, scale=scale, device=pipeline.device.type,
+            name=loaded.manifest.name, scale=scale,
+            device="device_process" if settings.device_socket else pipeline.device.type,
             parameters=loaded.model.parameter_count(), psnr=best.psnr if best else None,
             ssim=best.ssim if best else None, dataset=best.dataset if best else "",
         )
-    return ServiceState(settings=settings, pipeline=pipeline, device_name=describe(pipeline.device))
+    return ServiceState(settings=settings, pipeline=pipeline)
 
 
 def served_scales_openapi(app: FastAPI) -> None:
@@ -65,6 +67,44 @@ def served_scales_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+class HeadWhereGet:
+    """``HEAD`` is served wherever ``GET`` is: the ``GET`` route answers, with its headers and no body.
+
+    FastAPI's routes answer only the methods they name, so ``HEAD /metrics``, ``/readyz`` and
+    ``/docs`` gave 405, and monitors and link checkers that probe with ``HEAD`` saw failures.
+    A ``HEAD`` that no route serves but a ``GET`` route does is routed as ``GET``; the method
+    reads ``HEAD`` again before the answer starts, so the middlewares, the access log and the
+    server (which sends no body for ``HEAD``) see the request as it came. Routes that serve
+    ``HEAD`` themselves (``/``, ``/static/*``) keep doing so. Not in the OpenAPI document,
+    which lists each operation once.
+    """
+
+    def __init__(self, app: ASGIApp, routes_of: FastAPI) -> None:
+        self.app, self.routes_of = app, routes_of
+
+    def _served(self, scope: Scope, method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in self.routes_of.router.routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or self._served(scope, "HEAD") \
+                or not self._served(scope, "GET"):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            scope["method"] = "HEAD"
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"  # for routing; the same scope dict, so outer layers see the matched route
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
@@ -103,6 +143,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(HeadWhereGet, routes_of=app)  # innermost: only routing sees HEAD as GET
     app.add_middleware(SecurityMiddleware, settings=settings)  # keys, CORS, security headers; inside the metrics
     app.add_middleware(DrainBeforeRefusal, settings=settings)  # early refusals readable by send-it-all clients
     app.add_middleware(RequestMetricsMiddleware)

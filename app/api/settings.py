@@ -67,6 +67,14 @@ class Settings(BaseSettings):
         "auto", description="where the colour work around the model runs: auto = tensor code on the model's "
         "device when it is CUDA, else the banded Pillow/NumPy compose (same bytes); tensor / pillow force one"
     )
+    device_process: Literal["auto", "on", "off"] = Field(
+        "auto", description="python -m app.serve: one process per GPU owns the models, the batcher and the pixel "
+        "work, and the HTTP workers hand it 8-bit planes in shared memory; auto: on GPU hosts (docs/settings.md)"
+    )
+    device_socket: str = Field(
+        "", description="set by python -m app.serve for its workers: the device processes' sockets, comma-separated "
+        "(a worker uses one); empty: the models run in this process"
+    )
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
     refusal_drain_bytes: int = Field(
@@ -106,6 +114,11 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
     header_timeout_s: float = Field(10.0, ge=0, description="request headers must arrive within this (0: no limit)")
     body_timeout_s: float = Field(60.0, ge=0, description="the body must arrive within this after the headers (0: no limit)")
+    jobs_body_timeout_s: float = Field(
+        1800.0, ge=0, description="a POST /jobs body must arrive within this after the headers (0: no limit)"
+    )
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request headers together, in bytes; beyond: 431")
+    max_url_bytes: int = Field(8 * 1024, ge=256, description="request target (path and query), in bytes; beyond: 414")
     # jobs: videos and large images in the background (app/jobs, app/video; issue 16)
     jobs_dir: Path = Field(Path(tempfile.gettempdir()) / "espcn-jobs",
                            description="folder of job uploads, results and records (shared by worker processes)")
