@@ -77,20 +77,25 @@ class HeadWhereGet:
     A ``HEAD`` that no route serves but a ``GET`` route does is routed as ``GET``; the method
     reads ``HEAD`` again before the answer starts, so the middlewares, the access log and the
     server (which sends no body for ``HEAD``) see the request as it came. Routes that serve
-    ``HEAD`` themselves (``/``, ``/static/*``) keep doing so. Not in the OpenAPI document,
-    which lists each operation once.
+    ``HEAD`` themselves (``/``, ``/static/*``) keep doing so, unless a ``GET`` route comes
+    before them (``/static/redoc.offline.js`` before the ``/static`` mount). Not in the OpenAPI
+    document, which lists each operation once.
     """
 
     def __init__(self, app: ASGIApp, routes_of: FastAPI) -> None:
         self.app, self.routes_of = app, routes_of
 
-    def _served(self, scope: Scope, method: str) -> bool:
-        probe = {**scope, "method": method}
-        return any(route.matches(probe)[0] is Match.FULL for route in self.routes_of.router.routes)
+    def _as_get(self, scope: Scope) -> bool:
+        """Whether a route serves ``GET`` here before any serves ``HEAD`` (the router takes the first full match)."""
+        for route in self.routes_of.router.routes:
+            if route.matches({**scope, "method": "GET"})[0] is Match.FULL:
+                return route.matches(scope)[0] is not Match.FULL
+            if route.matches(scope)[0] is Match.FULL:
+                return False
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD" or self._served(scope, "HEAD") \
-                or not self._served(scope, "GET"):
+        if scope["type"] != "http" or scope["method"] != "HEAD" or not self._as_get(scope):
             await self.app(scope, receive, send)
             return
 
