@@ -310,3 +310,15 @@ def png_chunk_flood(count: int = 200_000) -> bytes:
     parts = _png_parts(encoded(noise((16, 16)), "PNG"))
     flood = png_chunk(b"prIv", b"") * count
     return PNG_MAGIC + png_chunk(*parts[0]) + flood + b"".join(png_chunk(k, p) for k, p in parts[1:])
+
+
+def gif_one_pixel_frames(frames: int = 1000, side: int = 90) -> bytes:
+    """A real animated GIF of ``frames`` ``side``² frames, each changing one pixel (Pillow's writer keeps a 1×1
+    rectangle per frame): a few tens of KB that decode to frames × side² pixels, and ×scale² more upscaled."""
+    base = Image.new("L", (side, side), 128)
+    images = []
+    for i in range(frames):
+        frame = base.copy()
+        frame.putpixel((i % side, (i // side) % side), (i * 7) % 256)
+        images.append(frame)
+    return encoded(images[0], "GIF", save_all=True, append_images=images[1:], duration=40, loop=0)

@@ -136,8 +136,9 @@ class Settings(BaseSettings):
     jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")
     # animated GIF/APNG/WebP uploads, frame by frame (app/pipeline/animated.py; issue 14)
     max_animation_pixels: int = Field(
-        2 * 8192 * 8192, ge=1, description="largest animation answer: frames × output pixels (about 4 bytes each "
-        "are held at once); beyond it: 413"
+        8192 * 8192, ge=1, description="largest animation answer: frames × output pixels; beyond it: 413. Also "
+        "the memory all animations in flight in a process may hold together: 12 bytes per pixel of this "
+        "(768 MiB by default), reserved before decoding; beyond it: 503 + Retry-After"
     )
     # bounded debug views and access control (app/api/routes/debug.py, app/api/security.py; issue 15)
     debug_max_pixels: int = Field(

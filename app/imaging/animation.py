@@ -10,7 +10,14 @@ is kept for all of them when any frame has a pixel that is not opaque (an
 animated WebP is always RGBA in Pillow, an opaque one loses its alpha here as
 a still WebP would), and grey frames become RGB if any frame is in colour.
 Before a frame is decoded, the canvas is held to the input/output pixel limits
-and frames × output pixels to ``max_animation_pixels`` (413 beyond).
+and frames × output pixels to ``max_animation_pixels`` (413 beyond), and the
+memory the whole animation will hold — decoded frames and upscaled frames with
+their encoding, :func:`animation_bytes` — is reserved in the process's
+:class:`~app.imaging.limits.MemoryBudget` (shared by all animations in flight:
+413 if it can never fit, :class:`~app.imaging.limits.BudgetBusy` if not now).
+Every frame is held to the limits again as it is decoded (a GIF frame may grow
+the canvas: the reservation grows with it, or the animation is refused), and a
+``stop`` event, set when the client is gone, ends the decode at the next frame.
 
 **Writing.** What is kept: every frame's duration, the loop count (a GIF
 without a loop extension plays once, and stays so: ``loop=1`` in APNG and
@@ -30,6 +37,7 @@ which flickers in animations); transparency is 1-bit (alpha < 128 is clear).
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +48,22 @@ from app.imaging import guards, icc
 from app.imaging.decode import DecodedImage
 from app.imaging.encode import DEFAULT_QUALITY, WEBP_MAX_SIDE
 from app.imaging.errors import ImageTooLarge, InvalidImage
-from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
+from app.imaging.limits import DEFAULT_LIMITS, ImageLimits, MemoryBudget, MemoryReservation, check_size
 
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # Pillow's names of the containers read as animations
 ANIMATION_OUTPUTS = {"gif": "image/gif", "png": "image/png", "webp": "image/webp"}  # APNG is served as image/png
-DEFAULT_MAX_ANIMATION_PIXELS = 2 * 8192 * 8192  # frames × output pixels: about 4 bytes each are held at once
+DEFAULT_MAX_ANIMATION_PIXELS = 8192 * 8192  # frames × output pixels of one answer (and the budget's size, below)
 _SAME_ANIMATED = {"GIF": "gif", "PNG": "png", "WEBP": "webp"}
 _GIF_TRANSPARENT = 255  # the palette index kept for transparent pixels
+# What one animation holds, per pixel: a decoded frame is colour + alpha (4 bytes); an upscaled one is
+# RGB(A) until encoded, plus the writer's copy of it (a GIF's quantised frame) and the encoded body.
+# Measured: 1,000 90² GIF frames at ×4 peaked at 6.6 bytes per output pixel (issue 32).
+DECODED_BYTES_PER_PIXEL = 4
+OUTPUT_BYTES_PER_PIXEL = 8
+
+
+class Stopped(Exception):
+    """The decode or encode was abandoned (its client is gone): nobody reads this answer."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ class Animation:
     loop: int | None  # 0: forever; None: no loop extension (a GIF that plays once)
     source_format: str  # GIF, PNG or WEBP
     icc_profile: bytes | None = None
+    reservation: MemoryReservation | None = None  # what it holds in the budget: release once it is answered
 
     @property
     def size(self) -> tuple[int, int]:
@@ -91,17 +109,28 @@ def check_animation_size(width: int, height: int, frames: int, scale: int, max_a
         )
 
 
+def animation_bytes(width: int, height: int, frames: int, scale: int) -> int:
+    """The memory an animation of ``frames`` ``width``×``height`` frames holds at ×``scale``, decoded to answered."""
+    pixels = frames * width * height
+    return pixels * (DECODED_BYTES_PER_PIXEL + OUTPUT_BYTES_PER_PIXEL * scale * scale)
+
+
 def decode_animation(
     data: bytes,
     scale: int,
     limits: ImageLimits = DEFAULT_LIMITS,
     max_animation_pixels: int = DEFAULT_MAX_ANIMATION_PIXELS,
+    *,
+    budget: MemoryBudget | None = None,
+    stop: threading.Event | None = None,
 ) -> Animation | None:
     """The frames of an animated GIF/APNG/WebP as full canvases, or None when ``data`` is not an animation.
 
     The container is walked by :mod:`app.imaging.guards` and every limit (the still
-    limits on the canvas, ``max_animation_pixels`` on all frames) is checked before the
-    first frame is decoded.
+    limits on the canvas, ``max_animation_pixels`` on all frames) is checked, and the
+    whole animation's memory reserved in ``budget``, before the first frame is decoded.
+    The returned animation carries that reservation; on any exception it is released here.
+    ``stop`` set: :class:`Stopped` at the next frame.
     """
     if not may_be_animated(data):
         return None
@@ -112,8 +141,23 @@ def decode_animation(
         frames = im.n_frames
     except _decode._BROKEN as e:
         raise InvalidImage(f"could not count the frames of the {im.format} animation: {e}") from None
-    source_format = im.format or ""
     check_animation_size(im.width, im.height, frames, scale, max_animation_pixels)
+    what = f"the ×{scale} answer to this {frames}-frame {im.width}×{im.height} animation"
+    reservation = budget.reserve(animation_bytes(im.width, im.height, frames, scale), what) if budget else None
+    try:
+        return _decode_frames(im, frames, scale, limits, max_animation_pixels, reservation, stop)
+    except BaseException:
+        if reservation is not None:
+            reservation.release()
+        raise
+
+
+def _decode_frames(
+    im: Image.Image, frames: int, scale: int, limits: ImageLimits, max_animation_pixels: int,
+    reservation: MemoryReservation | None, stop: threading.Event | None,
+) -> Animation:
+    source_format = im.format or ""
+    canvas = im.size
     profile = im.info.get("icc_profile") or None
     loop = im.info.get("loop")
     decoded: list[DecodedImage] = []
@@ -122,7 +166,15 @@ def decode_animation(
     first = 1 if source_format == "PNG" and im.info.get("default_image") else 0
     try:
         for index in range(first, frames):
+            if stop is not None and stop.is_set():
+                raise Stopped(f"abandoned at frame {index + 1} of {frames}")
             im.seek(index)
+            if im.size != canvas:  # a GIF frame outside the canvas grows it: the limits and budget again
+                check_size(im.width, im.height, scale, limits)
+                check_animation_size(im.width, im.height, frames, scale, max_animation_pixels)
+                if reservation is not None:
+                    reservation.grow(animation_bytes(*im.size, frames, scale) - animation_bytes(*canvas, frames, scale))
+                canvas = im.size
             im.load()
             durations.append(float(im.info.get("duration", 0) or 0))
             frame = _decode._upright(im.copy())  # the copy: seeking mutates the image
@@ -137,7 +189,7 @@ def decode_animation(
     decoded = _one_mode(decoded)
     fits = profile if icc.fits(profile, decoded[0].color.mode) else None
     return Animation(frames=decoded, durations=durations, loop=loop if isinstance(loop, int) else None,
-                     source_format=source_format, icc_profile=fits)
+                     source_format=source_format, icc_profile=fits, reservation=reservation)
 
 
 def _one_mode(frames: list[DecodedImage]) -> list[DecodedImage]:
@@ -165,15 +217,25 @@ def encode_animation(
     lossless: bool = False,
     icc_profile: bytes | None = None,
     png_compress_level: int = 1,
+    stop: threading.Event | None = None,
 ) -> bytes:
-    """Whole frames (``L``, ``LA``, ``RGB`` or ``RGBA``, one mode) → an animated GIF, APNG or WebP."""
+    """Whole frames (``L``, ``LA``, ``RGB`` or ``RGBA``, one mode) → an animated GIF, APNG or WebP.
+
+    ``stop`` set (the client is gone): :class:`Stopped` before the writer starts, and
+    between GIF frames as they are quantised.
+    """
     if fmt not in ANIMATION_OUTPUTS:
         raise ValueError(f"unknown animation format {fmt!r}; choose one of {', '.join(ANIMATION_OUTPUTS)}")
     if len(frames) != len(durations) or not frames:
         raise ValueError("one duration per frame, and at least one frame")
     buffer = io.BytesIO()
+
+    def check() -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped("abandoned while encoding")
+
     if fmt == "gif":
-        first, *rest = [_gif_frame(f) for f in frames]
+        first, *rest = [(check(), _gif_frame(f))[1] for f in frames]
         transparent = "A" in frames[0].mode
         params: dict[str, object] = {"disposal": 2 if transparent else 1, "optimize": False}
         if transparent:
@@ -195,6 +257,7 @@ def encode_animation(
         if frames[0].mode in ("L", "LA"):
             frames = [f.convert("RGB" if f.mode == "L" else "RGBA") for f in frames]
         params |= {"lossless": True} if lossless else {"quality": DEFAULT_QUALITY if quality is None else quality}
+    check()
     frames[0].save(buffer, fmt.upper(), save_all=True, append_images=frames[1:], **params)
     return buffer.getvalue()
 

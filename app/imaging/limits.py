@@ -6,10 +6,13 @@ per-request limits on the input and on the output the scale would produce.
 
 The structural bounds (scans, chunks, frames, metadata bytes) are what
 :mod:`app.imaging.guards` holds a file's container to before decoding it.
+:class:`MemoryBudget` bounds what work of one kind (animations) holds in a
+process at once, all its requests together.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from app.imaging.errors import ImageTooLarge, InvalidImage
@@ -63,3 +66,72 @@ def check_size(width: int, height: int, scale: int, limits: ImageLimits = DEFAUL
             f"the ×{scale} output of a {width}×{height} image would be {out_w}×{out_h} = {_amount(out_w * out_h)}; "
             f"the limit is {_amount(limits.max_output_pixels)}"
         )
+
+
+class BudgetBusy(Exception):
+    """A :class:`MemoryBudget` has not the room now: others hold it; retry later (503 + Retry-After)."""
+
+
+class MemoryBudget:
+    """Bytes a process may hold at once for one kind of work, reserved before the work starts.
+
+    One budget is shared by every request of its kind in the process, so concurrent
+    requests cannot together pass it: a reservation larger than the whole budget can
+    never fit (:class:`ImageTooLarge`, 413); one that does not fit beside those held
+    now is :class:`BudgetBusy`. Thread-safe (reservations are made in codec threads).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def reserve(self, nbytes: int, what: str) -> MemoryReservation:
+        """Hold ``nbytes`` for ``what`` (a phrase for the refusal) until the reservation is released."""
+        reservation = MemoryReservation(self, 0, what)
+        reservation.grow(nbytes)
+        return reservation
+
+    def _take(self, nbytes: int, held: int, what: str) -> None:
+        if held + nbytes > self.capacity:
+            raise ImageTooLarge(f"{what} needs {_mib(held + nbytes)} of memory; at most {_mib(self.capacity)} "
+                                "are held for such work at once")
+        with self._lock:
+            if self._used + nbytes > self.capacity:
+                raise BudgetBusy(f"{what} needs {_mib(nbytes)} of memory and {_mib(self.capacity - self._used)} "
+                                 "are free now; retry later")
+            self._used += nbytes
+
+    def _give(self, nbytes: int) -> None:
+        with self._lock:
+            self._used -= nbytes
+
+
+class MemoryReservation:
+    """Bytes held in a :class:`MemoryBudget`; grown when the work turns out larger, released once."""
+
+    def __init__(self, budget: MemoryBudget, nbytes: int, what: str) -> None:
+        self.budget, self.nbytes, self.what = budget, nbytes, what
+
+    def grow(self, extra: int) -> None:
+        """Hold ``extra`` bytes more, or raise as :meth:`MemoryBudget.reserve` does (keeping what is held)."""
+        if extra > 0:
+            self.budget._take(extra, self.nbytes, self.what)
+            self.nbytes += extra
+
+    def release(self) -> None:
+        """Give the bytes back (idempotent)."""
+        held, self.nbytes = self.nbytes, 0
+        if held:
+            self.budget._give(held)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):,.0f} MiB"

@@ -9,6 +9,14 @@ refusal is answered, as for a still). The output format: GIF for
 ``format=same`` on a GIF, APNG for ``png`` (and ``same`` on an APNG), animated
 WebP for ``webp``; JPEG has no animation and is refused (422).
 
+Memory: the whole animation's decoded and upscaled frames are reserved before
+the first frame is decoded, in one budget per pipeline that every animation in
+flight shares (``max_animation_pixels`` × 12 bytes: 768 MiB by default); an
+animation that can never fit is 413, one that does not fit now 503 +
+Retry-After, as a full queue. The reservation is released once the answer is
+encoded, or when the request fails or its client goes — which also stops the
+decode and the encode at their next frame.
+
 Timings: ``decode`` is the frames' decoding; ``model`` the wall time of the
 frame phase (queue, model and each frame's compose, overlapped); ``compose``
 the frames' compose times summed (they overlap ``model``); ``encode`` the
@@ -19,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +38,8 @@ from PIL import Image
 from app.engine.errors import DeadlineExceeded, QueueFull
 from app.imaging.animation import (
     ANIMATION_OUTPUTS,
+    DECODED_BYTES_PER_PIXEL,
+    OUTPUT_BYTES_PER_PIXEL,
     Animation,
     animated_output,
     decode_animation,
@@ -36,6 +48,7 @@ from app.imaging.animation import (
 from app.imaging.decode import DecodedImage
 from app.imaging.encode import WEBP_MAX_SIDE
 from app.imaging.errors import ImageTooLarge, InvalidImage
+from app.imaging.limits import BudgetBusy, MemoryBudget
 from app.pipeline.options import InvalidOptions, OutputOptions
 from app.pipeline.pipeline import UpscaleResult
 from app.pipeline.timings import Timings
@@ -44,6 +57,11 @@ if TYPE_CHECKING:
     from app.pipeline.pipeline import Pipeline
 
 MAX_FRAMES_IN_FLIGHT = 32
+# The memory budget of a pipeline's animations: max_animation_pixels × this, so that one answer at that
+# bound always fits (its output pixels at OUTPUT_BYTES_PER_PIXEL, its input at most DECODED_BYTES_PER_PIXEL each).
+BUDGET_BYTES_PER_PIXEL = OUTPUT_BYTES_PER_PIXEL + DECODED_BYTES_PER_PIXEL
+_budgets: weakref.WeakKeyDictionary[Pipeline, MemoryBudget] = weakref.WeakKeyDictionary()
+_budgets_lock = threading.Lock()
 CHOICES = "format=same (GIF for a GIF), png (APNG) or webp (animated WebP)"
 
 
@@ -82,12 +100,49 @@ async def upscale_animated(
     timings = timings or Timings()
     animated_format(options, _source_format(data))  # a JPEG asked for: 422 before any frame is decoded
     started = time.perf_counter()
-    animation = await pipeline.in_pool(decode_animation, data, scale, pipeline.limits, pipeline.max_animation_pixels)
-    if animation is None:
-        raise InvalidImage("the animation's frames could not be read")
-    timings.decode += time.perf_counter() - started
-    pipeline.observer.stage("decode", timings.decode)
-    return await upscale_animation(pipeline, animation, scale, options, deadline=deadline, timings=timings)
+    stop = threading.Event()
+    decoding = asyncio.get_running_loop().run_in_executor(
+        pipeline.codec_pool,
+        lambda: decode_animation(data, scale, pipeline.limits, pipeline.max_animation_pixels,
+                                 budget=animation_budget(pipeline), stop=stop))
+    try:
+        animation = await asyncio.shield(decoding)
+    except BudgetBusy as e:
+        raise QueueFull(f"animations in flight hold this process's memory for them: {e}",
+                        pipeline.engine.retry_after_s) from None
+    except asyncio.CancelledError:  # the client is gone: stop at the next frame, and free what it reserved
+        stop.set()
+        decoding.add_done_callback(_release_abandoned)
+        raise
+    try:
+        if animation is None:
+            raise InvalidImage("the animation's frames could not be read")
+        timings.decode += time.perf_counter() - started
+        pipeline.observer.stage("decode", timings.decode)
+        return await upscale_animation(pipeline, animation, scale, options, deadline=deadline, timings=timings,
+                                       stop=stop)
+    finally:
+        stop.set()
+        if animation is not None and animation.reservation is not None:
+            animation.reservation.release()
+
+
+def animation_budget(pipeline: Pipeline) -> MemoryBudget:
+    """The memory budget every animation of ``pipeline`` shares: ``max_animation_pixels`` × 12 bytes."""
+    with _budgets_lock:
+        budget = _budgets.get(pipeline)
+        if budget is None:
+            budget = _budgets[pipeline] = MemoryBudget(pipeline.max_animation_pixels * BUDGET_BYTES_PER_PIXEL)
+        return budget
+
+
+def _release_abandoned(done: asyncio.Future[Animation | None]) -> None:
+    """The decode of a request whose client left finished anyway: give back what it reserved."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    animation = done.result()
+    if animation is not None and animation.reservation is not None:
+        animation.reservation.release()
 
 
 def _source_format(data: bytes) -> str:
@@ -105,8 +160,9 @@ async def upscale_animation(
     *,
     deadline: float | None = None,
     timings: Timings | None = None,
+    stop: threading.Event | None = None,
 ) -> AnimatedResult:
-    """Decoded frames → the ×``scale`` animation encoded as ``options`` asks."""
+    """Decoded frames → the ×``scale`` animation encoded as ``options`` asks (``stop``: see :func:`encode_animation`)."""
     timings = timings or Timings()
     fmt = animated_format(options, animation.source_format)
     width, height = animation.size
@@ -119,7 +175,7 @@ async def upscale_animation(
     body = await pipeline.in_pool(
         lambda: encode_animation(frames, animation.durations, fmt, loop=animation.loop, quality=options.quality,
                                  lossless=options.lossless, icc_profile=animation.icc_profile,
-                                 png_compress_level=pipeline.png_compress_level))
+                                 png_compress_level=pipeline.png_compress_level, stop=stop))
     timings.encode += time.perf_counter() - started
     pipeline.observer.stage("encode", time.perf_counter() - started)
     return AnimatedResult(body=body, format=fmt, model=pipeline.models[scale].manifest.name, scale=scale,
