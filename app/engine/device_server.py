@@ -1,0 +1,149 @@
+"""The device process's side of the wire: one owner of the device serves every HTTP worker's pixels.
+
+One process per GPU holds the models, the cross-request batcher and the pixel
+work (:class:`~app.engine.pixels.PixelEngine`), so tiles from every worker share
+its batches and one CUDA context owns the GPU (no time slicing between contexts).
+The HTTP workers keep HTTP and the CPU codecs and send 8-bit planes in shared
+memory (:mod:`app.engine.channel`); :mod:`app.engine.remote` is their side.
+
+Messages (JSON, one datagram each):
+
+- ``hello`` → what is served: scales and their backends, the device, the queue's bounds;
+- ``upscale`` (+ a memfd holding the input planes, then room for the output)
+  → ``ok`` with timings, or ``error`` naming the engine's refusal (``QueueFull``…);
+- ``cancel``: the worker's client has gone; its tiles are dropped unrun.
+
+Every reply carries the queue depth, which the workers use for early admission.
+A worker that disconnects has its requests cancelled. Any failure answers that
+request alone; the server itself only stops when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from app.engine import errors
+from app.engine.batcher import Engine
+from app.engine.channel import Channel, SharedBuffer
+from app.engine.pixels import PixelEngine, output_shape
+
+log = logging.getLogger(__name__)
+
+# engine refusals that cross the wire by name; anything else answers as ModelError
+WIRE_ERRORS: dict[str, type[errors.EngineError]] = {
+    cls.__name__: cls
+    for cls in (errors.QueueFull, errors.TooManyTiles, errors.DeadlineExceeded, errors.ModelError,
+                errors.WorkerRestarted, errors.EngineClosed, errors.UnknownScale)
+}
+
+
+def error_message(exc: BaseException) -> dict[str, Any]:
+    """An exception as the wire's ``error`` fields (what :func:`app.engine.remote.raise_error` rebuilds)."""
+    name = type(exc).__name__ if type(exc).__name__ in WIRE_ERRORS else "ModelError"
+    message: dict[str, Any] = {"error": name, "message": str(exc) if name != "ModelError" or
+                               isinstance(exc, errors.ModelError) else f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, errors.QueueFull):
+        message["retry_after_s"] = exc.retry_after_s
+    if isinstance(exc, errors.UnknownScale):
+        message["served"] = list(exc.served)
+    return message
+
+
+class DeviceServer:
+    """Serves :class:`PixelEngine` calls to HTTP workers over a Unix ``SOCK_SEQPACKET`` socket."""
+
+    def __init__(self, pixels: PixelEngine, info: dict[str, Any]) -> None:
+        self.pixels = pixels
+        self.engine: Engine = pixels.engine
+        self.info = info  # what ``hello`` answers besides the live queue
+        self._connections: set[asyncio.Task[None]] = set()
+        self._requests: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def serve(self, sock: Any) -> None:
+        """Accept workers on the listening socket until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            conn.setblocking(False)
+            task = asyncio.create_task(self._connection(Channel(conn)), name="device-connection")
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Shutdown: wait (up to ``timeout_s``) until every worker has gone, then stop the engine."""
+        self._closing = True
+        deadline = time.monotonic() + timeout_s
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self.engine.close(max(0.0, deadline - time.monotonic()))
+
+    async def _connection(self, channel: Channel) -> None:
+        mine: dict[int, asyncio.Task[None]] = {}
+        try:
+            while (received := await channel.receive()) is not None:
+                message, fd = received
+                op = message.get("op")
+                if op == "upscale" and fd is not None:
+                    task = asyncio.create_task(self._upscale(channel, message, fd))
+                    mine[message["id"]] = task
+                    task.add_done_callback(lambda _t, i=message["id"]: mine.pop(i, None))
+                elif op == "cancel":
+                    if (task := mine.get(message.get("id", -1))) is not None:
+                        task.cancel()
+                elif op == "hello":
+                    await channel.send(self._hello())
+                else:
+                    if fd is not None:
+                        os.close(fd)
+                    log.warning("device server: unknown message %r", op)
+        finally:
+            for task in mine.values():  # the worker has gone: so have its clients
+                task.cancel()
+            channel.close()
+
+    def _hello(self) -> dict[str, Any]:
+        return {"op": "hello", **self.info, "ready": self.engine.ready and not self._closing,
+                "depth": self.engine.queue_depth}
+
+    async def _upscale(self, channel: Channel, message: dict[str, Any], fd: int) -> None:
+        reply: dict[str, Any] = {"id": message["id"]}
+        try:
+            try:
+                h, w, c, scale = (int(message[k]) for k in ("h", "w", "c", "scale"))
+                alpha = bool(message["alpha"])
+                out_shape = output_shape(h, w, c, alpha, scale)
+                size_in = h * w * (c + int(alpha))
+            except BaseException:
+                os.close(fd)
+                raise
+            buffer = SharedBuffer(size_in + int(np.prod(out_shape)), fd)  # maps, then closes the descriptor
+            color = np.frombuffer(buffer.map, np.uint8, h * w * c).reshape(h, w, c)
+            plane = np.frombuffer(buffer.map, np.uint8, h * w, h * w * c).reshape(h, w) if alpha else None
+            out = np.frombuffer(buffer.map, np.uint8, int(np.prod(out_shape)), size_in).reshape(out_shape)
+            timings = await self.pixels.upscale_into(color, plane, scale, out, deadline=message.get("deadline"))
+            reply.update(ok=True, model_s=timings.model_s, compose_s=timings.compose_s)
+        except asyncio.CancelledError:
+            return  # the worker asked, or went: nobody waits for an answer
+        except Exception as exc:  # one request's failure answers that request alone
+            if not isinstance(exc, errors.EngineError):
+                log.exception("device server: request failed")
+            reply.update(error_message(exc))
+        reply["depth"] = self.engine.queue_depth
+        try:
+            await channel.send(reply)
+        except OSError:
+            pass  # the worker went while we computed

@@ -1,0 +1,98 @@
+"""The pixel work around the model as one call: 8-bit planes in, 8-bit planes out, beside the model.
+
+On a GPU the decoded image crosses the bus once, as 8-bit planes, and luma,
+alpha bleeding, the model, bicubic chroma and the luma swap all run on the
+device (:mod:`app.core.planes`), the output crossing back once as 8-bit planes.
+The device process (:mod:`app.engine.device_server`) serves exactly this call to
+the HTTP workers, and an HTTP worker that owns its GPU itself calls it in-process;
+on a CPU host the same call is the reference the compiled compose is tested against.
+
+Planes travel in the image's own interleaved layout, ``(H, W, C)`` uint8 (C = 1 or
+3, alpha apart as ``(H, W)``), which is what Pillow decodes to and encodes from, so
+the HTTP side never re-lays pixels out; the output is ``(r·H, r·W, C')`` with C' the
+output image's bands (L, LA, RGB, RGBA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.core import planes
+from app.engine.batcher import Engine, Reservation
+from app.engine.device import transfer
+
+
+@dataclass(frozen=True)
+class PixelTimings:
+    model_s: float  # from admission to the model's luma, queue wait included
+    compose_s: float  # luma before, chroma, alpha and the luma swap after, with the copies to and from the device
+
+
+def output_shape(height: int, width: int, bands: int, alpha: bool, scale: int) -> tuple[int, int, int]:
+    """The ``(r·H, r·W, C')`` uint8 planes an input of ``bands`` colour planes (+ alpha) comes back as."""
+    return height * scale, width * scale, bands + int(alpha)
+
+
+def _device_planes(color: np.ndarray, alpha: np.ndarray | None, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """``(H, W, C)`` / ``(H, W)`` arrays → ``(C, H, W)`` / ``(H, W)`` uint8 tensors on ``device``."""
+    c = transfer(torch.from_numpy(color).permute(2, 0, 1), device)
+    a = transfer(torch.from_numpy(alpha), device) if alpha is not None else None
+    return c, a
+
+
+class PixelEngine:
+    """8-bit planes → luma → :class:`Engine` (batched with every other request) → composed 8-bit planes.
+
+    ``executor`` runs the tensor work before and after the model (copies and kernel
+    launches), off the event loop.
+    """
+
+    def __init__(self, engine: Engine, device: torch.device, executor: Executor) -> None:
+        self.engine = engine
+        self.device = device
+        self.executor = executor
+
+    async def upscale(
+        self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
+        reservation: Reservation | None = None,
+    ) -> tuple[np.ndarray, PixelTimings]:
+        """``color`` (H, W, 1 or 3) and ``alpha`` (H, W) uint8 → the ×``scale`` output planes and their timings."""
+        h, w, c = color.shape
+        out = np.empty(output_shape(h, w, c, alpha is not None, scale), np.uint8)
+        timings = await self.upscale_into(color, alpha, scale, out, deadline=deadline, reservation=reservation)
+        return out, timings
+
+    async def upscale_into(
+        self, color: np.ndarray, alpha: np.ndarray | None, scale: int, out: np.ndarray, *,
+        deadline: float | None = None, reservation: Reservation | None = None,
+    ) -> PixelTimings:
+        """As :meth:`upscale`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            c, a, luma = await loop.run_in_executor(self.executor, self._before, color, alpha)
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+        prepared = time.perf_counter()
+        sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
+        modelled = time.perf_counter()
+        await loop.run_in_executor(self.executor, self._after, c, a, sr, scale, out)
+        return PixelTimings(model_s=modelled - prepared, compose_s=(prepared - started) + (time.perf_counter() - modelled))
+
+    def _before(self, color: np.ndarray, alpha: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        c, a = _device_planes(color, alpha, self.device)
+        return c, a, planes.luma(c, a)
+
+    @staticmethod
+    def _after(c: Tensor, a: Tensor | None, sr: Tensor, scale: int, out: np.ndarray) -> None:
+        composed = planes.compose(c, a, sr, scale).permute(1, 2, 0)
+        torch.from_numpy(out).copy_(composed)

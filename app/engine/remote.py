@@ -1,0 +1,235 @@
+"""The HTTP worker's side of the device process: :class:`PixelEngine`'s call, served by another process.
+
+A worker that does not own the device holds one connection to the device
+process (:mod:`app.engine.device_server`) and sends each request's 8-bit planes
+in a memfd; the answer's planes come back in the same pages. It keeps only what
+admission needs: the served scales, the queue's bounds and the last depth the
+device reported, plus its own reservations, so an overloaded device is refused
+from the image header, as in-process. The device process still has the last
+word: its own admission refuses what would pass the bound.
+
+When the device process goes (killed, restarting), the requests waiting on it
+fail with :class:`DeviceUnavailable` (503, retry), :attr:`ready` turns false, and
+the worker reconnects as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from app.core.tiling import count_tiles
+from app.engine import errors
+from app.engine.batcher import Reservation
+from app.engine.channel import Channel, SharedBuffer, connect
+from app.engine.device_server import WIRE_ERRORS
+from app.engine.pixels import PixelTimings, output_shape
+
+log = logging.getLogger(__name__)
+RECONNECT_S = 0.2  # between attempts while the device process is away
+
+
+class DeviceUnavailable(errors.WorkerRestarted):
+    """The device process is not there (starting, or restarting after a crash): retry (503)."""
+
+
+def raise_error(reply: dict[str, Any]) -> None:
+    """Rebuild the engine refusal a device reply names (see :func:`app.engine.device_server.error_message`)."""
+    cls = WIRE_ERRORS.get(reply["error"], errors.ModelError)
+    message = reply.get("message", "")
+    if cls is errors.QueueFull:
+        raise errors.QueueFull(message, float(reply.get("retry_after_s", 1.0)))
+    if cls is errors.UnknownScale:
+        raise errors.UnknownScale(message, tuple(reply.get("served", ())))
+    raise cls(message)
+
+
+class RemoteEngine:
+    """The engine and pixel calls of a worker whose device lives in the device process at ``path``."""
+
+    def __init__(self, path: str, *, retry_after_s: float = 1.0) -> None:
+        self.path = path
+        self.retry_after_s = retry_after_s
+        self.info: dict[str, Any] = {}  # the device's hello: scales, backends, device, bounds
+        self._channel: Channel | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count()
+        self._depth = 0
+        self._reserved = 0  # tiles of this worker's requests admitted from their header (Reservation's field)
+        self._accepting = False
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    # -- what the pipeline reads -----------------------------------------------------------
+
+    @property
+    def tile(self) -> int:
+        return int(self.info.get("tile", 96))
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.info.get("max_batch", 64))
+
+    @property
+    def max_queue_tiles(self) -> int:
+        return int(self.info.get("max_queue_tiles", 4096))
+
+    @property
+    def queue_depth(self) -> int:
+        """Tiles pending in the device process, as of its last answer."""
+        return self._depth
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting and self._channel is not None and bool(self.info.get("ready"))
+
+    @property
+    def device_name(self) -> str:
+        return f"{self.info.get('device', 'unknown')}, in the device process" if self.info else \
+            "the device process (not connected)"
+
+    def backend(self, scale: int) -> str:
+        return str(self.info.get("backends", {}).get(str(scale), "unknown"))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Connect in the background (and keep reconnecting); wait up to ``wait_s`` for the first connection."""
+        self._accepting = True
+        self._task = asyncio.create_task(self._stay_connected(), name="device-connection")
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), wait_s)
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop admitting, let the requests in flight finish (up to the timeout), then disconnect."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_pending(errors.EngineClosed("the service is shutting down"))
+
+    async def _stay_connected(self) -> None:
+        while True:
+            try:
+                channel = Channel(await connect(self.path))
+            except OSError:
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            try:
+                await channel.send({"op": "hello"})
+                received = await channel.receive()
+                if received is None or received[0].get("op") != "hello":
+                    raise ConnectionError("the device process closed before saying hello")
+                self.info, self._depth = received[0], int(received[0].get("depth", 0))
+                self._channel = channel
+                self._connected.set()
+                log.info("connected to the device process at %s (%s)", self.path, self.info.get("device"))
+                await self._read(channel)
+            except (OSError, ConnectionError) as exc:
+                log.warning("device process connection lost: %s", exc)
+            finally:
+                self._channel = None
+                self._connected.clear()
+                channel.close()
+                self._fail_pending(DeviceUnavailable("the device process went away; retry"))
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _read(self, channel: Channel) -> None:
+        while (received := await channel.receive()) is not None:
+            reply, _fd = received
+            if "depth" in reply:
+                self._depth = int(reply["depth"])
+            if reply.get("op") == "hello":
+                self.info = reply
+            future = self._pending.pop(reply.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+        raise ConnectionError("the device process closed the connection")
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: its request may be gone
+
+    # -- admission -------------------------------------------------------------------------
+
+    def reserve(self, scale: int, height: int, width: int) -> Reservation:
+        """Queue room for an image from its header, against the device's last depth and this worker's holds."""
+        tiles = count_tiles(height, width, self.tile)
+        if not self._accepting:
+            raise errors.EngineClosed("the service is not accepting work")
+        if not self.ready:
+            raise DeviceUnavailable("the device process is not ready; retry")
+        served = tuple(int(s) for s in self.info.get("backends", {}))
+        if scale not in served:
+            raise errors.UnknownScale(f"no model for scale {scale}", served)
+        if tiles > self.max_queue_tiles:
+            raise errors.TooManyTiles(f"the image needs {tiles} tiles; the queue holds {self.max_queue_tiles}")
+        pending = self._depth + self._reserved
+        if pending + tiles > self.max_queue_tiles:
+            raise errors.QueueFull(
+                f"queue full: {pending} tiles pending, {tiles} more would pass the bound of {self.max_queue_tiles}",
+                self.retry_after_s,
+            )
+        self._reserved += tiles
+        return Reservation(self, tiles, (scale, height, width))  # type: ignore[arg-type]
+
+    # -- the call --------------------------------------------------------------------------
+
+    async def upscale(
+        self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
+        reservation: Reservation | None = None,
+    ) -> tuple[np.ndarray, PixelTimings]:
+        """As :meth:`app.engine.pixels.PixelEngine.upscale`, computed by the device process."""
+        if reservation is not None:
+            reservation.release()  # the device process admits it now, against its own queue
+        channel = self._channel
+        if channel is None or not self._accepting:
+            raise DeviceUnavailable("the device process is not connected; retry")
+        h, w, c = color.shape
+        out_shape = output_shape(h, w, c, alpha is not None, scale)
+        size_in = color.size + (alpha.size if alpha is not None else 0)
+        buffer = SharedBuffer(size_in + int(np.prod(out_shape)))
+        try:
+            view = np.frombuffer(buffer.map, np.uint8, size_in)
+            view[: color.size] = color.reshape(-1)
+            if alpha is not None:
+                view[color.size :] = alpha.reshape(-1)
+            request_id = next(self._ids)
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                await channel.send({"op": "upscale", "id": request_id, "scale": scale, "h": h, "w": w, "c": c,
+                                    "alpha": alpha is not None, "deadline": deadline}, buffer.fd)
+            except OSError as exc:
+                self._pending.pop(request_id, None)
+                raise DeviceUnavailable(f"the device process could not be reached ({exc}); retry") from None
+            finally:
+                buffer.close()  # the device process holds its own mapping now
+            try:
+                reply = await future
+            except asyncio.CancelledError:
+                self._pending.pop(request_id, None)
+                with contextlib.suppress(OSError):
+                    await asyncio.shield(channel.send({"op": "cancel", "id": request_id}))
+                raise
+        except BaseException:
+            buffer.close()
+            raise
+        if "error" in reply:
+            raise_error(reply)
+        out = np.frombuffer(buffer.map, np.uint8, int(np.prod(out_shape)), size_in).reshape(out_shape)
+        return out, PixelTimings(model_s=float(reply.get("model_s", 0.0)), compose_s=float(reply.get("compose_s", 0.0)))

@@ -1,0 +1,230 @@
+"""The device process (``SR_DEVICE_PROCESS=on``), run on the CPU: what a GPU host runs, bar the kernels.
+
+A real ``python -m app.serve`` with two HTTP workers and one device process: the
+answers are the in-process CPU service's bytes, batches and metrics come from the
+device process, a full queue refuses across processes, and the service survives a
+worker or the device process being killed, and drains on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.cli.benchlib.service import free_port, wait_ready
+from app.main import create_app
+from tests.conftest import encoded, make_settings, natural, open_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE_TILES = 100  # a 256² image is 64 tiles of 32: two cannot be queued at once
+
+
+@contextmanager
+def serving(store: Path, log: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    settings = {"SR_MODEL_STORE": str(store), "SR_PORT": str(port), "SR_WORKERS": "2", "SR_DEVICE": "cpu",
+                "SR_DEVICE_PROCESS": "on", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8", "SR_MAX_DELAY_MS": "2",
+                "SR_WHOLE_IMAGE_MAX_PIXELS": "0", "SR_MAX_QUEUE_TILES": str(QUEUE_TILES), "SR_DRAIN_TIMEOUT_S": "20",
+                **env}
+    env_all = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | settings
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env_all, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, server, timeout_s=120)
+        yield base, server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+@pytest.fixture(scope="module")
+def service(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
+    with serving(seeded_store, tmp_path_factory.mktemp("device") / "serve.log") as served:
+        yield served
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: no psutil here)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def device_pid(server: subprocess.Popen) -> int:
+    pids = [p for p in descendants(server.pid) if "app.device_process" in cmdline(p)]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def worker_pids(server: subprocess.Popen) -> list[int]:
+    return [p for p in descendants(server.pid) if "spawn_main" in cmdline(p)]
+
+
+def post(base: str, data: bytes, scale: int = 2, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{base}/upscale", params={"scale": scale},
+                      files={"file": ("x.png", data, "image/png")}, timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and "(Z)" not in _stat(pid) and " Z " not in _stat(pid)
+
+
+def _stat(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_answers_are_the_in_process_services_bytes(service: tuple[str, subprocess.Popen], seeded_store: Path,
+                                                   mode: str) -> None:
+    """Planes through shared memory, the tensor compose in the device process: the CPU compose's exact bytes."""
+    base, _ = service
+    source = natural((70, 45)).convert(mode[:3] if mode != "L" else "L")
+    if mode == "RGBA":
+        source.putalpha(Image.linear_gradient("L").resize(source.size))
+    data = encoded(source)
+    answer = post(base, data, scale=3)
+    assert answer.status_code == 200, answer.text
+    with TestClient(create_app(make_settings(seeded_store, compose="pillow"))) as local:
+        expected = local.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
+    got = open_bytes(answer.content)
+    assert got.mode == mode and got.size == (210, 135)
+    assert np.array_equal(np.asarray(got), np.asarray(open_bytes(expected.content)))
+    assert "device process" in httpx.get(f"{base}/readyz").json()["device"]
+
+
+def test_every_workers_tiles_share_the_device_processes_batches(service: tuple[str, subprocess.Popen]) -> None:
+    base, server = service
+    assert len(worker_pids(server)) == 2
+    data = encoded(natural((48, 40)))  # 4 tiles
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: post(base, data), range(32)))
+    assert [a.status_code for a in answers] == [200] * 32
+    assert len({a.content for a in answers}) == 1  # batched with whatever, the same bytes
+    metrics = httpx.get(f"{base}/metrics").text
+    batches = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("sr_batch_size_count"))
+    tiles = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("sr_batch_size_sum"))
+    assert batches > 0, "the device process's batch metrics reach /metrics of a worker"
+    assert tiles / batches > 4, "tiles of several requests shared model calls"
+
+
+def test_a_full_queue_refuses_across_processes(service: tuple[str, subprocess.Popen]) -> None:
+    base, _ = service
+    data = encoded(natural((256, 256)))  # 64 tiles of the 100 the device process queues
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(base, data, scale=2), range(8)))
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.json()["code"] == "queue_full" and "retry-after" in refused.headers
+
+
+def test_a_killed_worker_leaves_the_device_process_serving(service: tuple[str, subprocess.Popen]) -> None:
+    base, server = service
+    device = device_pid(server)
+    data = encoded(natural((256, 200)))
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(post, base, data) for _ in range(4)]
+        time.sleep(0.5)
+        victim = worker_pids(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        answers = []
+        for f in pending:
+            try:
+                answers.append(f.result().status_code)
+            except httpx.TransportError:
+                answers.append("reset")
+    assert set(answers) <= {200, 503, "reset"}, answers
+    assert device_pid(server) == device  # the device process never noticed more than a closed connection
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # uvicorn replaces the worker; the dead one's tiles were dropped
+        if len(worker_pids(server)) == 2 and httpx.get(f"{base}/readyz").json().get("queue_depth") == 0:
+            break
+        time.sleep(0.2)
+    assert len(worker_pids(server)) == 2
+    assert post(base, encoded(natural((48, 40)))).status_code == 200
+
+
+def test_a_killed_device_process_gives_503s_then_comes_back(service: tuple[str, subprocess.Popen]) -> None:
+    base, server = service
+    device = device_pid(server)
+    data = encoded(natural((160, 160)))  # 25 tiles: three clients fit in the queue
+    until = time.monotonic() + 4.0
+
+    def keep_posting() -> list[httpx.Response]:
+        answers = []
+        while time.monotonic() < until:
+            answers.append(post(base, data))
+        return answers
+
+    with ThreadPoolExecutor(3) as pool:
+        clients = [pool.submit(keep_posting) for _ in range(3)]
+        time.sleep(1.0)
+        os.kill(device, signal.SIGKILL)
+        answers = [a for c in clients for a in c.result()]
+    assert {a.status_code for a in answers} <= {200, 503}
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused and all(a.json()["code"] == "worker_restarted" and "retry-after" in a.headers for a in refused), \
+        [a.json() for a in refused]
+    seen_unready = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{base}/readyz")
+        seen_unready |= ready.status_code == 503
+        if ready.status_code == 200 and seen_unready:
+            break
+        time.sleep(0.05)
+    assert seen_unready and ready.status_code == 200
+    assert device_pid(server) != device
+    assert post(base, encoded(natural((48, 40)))).status_code == 200
+
+
+def test_sigterm_drains_the_workers_through_the_device_process(seeded_store: Path, tmp_path: Path) -> None:
+    with serving(seeded_store, tmp_path / "serve.log") as (base, server):
+        device = device_pid(server)
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post, base, encoded(natural((384, 256))), 4)
+            time.sleep(1.0)
+            server.send_signal(signal.SIGTERM)
+            answer = slow.result()
+        assert answer.status_code == 200
+        assert server.wait(timeout=60) == 0
+        assert not alive(device)
