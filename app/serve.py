@@ -20,10 +20,17 @@ from pathlib import Path
 
 import uvicorn
 
-from app.api.settings import get_settings
+from app.api.settings import Settings, get_settings
+from app.device_process import DeviceProcesses
 from app.engine.host import on_gpu, share_cores, workers_for
 
 log = logging.getLogger("app.serve")
+
+
+def uses_device_process(settings: Settings) -> bool:
+    """``SR_DEVICE_PROCESS``: ``on``/``off``, or ``auto``: on GPU hosts, where one owner per GPU batches every
+    worker's tiles; CPU hosts keep a model per worker, lending idle cores (:mod:`app.engine.cores`)."""
+    return settings.device_process == "on" or (settings.device_process == "auto" and on_gpu(settings.device))
 
 
 def main() -> None:
@@ -35,17 +42,22 @@ def main() -> None:
         os.environ[f"SR_{name.upper()}"] = str(value)
     log.info("%d worker process(es); per process: %s", workers,
              {k: getattr(settings, k) or "auto" for k in ("threads", "codec_threads", "compose_threads")} | shares)
+    devices = DeviceProcesses(settings.device, settings.drain_timeout_s) if uses_device_process(settings) else None
+    if devices is not None:  # every worker hands its pixels to a device process (app/device_process.py)
+        os.environ["SR_DEVICE_SOCKET"] = ",".join(devices.sockets)
     tokens = None
-    if workers > 1 and not on_gpu(settings.device) and not settings.core_tokens_dir:  # cores lent between workers
+    if workers > 1 and devices is None and not on_gpu(settings.device) and not settings.core_tokens_dir:
         tokens = os.environ["SR_CORE_TOKENS_DIR"] = tempfile.mkdtemp(prefix="sr-cores-")
     made_metrics = None  # the metrics folder this process made (not one it was given) goes at exit
-    if workers > 1:
+    if workers > 1 or devices is not None:  # several processes write metrics: one folder gathers them
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             made_metrics = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sr-metrics-")
         folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    if devices is not None:
+        devices.start()
     try:
         uvicorn.run(
             "app.main:app",
@@ -59,6 +71,8 @@ def main() -> None:
             http="app.api.connections:TimedHttpToolsProtocol",  # header and body read timeouts
         )
     finally:
+        if devices is not None:  # last: the workers drained through it
+            devices.stop()
         if tokens:  # the lock files outlive no one: every worker has exited
             shutil.rmtree(tokens, ignore_errors=True)
         if made_metrics:

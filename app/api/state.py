@@ -15,7 +15,11 @@ from app.pipeline import Pipeline
 class ServiceState:
     settings: Settings
     pipeline: Pipeline  # models, engine, pools: everything below HTTP
-    device_name: str
+
+    @property
+    def device_name(self) -> str:
+        """Where the models run, in words (a device process's answer arrives once it is connected)."""
+        return self.pipeline.device_name
 
 
 async def get_state(request: Request) -> ServiceState:

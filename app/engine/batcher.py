@@ -172,6 +172,10 @@ class Engine:
         """Tiles admitted and not yet handed to a batch."""
         return self._depth
 
+    def backend(self, scale: int) -> str:
+        """The inference path of ``scale``'s runner (onnxruntime, torchscript, eager)."""
+        return self.runners[scale].backend
+
     async def close(self, drain_timeout_s: float = 30.0) -> None:
         """Stop admitting, finish what was admitted (up to the timeout), then stop the worker."""
         self._accepting = False

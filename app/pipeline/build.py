@@ -9,7 +9,10 @@ of their defaults).
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 from app.api.settings import Settings
 from app.engine.batcher import Engine
@@ -17,33 +20,34 @@ from app.engine.cores import CoreTokens
 from app.engine.device import configure_threads, max_batch_for, resolve_device
 from app.engine.host import codec_threads_for, usable_cores
 from app.engine.observer import EngineObserver
+from app.engine.pixels import PixelEngine
 from app.engine.priority import in_lowered_thread
+from app.engine.remote import RemoteEngine
 from app.engine.runner import ModelRunner
 from app.imaging.limits import ImageLimits
 from app.imaging.sandbox import DecodeBudget, DecodeSandbox
 from app.pipeline.observer import PipelineObserver
 from app.pipeline.pipeline import Pipeline
-from app.store.registry import discover
+from app.store.registry import LoadedModel, discover
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(
-    settings: Settings,
-    *,
-    engine_observer: EngineObserver | None = None,
-    observer: PipelineObserver | None = None,
-) -> Pipeline:
-    """Load the store and build everything a request needs; call ``await pipeline.start()`` before use."""
-    configure_threads(settings.threads)
-    device = resolve_device(settings.device)
+def build_engine(
+    settings: Settings, device: torch.device, *, engine_observer: EngineObserver | None = None
+) -> tuple[dict[int, LoadedModel], Engine]:
+    """The store's models and the batching engine that runs them on ``device``: what owns the device.
+
+    Built in the HTTP worker when it owns the device itself, or in the device process
+    (:mod:`app.device_process`) that serves every worker; the same settings give both the same engine.
+    """
     models = discover(settings.model_store)
     if not models:
         log.error("no usable model in %s: the service will not become ready", settings.model_store)
     cores = CoreTokens(settings.core_tokens_dir, usable_cores()) if settings.core_tokens_dir else None
     runners = in_lowered_thread(lambda: {  # ONNX Runtime's own worker threads start here and inherit the priority
-        s: ModelRunner(m.model, device, half=settings.half and device.type == "cuda", backend=settings.backend, tile=settings.tile_size,
-                       observer=engine_observer, cores=cores)
+        s: ModelRunner(m.model, device, half=settings.half and device.type == "cuda", backend=settings.backend,
+                       tile=settings.tile_size, observer=engine_observer, cores=cores)
         for s, m in models.items()
     }, settings.compute_nice)
     backend = next(iter(runners.values())).backend if runners else "eager"  # they all get the same one
@@ -57,12 +61,47 @@ def build_pipeline(
         whole_max_pixels=settings.whole_image_max_pixels,
         observer=engine_observer,
     )
-    codec_threads = codec_threads_for(settings.codec_threads)
+    return models, engine
+
+
+def device_socket_for(sockets: str, pid: int | None = None) -> str:
+    """The device process this worker uses: one of ``SR_DEVICE_SOCKET``'s, spread over workers by process id."""
+    paths = [p for p in sockets.split(",") if p]
+    return paths[(os.getpid() if pid is None else pid) % len(paths)]
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    engine_observer: EngineObserver | None = None,
+    observer: PipelineObserver | None = None,
+) -> Pipeline:
+    """Load the store and build everything a request needs; call ``await pipeline.start()`` before use.
+
+    With ``SR_DEVICE_SOCKET`` (set by ``python -m app.serve`` for its workers) the models run in a
+    device process and this worker keeps CPU copies only for what it shows (``/models``, kernels,
+    channels); otherwise the engine runs here, and the colour work goes through the same
+    :class:`~app.engine.pixels.PixelEngine` on a GPU (or with ``SR_COMPOSE=tensor``).
+    """
+    configure_threads(settings.threads)
+    codec_pool = ThreadPoolExecutor(codec_threads_for(settings.codec_threads), thread_name_prefix="codec")
+    pixels: PixelEngine | RemoteEngine | None
+    if settings.device_socket:
+        device = torch.device("cpu")  # this worker's own tensors; the models' device is the device process's
+        models = discover(settings.model_store)
+        remote = RemoteEngine(device_socket_for(settings.device_socket), retry_after_s=settings.retry_after_s)
+        engine: Engine | RemoteEngine = remote
+        pixels = remote
+    else:
+        device = resolve_device(settings.device)
+        models, engine = build_engine(settings, device, engine_observer=engine_observer)
+        tensor = {"auto": device.type == "cuda", "tensor": True, "pillow": False}[settings.compose]
+        pixels = PixelEngine(engine, device, codec_pool) if tensor else None
     compose_threads = codec_threads_for(settings.compose_threads)
     return Pipeline(
         models,
         engine,
-        codec_pool=ThreadPoolExecutor(codec_threads, thread_name_prefix="codec"),
+        codec_pool=codec_pool,
         band_pool=ThreadPoolExecutor(compose_threads, thread_name_prefix="compose-band") if compose_threads > 1 else None,
         limits=ImageLimits(
             max_input_pixels=settings.max_input_pixels, max_output_pixels=settings.max_output_pixels,
@@ -73,7 +112,7 @@ def build_pipeline(
         sandbox_min_pixels=settings.decode_sandbox_min_pixels,
         decode_budget=DecodeBudget(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mb << 20),
         device=device,
-        tensor_compose={"auto": None, "tensor": True, "pillow": False}[settings.compose],
+        pixels=pixels,
         png_compress_level=settings.png_compress_level,
         request_timeout_s=settings.request_timeout_s,
         max_animation_pixels=settings.max_animation_pixels,

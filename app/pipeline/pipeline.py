@@ -39,11 +39,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from app.core import planes
 from app.engine.batcher import Engine, Reservation
+from app.engine.device import describe
 from app.engine.errors import DeadlineExceeded, UnknownScale
+from app.engine.pixels import PixelEngine
+from app.engine.remote import RemoteEngine
 from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
-from app.imaging.compose import compose, planes_of
+from app.imaging.compose import compose, luma_tensor
 from app.imaging.compose import warm_up as warm_up_compose
 from app.imaging.decode import DecodedImage, Header, decode, load_codecs, peek, peek_prefix
 from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
@@ -77,9 +79,15 @@ class UpscaleResult:
 @dataclass(frozen=True)
 class _Prepared:
     image: DecodedImage
-    luma: Tensor  # (1, H, W) float32 on the model's device
-    color: Tensor | None = None  # 8-bit planes on the model's device, for the tensor compose
-    alpha: Tensor | None = None
+    luma: Tensor | None = None  # (1, H, W) float32: the model's input, for the CPU compose
+    color: np.ndarray | None = None  # (H, W, 1 or 3) uint8, for the pixel engine (app.engine.pixels)
+    alpha: np.ndarray | None = None  # (H, W) uint8
+
+
+def image_planes(image: DecodedImage) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded image as the pixel engine's input: ``(H, W, C)`` colour and ``(H, W)`` alpha, uint8, writable."""
+    color = np.array(image.color)
+    return (color[..., None] if color.ndim == 2 else color), (np.array(image.alpha) if image.alpha is not None else None)
 
 
 class Pipeline:
@@ -94,7 +102,7 @@ class Pipeline:
         band_pool: Executor | None = None,
         limits: ImageLimits = DEFAULT_LIMITS,
         device: torch.device | None = None,
-        tensor_compose: bool | None = None,
+        pixels: PixelEngine | RemoteEngine | None = None,
         png_compress_level: int = 1,
         request_timeout_s: float | None = None,
         observer: PipelineObserver | None = None,
@@ -109,7 +117,7 @@ class Pipeline:
         self.band_pool = band_pool
         self.limits = limits
         self.device = device or torch.device("cpu")
-        self.tensor_compose = self.device.type == "cuda" if tensor_compose is None else tensor_compose
+        self.pixels = pixels  # the colour work beside the model (a GPU, the device process); None: the CPU compose
         self.png_compress_level = png_compress_level
         self.request_timeout_s = request_timeout_s
         self.observer = observer or PipelineObserver()
@@ -124,7 +132,7 @@ class Pipeline:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._admission, load_codecs)
-        if not self.tensor_compose:
+        if self.pixels is None:
             await loop.run_in_executor(self._admission, warm_up_compose)
         if self.sandbox is not None:  # its warm worker imports Pillow: off the event loop
             await loop.run_in_executor(self._admission, self.sandbox.start)
@@ -143,6 +151,17 @@ class Pipeline:
     @property
     def ready(self) -> bool:
         return bool(self.models) and self.engine.ready
+
+    @property
+    def device_name(self) -> str:
+        """Where the models run, in words: this process's device, or the device process's."""
+        if isinstance(self.engine, RemoteEngine):
+            return self.engine.device_name
+        return describe(self.device)
+
+    def backend(self, scale: int) -> str:
+        """The inference path serving ``scale`` (onnxruntime, torchscript, eager)."""
+        return self.engine.backend(scale)
 
     # -- what is served ---------------------------------------------------------------------
 
@@ -279,12 +298,23 @@ class Pipeline:
     async def _model(
         self, prepared: _Prepared, scale: int, deadline: float | None, timings: Timings,
         reservation: Reservation | None = None,
-    ) -> Tensor:
+    ) -> Tensor | np.ndarray:
+        """The model's luma (CPU compose), or the composed output planes (pixel engine)."""
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("deadline exceeded before the model ran (while decoding)")
         started = time.perf_counter()
-        sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline, reservation=reservation)
-        timings.model += time.perf_counter() - started
+        sr: Tensor | np.ndarray
+        if self.pixels is not None:
+            assert prepared.color is not None
+            sr, spent = await self.pixels.upscale(prepared.color, prepared.alpha, scale, deadline=deadline,
+                                                  reservation=reservation)
+            timings.compose += spent.compose_s
+            self.observer.stage("compose", spent.compose_s)
+            timings.model += time.perf_counter() - started - spent.compose_s
+        else:
+            assert prepared.luma is not None
+            sr = await self.engine.upscale(prepared.luma, scale, deadline=deadline, reservation=reservation)
+            timings.model += time.perf_counter() - started
         w, h = prepared.image.width, prepared.image.height
         self.observer.pixels(scale, w * h, w * h * scale * scale)
         return sr
@@ -300,22 +330,18 @@ class Pipeline:
             self.observer.stage("decode", timings.decode)
 
     def _prepare(self, image: DecodedImage) -> _Prepared:
-        """The model's input, and for the tensor compose the 8-bit planes, on the model's device."""
-        color, alpha = planes_of(image)
-        if not self.tensor_compose:
-            return _Prepared(image, planes.luma(color, alpha))
-        color, alpha = _to(color, self.device), _to(alpha, self.device) if alpha is not None else None
-        return _Prepared(image, planes.luma(color, alpha), color, alpha)
+        """The model's luma for the CPU compose, or the 8-bit planes for the pixel engine."""
+        if self.pixels is not None:
+            return _Prepared(image, None, *image_planes(image))
+        return _Prepared(image, luma_tensor(image))
 
-    def _timed_compose(self, prepared: _Prepared, sr: Tensor, scale: int, timings: Timings) -> Image.Image:
+    def _timed_compose(self, prepared: _Prepared, sr: Tensor | np.ndarray, scale: int, timings: Timings) -> Image.Image:
         """Model Y + bicubic chroma (+ alpha) → the output image, in the source's mode."""
+        if isinstance(sr, np.ndarray):  # composed by the pixel engine already
+            return Image.fromarray(sr[..., 0] if sr.shape[-1] == 1 else sr, prepared.image.mode)
         start = time.perf_counter()
         try:
-            if prepared.color is None:
-                return compose(prepared.image, sr, scale, self.band_pool)
-            out = planes.compose(prepared.color, prepared.alpha, sr, scale).permute(1, 2, 0).cpu().numpy()
-            return Image.fromarray(np.ascontiguousarray(out[..., 0] if out.shape[-1] == 1 else out),
-                                   prepared.image.mode)
+            return compose(prepared.image, sr, scale, self.band_pool)
         finally:
             elapsed = time.perf_counter() - start
             timings.compose += elapsed
@@ -333,9 +359,3 @@ class Pipeline:
             timings.encode = time.perf_counter() - start
             self.observer.stage("encode", timings.encode)
 
-
-def _to(t: Tensor, device: torch.device) -> Tensor:
-    """8-bit planes to the model's device in one copy (pinned, so it can overlap other work)."""
-    if t.device == device:
-        return t
-    return t.contiguous().pin_memory().to(device, non_blocking=True)

@@ -51,7 +51,7 @@ async def list_models(state: StateDep) -> ModelList:
                 architecture=m.architecture.model_dump(),
                 metrics=[x.model_dump() for x in m.metrics],
                 device=state.device_name,
-                backend=pipeline.engine.runners[scale].backend,
+                backend=pipeline.backend(scale),
                 sha256=m.sha256,
                 created=m.created.isoformat(),
             )
