@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.imaging.animation import Stopped, animation_bytes, decode_animation
-from app.imaging.errors import ImageTooLarge
+from app.imaging.errors import ImageTooLarge, InvalidImage
 from app.imaging.limits import BudgetBusy, ImageLimits, MemoryBudget
 from app.main import create_app
 from app.pipeline.animated import animation_budget, upscale_animated
@@ -68,17 +68,17 @@ def test_the_budget_holds_the_whole_animation_and_is_shared() -> None:
 def test_every_frame_is_held_to_the_limits_and_the_reservation() -> None:
     grown = H.gif_frame_outside_screen(16)  # the first frame is as large as the screen: unchanged
     assert decode_animation(grown, 2) is None  # one frame: not an animation
-    # a later frame of 64² on a 16² screen: Pillow grows the canvas when it reaches it
-    small = H.noise((16, 16)).convert("P")
-    data = H.encoded(small, "GIF", save_all=True, append_images=[small.copy()])
+    # a later 16² frame placed at (48, 48) on a 16² screen: Pillow grows the canvas to 64² when it reaches it
+    data = H.encoded(H.noise((16, 16)).convert("P"), "GIF", save_all=True,
+                     append_images=[H.noise((16, 16), seed=2).convert("P")])
     at = data.rindex(b"\x2c\x00\x00\x00\x00\x10\x00\x10\x00")
-    grown = data[:at] + b"\x2c\x00\x00\x00\x00\x40\x00\x40\x00" + data[at + 9 :]
+    grown = data[:at] + b"\x2c\x30\x00\x30\x00\x10\x00\x10\x00" + data[at + 9 :]
     budget = MemoryBudget(1 << 30)
-    animation = decode_animation(grown, 2, budget=budget)
-    assert animation is not None and animation.size == (64, 64)
-    assert budget.used == animation_bytes(64, 64, 2, 2)  # grown with the canvas
+    with pytest.raises(InvalidImage, match="frame 2 of the GIF animation lies outside its 16×16 canvas"):
+        decode_animation(grown, 2, budget=budget)
     with pytest.raises(ImageTooLarge):
         decode_animation(grown, 2, ImageLimits(max_input_pixels=32 * 32), budget=budget)
+    assert budget.used == 0
 
 
 def test_a_stopped_decode_ends_at_the_next_frame_and_frees_its_reservation(pixel_gif: bytes) -> None:

@@ -15,8 +15,9 @@ memory the whole animation will hold — decoded frames and upscaled frames with
 their encoding, :func:`animation_bytes` — is reserved in the process's
 :class:`~app.imaging.limits.MemoryBudget` (shared by all animations in flight:
 413 if it can never fit, :class:`~app.imaging.limits.BudgetBusy` if not now).
-Every frame is held to the limits again as it is decoded (a GIF frame may grow
-the canvas: the reservation grows with it, or the animation is refused), and a
+Every frame is held to the limits again as it is decoded (a GIF frame outside
+the canvas, which Pillow grows to hold it, is refused: 413 over the limits, else
+400, since the frames would differ in size), and a
 ``stop`` event, set when the client is gone, ends the decode at the next frame.
 
 **Writing.** What is kept: every frame's duration, the loop count (a GIF
@@ -169,12 +170,11 @@ def _decode_frames(
             if stop is not None and stop.is_set():
                 raise Stopped(f"abandoned at frame {index + 1} of {frames}")
             im.seek(index)
-            if im.size != canvas:  # a GIF frame outside the canvas grows it: the limits and budget again
+            if im.size != canvas:  # a GIF frame outside the canvas grows it: over the limits, or frames unlike
                 check_size(im.width, im.height, scale, limits)
                 check_animation_size(im.width, im.height, frames, scale, max_animation_pixels)
-                if reservation is not None:
-                    reservation.grow(animation_bytes(*im.size, frames, scale) - animation_bytes(*canvas, frames, scale))
-                canvas = im.size
+                raise InvalidImage(f"frame {index + 1} of the {source_format} animation lies outside its "
+                                   f"{canvas[0]}×{canvas[1]} canvas (it would grow it to {im.width}×{im.height})")
             im.load()
             durations.append(float(im.info.get("duration", 0) or 0))
             frame = _decode._upright(im.copy())  # the copy: seeking mutates the image
