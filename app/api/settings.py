@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     jobs_max_frames: int = Field(36_000, ge=1, description="most video frames accepted; beyond it: 413 (or the job fails)")
     jobs_max_frame_pixels: int = Field(1920 * 1080, ge=1, description="largest video input frame (width × height)")
     jobs_frames_in_flight: int = Field(4, ge=1, le=64, description="video frames between decode and encode at once")
+    jobs_video_memory_mb: int = Field(
+        768, ge=64, description="a video job's frames in flight together (about 10 bytes per input and 16 per output "
+        "pixel each), reserved before each frame's work: large frames go fewer at a time"
+    )
+    jobs_audio_buffer_mb: int = Field(
+        16, ge=1, description="audio a video job holds before writing it; more before the first video frame: it fails"
+    )
+    jobs_timeout_s: float = Field(4 * 3600.0, gt=0, description="longest a job may run; beyond it, it fails (timeout)")
     jobs_x264_crf: int = Field(18, ge=0, le=51, description="H.264 (mp4) constant rate factor")
     jobs_x264_preset: str = Field("superfast", description="x264 preset (ultrafast … veryslow)")
     jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")

@@ -34,6 +34,8 @@ class JobLimits:
 
 def from_settings(settings: Settings) -> JobLimits:
     """The service's job bounds: ``SR_JOBS_*`` plus the still pipeline's output-pixel limit."""
+    video = VideoLimits(max_duration_s=settings.jobs_max_duration_s, max_frames=settings.jobs_max_frames,
+                        max_frame_pixels=settings.jobs_max_frame_pixels, max_output_pixels=settings.max_output_pixels)
     return JobLimits(
         root=settings.jobs_dir,
         ttl_s=settings.jobs_ttl_s,
@@ -41,11 +43,12 @@ def from_settings(settings: Settings) -> JobLimits:
         max_upload_bytes=settings.jobs_max_upload_bytes,
         max_queued=settings.jobs_max_queued,
         concurrency=settings.jobs_concurrency,
-        image_timeout_s=max(settings.request_timeout_s, 600.0),
-        video=VideoLimits(max_duration_s=settings.jobs_max_duration_s, max_frames=settings.jobs_max_frames,
-                          max_frame_pixels=settings.jobs_max_frame_pixels,
-                          max_output_pixels=settings.max_output_pixels),
+        image_timeout_s=min(max(settings.request_timeout_s, 600.0), settings.jobs_timeout_s),
+        video=video,
         encoder=EncoderConfig(x264_crf=settings.jobs_x264_crf, x264_preset=settings.jobs_x264_preset,
                               vp9_crf=settings.jobs_vp9_crf, frames_in_flight=settings.jobs_frames_in_flight,
-                              max_frames=settings.jobs_max_frames),
+                              max_frames=settings.jobs_max_frames, limits=video,  # every frame, while decoding
+                              memory_bytes=settings.jobs_video_memory_mb << 20,
+                              audio_buffer_bytes=settings.jobs_audio_buffer_mb << 20,
+                              timeout_s=settings.jobs_timeout_s),
     )

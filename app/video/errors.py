@@ -23,3 +23,9 @@ class VideoTooLarge(VideoError):
     """Over the duration, frame-count or per-frame pixel limits (HTTP 413)."""
 
     code = "video_too_large"
+
+
+class VideoTimeout(VideoError):
+    """The job ran past its wall-time limit (``SR_JOBS_TIMEOUT_S``): a long or hostile video cannot hold a runner."""
+
+    code = "timeout"

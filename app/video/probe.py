@@ -4,8 +4,10 @@ Only the container header and the first frame are read: enough to refuse a
 file that is not a video, a codec this FFmpeg build cannot decode, or a clip
 over the duration, frame-count or pixel limits, with a 4xx at upload time
 instead of a job that fails later. Headers can lie (a frame count is only an
-estimate), so :func:`app.video.transcode.upscale_video` holds the decode to
-the frame limit again.
+estimate, and any frame may differ from the first), so
+:func:`app.video.transcode.upscale_video` checks every frame again, and the
+decoder itself is told the pixel limit (:func:`limit_decoder`) so that a frame
+over it is refused before FFmpeg allocates it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def probe_video(path: Path, scale: int, limits: VideoLimits = VideoLimits()) -> 
             raise VideoTooLarge(f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:g} s")
         if frames > limits.max_frames:
             raise VideoTooLarge(f"the video has {frames} frames; the limit is {limits.max_frames}")
-        first = _first_frame(container, video)
+        first = _first_frame(container, video, limits)
         if (first.width, first.height) != (width, height):
             check_frame_size(first.width, first.height, scale, limits)
         return VideoInfo(
@@ -101,6 +103,23 @@ def check_frame_size(width: int, height: int, scale: int, limits: VideoLimits) -
                             f"the limit is {limits.max_output_pixels} output pixels per frame")
 
 
+def limit_decoder(stream: av.video.stream.VideoStream, limits: VideoLimits) -> None:
+    """Make FFmpeg refuse, before allocating it, any frame over ``limits.max_frame_pixels``.
+
+    Python sees a frame only once FFmpeg has decoded it; a 6000×6000 frame in a
+    64×64 stream would already cost its buffers (times the decoder's frame
+    threads). With ``max_pixels`` the decoder fails that packet with EINVAL
+    (PyAV's ``ArgumentError``) instead: see :func:`oversize_frame`.
+    """
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(limits.max_frame_pixels)}
+
+
+def oversize_frame(number: int, limits: VideoLimits) -> VideoTooLarge:
+    """The error for a frame the pixel-limited decoder refused (EINVAL: FFmpeg's image size check)."""
+    return VideoTooLarge(f"frame {number} could not be decoded within the limit of {limits.max_frame_pixels} "
+                         "pixels per frame: it is larger, or invalid")
+
+
 def _duration(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> float:
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
@@ -109,10 +128,15 @@ def _duration(container: av.container.InputContainer, video: av.video.stream.Vid
     return 0.0
 
 
-def _first_frame(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> av.VideoFrame:
+def _first_frame(
+    container: av.container.InputContainer, video: av.video.stream.VideoStream, limits: VideoLimits
+) -> av.VideoFrame:
+    limit_decoder(video, limits)
     try:
         for frame in container.decode(video):
             return frame
+    except av.error.ArgumentError:
+        raise oversize_frame(1, limits) from None
     except av.error.DecoderNotFoundError:
         raise UnsupportedVideo(f"no decoder for the {video.codec_context.name} codec in this build") from None
     except av.error.FFmpegError as exc:

@@ -69,3 +69,28 @@ def make_clip(
                 t += n
             out.mux(sound.encode(None))
     return path
+
+
+def make_resizing_avi(path: Path | str, sizes: list[tuple[int, int]], fps: int = 10) -> Path:
+    """An MJPEG AVI whose frames have the given sizes (each frame a JPEG of its own size), flat grey, tiny.
+
+    AVI declares the first frame's size and holds any JPEG after it: what a
+    client sends to slip a 6000×6000 frame behind 64×64 ones (issue 32).
+    """
+    path = Path(path)
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "yuvj420p"
+        for i, (width, height) in enumerate(sizes):
+            codec = av.CodecContext.create("mjpeg", "w")
+            codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
+            codec.time_base = Fraction(1, fps)
+            grey = np.full((height, width, 3), 64 + 8 * (i % 16), np.uint8)
+            frame = av.VideoFrame.from_ndarray(grey, format="rgb24").reformat(format="yuvj420p")
+            frame.pts = i
+            for packet in [*codec.encode(frame), *codec.encode(None)]:
+                packet.stream = stream
+                packet.pts = packet.dts = i
+                out.mux(packet)
+    return path

@@ -13,9 +13,28 @@ mid-video waits for at most those few frames, not for the video.
 What is kept: the frame timestamps (the output's time base is the input's,
 each frame keeps its pts, so variable frame rates survive), the frame rate,
 the display rotation (as metadata: pixels stay as coded, the display matrix
-is copied), and the first audio track, copied packet by packet. Only when the
-output container cannot hold the audio codec (AAC into WebM, PCM into MP4) is
-the audio re-encoded (Opus for WebM, AAC for MP4), and the result says so.
+is copied), and the first audio track, copied packet by packet when the
+output container holds its codec well (:data:`COPIED_AUDIO`), else decoded and
+re-encoded (AAC for MP4, Opus for WebM: PCM, MP2, Vorbis… any codec this
+FFmpeg decodes); audio it cannot decode is dropped. The result says which.
+
+Bounds, checked while decoding, since headers can lie and any frame may
+differ from the first (issue 32):
+
+- every frame against the per-frame pixel limits of :class:`VideoLimits`
+  (the decoder is told the input limit, so it refuses an oversize frame
+  before allocating it), and against the first frame's size: the output has
+  one size, so a frame of another size fails the job with its size in the
+  reason — scaling it would distort it and cropping would lose it silently;
+- the frame count and the duration (the frames' and audio's timestamps);
+- memory: the frames in flight are as many as their decoded and output bytes
+  (:func:`frame_bytes`) fit in ``memory_bytes``, reserved before each frame's
+  work (one at least, whatever its size, once it passes the pixel limits);
+- audio demuxed ahead of its muxing is held to ``audio_buffer_bytes``: in
+  step with the video the decode waits for the encoder; before the first
+  video frame (pre-roll, when nothing can be written yet) more than that
+  fails the job;
+- the wall time of the whole video, ``timeout_s``.
 
 Output codecs (chosen for a CPU-bound service; both set in :class:`EncoderConfig`):
 
@@ -39,7 +58,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -51,16 +70,27 @@ from PIL import Image
 from app.engine.errors import QueueFull
 from app.imaging.decode import DecodedImage
 from app.pipeline import Pipeline
-from app.video.errors import InvalidVideo, UnsupportedVideo, VideoTooLarge
-from app.video.probe import frame_rate
+from app.video.errors import InvalidVideo, UnsupportedVideo, VideoTimeout, VideoTooLarge
+from app.video.probe import VideoLimits, frame_rate, limit_decoder, oversize_frame
 
 # format → (FFmpeg muxer, video encoder, media type, file extension)
 VIDEO_FORMATS: dict[str, tuple[str, str, str, str]] = {
     "mp4": ("mp4", "libx264", "video/mp4", "mp4"),
     "webm": ("webm", "libvpx-vp9", "video/webm", "webm"),
 }
+# audio codecs copied packet by packet; any other decodable audio is re-encoded (FFmpeg's mp4 muxer lists PCM,
+# then refuses it; what it takes beyond these plays in few players)
+COPIED_AUDIO: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}),
+    "webm": frozenset({"opus", "vorbis"}),
+}
 _REENCODE_AUDIO = {"mp4": "aac", "webm": "libopus"}
-_MP4_REFUSES = ("pcm_",)  # listed by FFmpeg's query for mp4, refused by the muxer
+# peak bytes per decoded pixel (RGB frame, luma planes) and per output pixel (float32 model output, composed RGB,
+# compose intermediates, the encoder's copy): a 6000×6000 frame at ×2 grew the process by 2.27 GB (≈ 15.8 B per
+# output pixel) before frames were bounded
+_BYTES_PER_INPUT_PIXEL = 10
+_BYTES_PER_OUTPUT_PIXEL = 16
+_PACKET_OVERHEAD = 512  # a buffered audio item's own cost beyond its payload
 
 Progress = Callable[[int, int], None]
 
@@ -70,10 +100,21 @@ class EncoderConfig:
     x264_crf: int = 18
     x264_preset: str = "superfast"
     vp9_crf: int = 32
-    frames_in_flight: int = 4  # frames between decode and encode: in the engine, composing, or waiting
-    max_frames: int | None = None  # refuse past this many decoded frames (headers can lie)
+    frames_in_flight: int = 4  # most frames between decode and encode: in the engine, composing, or waiting
+    max_frames: int | None = None  # refuse past this many decoded frames (headers can lie); also limits.max_frames
     frame_timeout_s: float = 60.0  # per-frame deadline in the engine
     retry_s: float = 0.05  # wait before re-offering a frame the engine's full queue refused
+    limits: VideoLimits = field(default_factory=VideoLimits)  # per-frame pixels, frames, duration: every frame
+    memory_bytes: int = 768 << 20  # the frames in flight's decoded and output bytes together (frame_bytes)
+    audio_buffer_bytes: int = 16 << 20  # audio demuxed but not yet muxed (pre-roll before the first frame included)
+    timeout_s: float | None = None  # the whole video's wall time; None: no limit
+
+    def __post_init__(self) -> None:
+        for name in ("frames_in_flight", "memory_bytes", "audio_buffer_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0 (or None)")
 
 
 @dataclass(frozen=True)
@@ -84,8 +125,9 @@ class VideoResult:
     height: int
     fps: float
     duration_s: float
-    audio: str  # "none", "copied <codec>" or "re-encoded <codec> → <codec>"
+    audio: str  # "none", "copied <codec>", "re-encoded <codec> → <codec>" or "dropped <codec> (…)"
     seconds: float
+    frames_in_flight: int = 0  # as many as the memory budget allowed for this frame size
 
 
 def output_format(fmt: str, container: str) -> str:
@@ -97,10 +139,28 @@ def output_format(fmt: str, container: str) -> str:
     return fmt
 
 
+def frame_bytes(width: int, height: int, scale: int) -> int:
+    """What one ``width``×``height`` frame costs at its peak between decode and encode at ×``scale`` (an estimate)."""
+    pixels = width * height
+    return pixels * _BYTES_PER_INPUT_PIXEL + pixels * scale * scale * _BYTES_PER_OUTPUT_PIXEL
+
+
+def frames_in_flight(width: int, height: int, scale: int, config: EncoderConfig) -> int:
+    """How many such frames may be between decode and encode: the memory budget's share, 1 to ``frames_in_flight``.
+
+    The decode thread holds one more frame while it waits for room (its RGB
+    image), so that one's input bytes come off the budget first.
+    """
+    room = config.memory_bytes - width * height * 3
+    return max(1, min(config.frames_in_flight, room // frame_bytes(width, height, scale)))
+
+
 @dataclass
 class _Item:
     kind: str  # "video" or "audio"
-    packet: av.Packet | None = None
+    packet: av.Packet | None = None  # audio copied as is
+    frames: list[av.AudioFrame] | None = None  # audio decoded for re-encoding
+    size: int = 0  # audio bytes held until muxed
     image: Image.Image | None = None
     pts: int | None = None
     task: asyncio.Task[Image.Image] | None = None
@@ -111,16 +171,23 @@ class _Transcoder:
 
     def __init__(self, src: Path, dst: Path, scale: int, fmt: str, config: EncoderConfig) -> None:
         self.src, self.dst, self.scale, self.config = src, dst, scale, config
+        self.limits = config.limits
+        self.max_frames = min(config.max_frames or self.limits.max_frames, self.limits.max_frames)
         self.requested = fmt
         self.inp: av.container.InputContainer | None = None
         self.out: av.container.OutputContainer | None = None
         self.decoded = 0
         self.encoded = 0
+        self.size: tuple[int, int] | None = None  # every frame's (the first frame's) width, height
+        self.rotation = 0
+        self.starts: dict[str, float] = {}  # each stream's first timestamp (s): durations count from it
         self.last_pts: int | None = None
-        self.pending_audio: list[av.Packet] = []
+        self.pending_audio: list[_Item] = []
+        self.written_audio = 0  # audio bytes muxed (or dropped) since the event loop last took the count
         self.audio_mode = "none"
+        self.audio_plan = "none"  # none, copy, reencode or drop
+        self.audio_errors = 0
         self.resampler: av.AudioResampler | None = None
-        self.audio_decoder: av.codec.context.CodecContext | None = None
 
     # -- decode thread ----------------------------------------------------------------------
 
@@ -133,6 +200,7 @@ class _Transcoder:
             raise UnsupportedVideo("the file has no video track")
         self.video = self.inp.streams.video[0]
         self.video.thread_type = "AUTO"
+        limit_decoder(self.video, self.limits)
         self.audio = self.inp.streams.audio[0] if self.inp.streams.audio else None
         rate = frame_rate(self.video)
         if rate is None:
@@ -142,23 +210,86 @@ class _Transcoder:
         self.format = output_format(self.requested, self.inp.format.name)
         duration = (self.inp.duration / av.time_base) if self.inp.duration else 0.0
         self.total = self.video.frames or max(1, round(duration * float(rate)))
+        if self.audio is not None:
+            self._plan_audio(self.audio)
         streams = [self.video] + ([self.audio] if self.audio is not None else [])
         self.items = self._items(streams)
+
+    def _plan_audio(self, audio: av.audio.stream.AudioStream) -> None:
+        """Copy, re-encode or (no decoder in this build) drop the audio track: decided before any packet."""
+        name = audio.codec_context.name if audio.codec_context is not None else ""
+        if name in COPIED_AUDIO[self.format]:
+            self.audio_plan, self.audio_mode = "copy", f"copied {name}"
+            return
+        try:
+            av.codec.Codec(name, "r")
+        except (av.error.FFmpegError, ValueError):
+            self.audio_plan, self.audio_mode = "drop", f"dropped {name or 'unknown'} (no decoder in this build)"
+            return
+        target = _REENCODE_AUDIO[self.format]
+        self.audio_plan, self.audio_mode = "reencode", f"re-encoded {name} → {target.removeprefix('lib')}"
 
     def _items(self, streams: list[av.stream.Stream]) -> Iterator[_Item]:
         assert self.inp is not None
         for packet in self.inp.demux(*streams):
             if packet.stream.type == "audio":
                 if packet.dts is not None:  # demux ends each stream with an empty flush packet
-                    yield _Item("audio", packet=packet)
+                    yield from self._audio(packet)
                 continue
-            for frame in packet.decode():
+            try:
+                frames = packet.decode()
+            except av.error.ArgumentError:  # EINVAL: the decoder's max_pixels refused the frame
+                raise oversize_frame(self.decoded + 1, self.limits) from None
+            for frame in frames:
                 self.decoded += 1
-                if self.config.max_frames is not None and self.decoded > self.config.max_frames:
-                    raise VideoTooLarge(f"the video has more than {self.config.max_frames} frames (the limit)")
-                if self.decoded == 1:
-                    self.rotation = _rotation(frame)
+                self._check_frame(frame)
                 yield _Item("video", image=frame.to_image(), pts=frame.pts)
+
+    def _check_frame(self, frame: av.VideoFrame) -> None:
+        """Every frame: the frame count, its size (the limits, then the first frame's) and its time."""
+        n = self.decoded
+        if n > self.max_frames:
+            raise VideoTooLarge(f"the video has more than {self.max_frames} frames (the limit)")
+        size = (frame.width, frame.height)
+        if size != self.size:
+            w, h = size
+            if w * h > self.limits.max_frame_pixels:
+                raise VideoTooLarge(f"frame {n} is {w}×{h}; the limit is {self.limits.max_frame_pixels} pixels "
+                                    "per frame")
+            if w * h * self.scale * self.scale > self.limits.max_output_pixels:
+                raise VideoTooLarge(f"frame {n} is {w}×{h}: ×{self.scale} it would be {w * self.scale}×"
+                                    f"{h * self.scale}; the limit is {self.limits.max_output_pixels} output pixels "
+                                    "per frame")
+            if self.size is not None:
+                raise InvalidVideo(f"frame {n} is {w}×{h} but the video's frames are {self.size[0]}×{self.size[1]}: "
+                                   "a frame size that changes mid-stream is not supported (re-encode it at one size)")
+            if w < 1 or h < 1:
+                raise InvalidVideo(f"frame {n} is {w}×{h}")
+            self.size = size
+            self.rotation = _rotation(frame)
+        seconds = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else (n - 1) / self.rate
+        self._check_time("video", seconds)
+
+    def _check_time(self, kind: str, seconds: float) -> None:
+        start = self.starts.setdefault(kind, seconds)
+        if seconds - start > self.limits.max_duration_s:
+            raise VideoTooLarge(f"the video lasts more than {self.limits.max_duration_s:g} s (the limit): its {kind} "
+                                f"reaches {seconds - start:.1f} s")
+
+    def _audio(self, packet: av.Packet) -> Iterator[_Item]:
+        if packet.pts is not None and packet.time_base:
+            self._check_time("audio", float(packet.pts * packet.time_base))
+        if self.audio_plan == "copy":
+            yield _Item("audio", packet=packet, size=packet.size + _PACKET_OVERHEAD)
+        elif self.audio_plan == "reencode":
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:  # a corrupt audio packet is skipped, as FFmpeg's command line does
+                self.audio_errors += 1
+                return
+            if frames:
+                size = sum(p.buffer_size for f in frames for p in f.planes) + _PACKET_OVERHEAD
+                yield _Item("audio", frames=frames, size=size)
 
     def next_item(self) -> _Item | None:
         try:
@@ -189,46 +320,46 @@ class _Transcoder:
         else:
             stream.options = {"crf": str(self.config.vp9_crf), "b": "0", "deadline": "realtime",
                               "cpu-used": "8", "row-mt": "1"}
-        if getattr(self, "rotation", 0):
+        if self.rotation:
             stream.set_display_rotation(self.rotation)
         self.out_video = stream
-        if self.audio is not None:
-            name = self.audio.codec_context.name
-            refused = self.format == "mp4" and name.startswith(_MP4_REFUSES)
-            if name in out.supported_codecs and not refused:
-                self.out_audio = out.add_stream_from_template(self.audio)
-                self.audio_mode = f"copied {name}"
-            else:
-                target = _REENCODE_AUDIO[self.format]
-                rate = 48000 if target == "libopus" else (self.audio.rate or 48000)
-                self.out_audio = out.add_stream(target, rate=rate)
-                self.out_audio.layout = "stereo" if (self.audio.channels or 2) >= 2 else "mono"
-                self.resampler = av.AudioResampler(format=self.out_audio.codec_context.format or "fltp",
-                                                   layout=self.out_audio.layout, rate=rate)
-                self.audio_decoder = av.CodecContext.create(self.audio.codec_context.name, "r")
-                self.audio_decoder.extradata = self.audio.codec_context.extradata
-                self.audio_mode = f"re-encoded {name} → {target.removeprefix('lib')}"
-        for packet in self.pending_audio:
-            self._write_audio(packet)
+        if self.audio is not None and self.audio_plan == "copy":
+            self.out_audio = out.add_stream_from_template(self.audio)
+        elif self.audio is not None and self.audio_plan == "reencode":
+            target = _REENCODE_AUDIO[self.format]
+            rates = av.codec.Codec(target, "w").audio_rates or ()
+            rate = self.audio.rate if self.audio.rate in rates else 48000
+            self.out_audio = out.add_stream(target, rate=rate)
+            self.out_audio.layout = "stereo" if (self.audio.channels or 2) >= 2 else "mono"
+            self.resampler = av.AudioResampler(format=self.out_audio.codec_context.format or "fltp",
+                                               layout=self.out_audio.layout, rate=rate)
+        for item in self.pending_audio:
+            self._write_audio(item)
         self.pending_audio.clear()
 
-    def mux_audio(self, packet: av.Packet) -> None:
+    def mux_audio(self, item: _Item) -> None:
         if self.out is None:
-            self.pending_audio.append(packet)  # the output opens with the first video frame
+            self.pending_audio.append(item)  # the output opens with the first video frame
             return
-        self._write_audio(packet)
+        self._write_audio(item)
 
-    def _write_audio(self, packet: av.Packet) -> None:
+    def _write_audio(self, item: _Item) -> None:
         assert self.out is not None
-        if self.resampler is None:
-            packet.stream = self.out_audio
-            self.out.mux(packet)
+        self.written_audio += item.size
+        if item.packet is not None:
+            item.packet.stream = self.out_audio
+            self.out.mux(item.packet)
             return
-        assert self.audio_decoder is not None
-        for frame in self.audio_decoder.decode(packet):
+        assert self.resampler is not None and item.frames is not None
+        for frame in item.frames:
             frame.pts = None  # the encoder counts samples itself
             for resampled in self.resampler.resample(frame):
                 self.out.mux(self.out_audio.encode(resampled))
+
+    def take_written_audio(self) -> int:
+        """Audio bytes muxed since the last call (the event loop reads it after each encode-thread call)."""
+        written, self.written_audio = self.written_audio, 0
+        return written
 
     def encode_frame(self, image: Image.Image, pts: int | None) -> None:
         if self.out is None:
@@ -237,7 +368,9 @@ class _Transcoder:
         w, h = self.out_video.width, self.out_video.height
         pixels = np.asarray(image)
         if pixels.shape[0] != h or pixels.shape[1] != w:
-            pixels = np.ascontiguousarray(pixels[:h, :w])
+            if pixels.shape[0] - h > 1 or pixels.shape[1] - w > 1 or pixels.shape[0] < h or pixels.shape[1] < w:
+                raise AssertionError(f"frame {self.encoded + 1} is {pixels.shape[1]}×{pixels.shape[0]}, not {w}×{h}")
+            pixels = np.ascontiguousarray(pixels[:h, :w])  # an odd side loses its last row or column (yuv420p)
         frame = av.VideoFrame.from_ndarray(pixels, format="rgb24" if pixels.ndim == 3 else "gray").reformat(
             format="yuv420p")
         if pts is None:
@@ -260,6 +393,8 @@ class _Transcoder:
             self.out.mux(self.out_audio.encode(None))
         self.out.close()
         self.out = None
+        if self.audio_errors:
+            self.audio_mode += f" ({self.audio_errors} corrupt audio packets skipped)"
 
     def abort(self) -> None:
         if self.out is not None:
@@ -267,6 +402,34 @@ class _Transcoder:
                 self.out.close()
             self.out = None
         self.dst.unlink(missing_ok=True)
+
+
+class _AudioRoom:
+    """Audio bytes between demux and mux, held to a budget (on the event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self.freed = asyncio.Event()
+
+    async def take(self, size: int, seen_video: bool) -> None:
+        """Wait until ``size`` more fits (one item always does); before any video frame, fail instead.
+
+        Before the first video frame nothing can be written (the output opens
+        with it), so waiting would wait for ever: pre-roll past the budget is
+        the file's fault.
+        """
+        while self.held and self.held + size > self.limit:
+            if not seen_video:
+                raise VideoTooLarge(f"more than {self.limit // 1024} KiB of audio comes before the first video frame "
+                                    "(the limit of audio held before it can be written)")
+            self.freed.clear()
+            await self.freed.wait()
+        self.held += size
+
+    def give(self, size: int) -> None:
+        if size:
+            self.held -= size
+            self.freed.set()
 
 
 async def upscale_video(
@@ -284,20 +447,39 @@ async def upscale_video(
     ``progress(frames_done, frames_total)`` is called on the event loop after each
     encoded frame (``frames_total`` is the header's estimate; the last call has the
     true count for both). Raises :class:`~app.video.errors.VideoError` for a bad
-    video, the engine's errors (``EngineClosed``, ``DeadlineExceeded``,
-    ``TooManyTiles``) as they come; cancelling it stops the decode, drops the
-    frames in flight and deletes the partial output.
+    video or one past the limits of ``config`` (:class:`~app.video.errors.VideoTimeout`
+    past ``config.timeout_s``), the engine's errors (``EngineClosed``,
+    ``DeadlineExceeded``, ``TooManyTiles``) as they come; cancelling it stops the
+    decode, drops the frames in flight and deletes the partial output.
     """
     config = config or EncoderConfig()
     pipeline.check_scale(scale)
     started = time.perf_counter()
     t = _Transcoder(Path(src_path), Path(dst_path), scale, fmt, config)
+    try:
+        async with asyncio.timeout(config.timeout_s) as deadline:
+            slots = await _run(pipeline, t, scale, config, progress)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise VideoTimeout(f"the video job ran past its time limit of {config.timeout_s:g} s "
+                           f"after {t.encoded} frames") from None
+    fps = float(t.rate)
+    return VideoResult(format=t.format, frames=t.encoded, width=t.out_video.width, height=t.out_video.height,
+                       fps=fps, duration_s=t.encoded / fps, audio=t.audio_mode,
+                       seconds=time.perf_counter() - started, frames_in_flight=slots)
+
+
+async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderConfig, progress: Progress | None) -> int:
+    """Decode, super-resolve and encode ``t``'s video; the frames in flight allowed (see :func:`frames_in_flight`)."""
     decode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-decode")
     encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
     loop = asyncio.get_running_loop()
-    in_flight = asyncio.Semaphore(max(1, config.frames_in_flight))
     queue: asyncio.Queue[_Item | None] = asyncio.Queue()
     tasks: set[asyncio.Task[Image.Image]] = set()
+    audio = _AudioRoom(config.audio_buffer_bytes)
+    in_flight: asyncio.Semaphore | None = None  # sized by the first frame (every frame has its size)
+    slots = 0
 
     async def super_resolve(image: Image.Image) -> Image.Image:
         frame = DecodedImage(color=image, alpha=None, icc_profile=None, source_format="video", source_mode=image.mode)
@@ -308,28 +490,36 @@ async def upscale_video(
                 await asyncio.sleep(config.retry_s)
 
     async def produce() -> None:
+        nonlocal in_flight, slots
         while (item := await loop.run_in_executor(decode_pool, t.next_item)) is not None:
             if item.kind == "video":
-                await in_flight.acquire()
                 assert item.image is not None
+                if in_flight is None:
+                    slots = frames_in_flight(item.image.width, item.image.height, scale, config)
+                    in_flight = asyncio.Semaphore(slots)
+                await in_flight.acquire()  # this frame's bytes, reserved before its work
                 item.task = asyncio.create_task(super_resolve(item.image))
                 tasks.add(item.task)
                 item.task.add_done_callback(tasks.discard)
                 item.image = None
+            else:
+                await audio.take(item.size, in_flight is not None)
             queue.put_nowait(item)
         queue.put_nowait(None)
 
     async def consume() -> None:
         while (item := await queue.get()) is not None:
             if item.kind == "audio":
-                await loop.run_in_executor(encode_pool, t.mux_audio, item.packet)
+                await loop.run_in_executor(encode_pool, t.mux_audio, item)
+                audio.give(t.take_written_audio())
                 continue
-            assert item.task is not None
+            assert item.task is not None and in_flight is not None
             try:
                 image = await item.task
             finally:
                 in_flight.release()
             await loop.run_in_executor(encode_pool, t.encode_frame, image, item.pts)
+            audio.give(t.take_written_audio())  # the first frame opens the output and writes the pre-roll
             if progress is not None:
                 progress(t.encoded, max(t.total, t.encoded))
         await loop.run_in_executor(encode_pool, t.finish)
@@ -354,10 +544,7 @@ async def upscale_video(
         await loop.run_in_executor(decode_pool, t.close_input)
         decode_pool.shutdown(wait=False)
         encode_pool.shutdown(wait=False)
-    fps = float(t.rate)
-    return VideoResult(format=t.format, frames=t.encoded, width=t.out_video.width, height=t.out_video.height,
-                       fps=fps, duration_s=t.encoded / fps, audio=t.audio_mode,
-                       seconds=time.perf_counter() - started)
+    return slots
 
 
 def _rotation(frame: av.VideoFrame) -> int:
