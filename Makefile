@@ -39,16 +39,18 @@ bench: $(VENV)/.dev
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m app.cli.bench --opencv ../shared/peers/opencv --out bench_results
 
-# Wheels (Python 3.12, x86-64) of what a GPU device image lacks, for scripts/device_check.sh (carry .whl).
+# What a GPU device image lacks, for scripts/device_check.sh (carry .whl): wheels (Python 3.12, x86-64; the
+# image has its own torch, numpy, numba, httpx, scikit-image) and Debian's wrk with its LuaJIT, as the load client.
 DEVICE_WHEELS = fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
 	pydantic-settings==2.16.3 python-dotenv==1.2.4 python-multipart==0.0.34 uvicorn==0.54.0 \
-	isal==1.9.1 av==18.1.0 tqdm==4.70.1 annotated-types==0.8.0 typing-inspection==0.4.5 httptools==0.9.0 opentelemetry-api==1.45.2 \
-	numba==0.68.1 llvmlite==0.50.0
+	isal==1.9.1 av==18.1.0 tqdm==4.70.1 annotated-types==0.8.0 typing-inspection==0.4.5 httptools==0.9.0 opentelemetry-api==1.45.2
 device-wheels: $(VENV)/.runtime
-	rm -rf .whl && mkdir -p .whl
+	rm -rf .whl && mkdir -p .whl/bin .whl/lib
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(DEVICE_WHEELS)
+	cd .whl && apt-get download wrk libluajit-5.1-2 && for deb in *.deb; do dpkg-deb -x $$deb deb; done && \
+		cp deb/usr/bin/wrk bin/ && cp -L deb/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2 lib/ && rm -rf deb *.deb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

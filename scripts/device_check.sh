@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One-shot session on a GPU machine that has CUDA PyTorch but no network (the device machines lent to
-# some sessions). Prepare here with `make device-wheels` (and, to train, copy the training folders into
-# an ignored folder), then run it there with `.whl` (and that folder) carried:
+# The device check (issue 27, item 4): one call on a GPU machine without network, under 5 minutes.
 #
-#   bash scripts/device_check.sh                       # CUDA tests, then the GPU benchmark
-#   TRAIN_DATA=.devdata TRAIN_BUDGET=330 bash scripts/device_check.sh
+# Prepare here:  make device-wheels      (wheels of what the GPU image lacks; Debian's wrk in .whl/bin)
+# Run there:     bash scripts/device_check.sh        (carry .whl; results land in $OUT, else device_out/)
 #
-# With TRAIN_DATA (holding t91/, bsd200/ and set5/), ×2/×3/×4 train side by side on the GPU first
-# (scripts/gpu_train.sh), the CUDA tests running meanwhile; the benchmark runs once the GPU is free.
-# Everything lands in $OUT (or device_out/): test log, train.tgz (checkpoints, stores, logs), bench/.
+# 1. installs the carried wheels beside the image's own PyTorch;
+# 2. runs the CUDA tests and every test of the GPU's code path (tests.log);
+# 3. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
+#    process on a GPU host), a model per worker, and a model per worker under CUDA MPS: one ×3
+#    640×360 JPEG→JPEG request, 16 clients of such frames, 64 clients of 96² PNGs, with GPU busy,
+#    CPU busy and the server's core-ms per request beside each (probe/probe.json, the table last).
+# Training on the GPU is scripts/gpu_train.sh, a call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device_out}"
@@ -17,29 +19,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:${PWD}"
 fi
+if [[ -x .whl/bin/wrk ]]; then
+    export WRK="$PWD/.whl/bin/wrk" LD_LIBRARY_PATH="$PWD/.whl/lib:${LD_LIBRARY_PATH:-}"
+fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+date -u +"device check %Y-%m-%d %H:%M UTC, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-train_pid=""
-if [[ -n "${TRAIN_DATA:-}" ]]; then
-    bash scripts/gpu_train.sh "$TRAIN_DATA" /tmp/gpu_train "${TRAIN_BUDGET:-300}" &
-    train_pid=$!
-    # the run may be cut off: keep a fresh archive of the checkpoints in $OUT all along
-    ( while sleep 30; do tar czf "$out/train.tgz.part" -C /tmp gpu_train 2>/dev/null && mv "$out/train.tgz.part" "$out/train.tgz"; done ) &
-    tar_loop=$!
-fi
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_device_paths.py \
+    tests/test_device_process.py tests/test_planes.py 2>&1 | tee "$out/tests.log" | tail -15
 
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py tests/test_api.py tests/test_pipeline.py tests/test_planes.py 2>&1 | tee "$out/tests.log" | tail -25
-
-if [[ -n "$train_pid" ]]; then
-    wait "$train_pid"
-    kill "$tar_loop" 2>/dev/null
-    tar czf "$out/train.tgz" -C /tmp gpu_train
-    grep -h "published\|val \|Error" /tmp/gpu_train/*.log | tail -30
-fi
-
-# Issue 13's GPU figures: the service end to end for SR_WORKERS 1, 2, 4, 8 (single 640x360 JPEG request,
-# 16 clients of 640x360 JPEG frames, 32 and 64 clients of 96² PNGs), GPU busy beside each.
-timeout "${BENCH_TIMEOUT:-420}" python3 -m app.cli.bench --device cuda --scales 2 3 4 --sizes 640x360 --repeats 5 \
-    --no-compile --duration 6 --workers 1 2 4 8 --out "$out/bench" 2>&1 | tail -80
+timeout "${PROBE_TIMEOUT:-200}" python3 scripts/gpu_probe.py --layouts "${LAYOUTS:-default,off,off+mps}" \
+    --load-s "${LOAD_S:-6}" --out "$out/probe" 2>&1 | tee "$out/probe.log" | tail -12

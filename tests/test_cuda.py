@@ -128,3 +128,20 @@ def test_service_on_cuda_composes_on_the_gpu_like_the_cpu_service(seeded_store: 
             answers.append(np.asarray(open_bytes(r.content)).astype(int))
     assert answers[0].shape == answers[1].shape
     assert np.abs(answers[0] - answers[1]).max() <= 1
+
+
+def test_device_process_on_cuda_answers_like_the_cpu_service(seeded_store: Path, tmp_path: Path) -> None:
+    """The GPU default: one device process owns the GPU, two HTTP workers send it planes in shared memory."""
+    import httpx
+
+    from tests.test_device_process import post, serving
+
+    data = encoded(natural((70, 45)))
+    with serving(seeded_store, tmp_path / "serve.log", SR_DEVICE="cuda") as (base, _):
+        assert "cuda" in httpx.get(f"{base}/readyz").json()["device"]
+        answer = post(base, data, scale=3)
+        assert answer.status_code == 200, answer.text[:300]
+    with TestClient(create_app(make_settings(seeded_store, device="cpu", tile_size=32))) as c:
+        expected = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
+    got, want = (np.asarray(open_bytes(r.content)).astype(int) for r in (answer, expected))
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1

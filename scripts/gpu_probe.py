@@ -1,0 +1,197 @@
+"""The GPU marks (issues 27 and 28), measured from outside the real service on this host.
+
+For each layout of ``python -m app.serve`` (default settings otherwise):
+
+- ``default``: what ``SR_DEVICE_PROCESS=auto`` picks (on a GPU host: one device process);
+- ``off``: a model per HTTP worker, each with its own CUDA context;
+- ``off+mps``: the same under CUDA MPS (``nvidia-cuda-mps-control -d``), which merges the contexts;
+- ``on``: a device process forced (on a CPU host too);
+
+it measures one ×3 640×360 JPEG→JPEG request (p50 of 40 after 8 warm-ups, with its
+``Server-Timing``), then with wrk: 16 clients posting such frames, and 64 clients posting
+96² PNGs at ×3, ``--load-s`` seconds each, with GPU busy (nvidia-smi every 250 ms), CPU
+busy (/proc/stat) and the server's core-ms per request beside each.
+
+    python scripts/gpu_probe.py --layouts default,off,off+mps --load-s 8 --out device_out/probe
+
+``WRK`` names the wrk binary (``make device-wheels`` carries Debian's in ``.whl/bin``);
+without one the loads are skipped and only the lone request is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.cli.benchlib.service import free_port, tree_cpu_s, wait_ready  # noqa: E402
+
+WRK_SCRIPT = """
+local f = io.open(os.getenv("SR_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("SR_CTYPE")
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f\\n", summary.requests, summary.errors.status,
+    summary.duration, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def sample_images() -> tuple[bytes, bytes]:
+    """A 640×360 JPEG frame and a 96² PNG cut from the shipped sample photo."""
+    photo = Image.open(ROOT / "app/assets/sample.png").convert("RGB")
+    frame, small = io.BytesIO(), io.BytesIO()
+    photo.resize((640, 360), Image.Resampling.BICUBIC).save(frame, "JPEG", quality=90)
+    photo.crop((0, 0, 96, 96)).save(small, "PNG")
+    return frame.getvalue(), small.getvalue()
+
+
+class Busy:
+    """GPU busy (nvidia-smi, every 250 ms) and CPU busy (/proc/stat) over a ``with`` block."""
+
+    def __enter__(self) -> Busy:
+        self._gpu: list[float] = []
+        self._cpu0 = self._cpu()
+        self._stop = threading.Event()
+        self._proc = None
+        if shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                           "-lms", "250"], stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            with contextlib.suppress(ValueError):
+                self._gpu.append(float(line.split(",")[0]))
+
+    @staticmethod
+    def _cpu() -> tuple[float, float]:
+        values = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    def __exit__(self, *_: object) -> None:
+        busy, total = self._cpu()
+        self.cpu = 100 * (busy - self._cpu0[0]) / max(1e-9, total - self._cpu0[1])
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+        self.gpu = statistics.mean(self._gpu) if self._gpu else None
+
+
+@contextlib.contextmanager
+def served(layout: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    env = {**os.environ, "SR_HOST": "127.0.0.1", "SR_PORT": str(port)}
+    if layout.split("+")[0] in ("on", "off"):
+        env["SR_DEVICE_PROCESS"] = layout.split("+")[0]
+    mps = layout.endswith("+mps")
+    if mps:
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=180)
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if mps:
+            subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", check=False)
+
+
+def lone(base: str, frame: bytes) -> dict[str, object]:
+    times, timing = [], ""
+    with httpx.Client(timeout=60) as client:
+        for i in range(48):
+            started = time.perf_counter()
+            r = client.post(f"{base}/upscale?scale=3&format=jpeg", content=frame, headers={"content-type": "image/jpeg"})
+            elapsed = (time.perf_counter() - started) * 1000
+            if r.status_code != 200:
+                return {"error": f"{r.status_code} {r.text[:200]}"}
+            if i >= 8:
+                times.append(elapsed)
+                timing = r.headers.get("server-timing", "")
+    return {"p50_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2), "server_timing": timing}
+
+
+def load(base: str, server: subprocess.Popen, wrk: str, body: bytes, ctype: str, path: str, clients: int,
+         seconds: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "body").write_bytes(body)
+        (Path(tmp) / "post.lua").write_text(WRK_SCRIPT)
+        env = {**os.environ, "SR_BODY": str(Path(tmp) / "body"), "SR_CTYPE": ctype}
+        cpu0 = tree_cpu_s(server.pid) or 0.0
+        with Busy() as busy:
+            out = subprocess.run([wrk, "-t", str(min(clients, 8)), "-c", str(clients), "-d", f"{seconds:.0f}s", "--timeout", "30s",
+                                  "-s", str(Path(tmp) / "post.lua"), base + path], env=env, capture_output=True,
+                                 text=True, timeout=seconds + 60)
+        cpu = (tree_cpu_s(server.pid) or 0.0) - cpu0
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        return {"error": (out.stdout + out.stderr)[-300:]}
+    requests, bad, duration_us, p50, p99 = line.split()[1:]
+    ok = int(requests) - int(bad)
+    return {"req_per_s": round(ok / (int(duration_us) / 1e6), 1), "non_2xx": int(bad), "p50_ms": float(p50),
+            "p99_ms": float(p99), "gpu_busy_pct": busy.gpu, "cpu_busy_pct": round(busy.cpu, 1),
+            "server_core_ms_per_request": round(1000 * cpu / max(1, ok), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layouts", default="default,off,off+mps")
+    parser.add_argument("--load-s", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("probe_out"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    wrk = os.environ.get("WRK") or shutil.which("wrk")
+    frame, small = sample_images()
+    results = []
+    for layout in args.layouts.split(","):
+        if layout.endswith("+mps") and not shutil.which("nvidia-cuda-mps-control"):
+            continue
+        row: dict[str, object] = {"layout": layout}
+        with served(layout, args.out / f"serve-{layout}.log") as (base, server):
+            row["device"] = httpx.get(f"{base}/readyz").json().get("device")
+            row["lone"] = lone(base, frame)
+            if wrk:
+                row["frames_16"] = load(base, server, wrk, frame, "image/jpeg", "/upscale?scale=3&format=jpeg", 16,
+                                        args.load_s)
+                row["small_64"] = load(base, server, wrk, small, "image/png", "/upscale?scale=3", 64, args.load_s)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    (args.out / "probe.json").write_text(json.dumps(results, indent=2))
+    print("\n| layout | lone ×3 640×360 JPEG p50 | 16 clients frames/s (GPU, CPU busy) | 64 clients 96² req/s "
+          "(GPU, CPU busy) | server core-ms / 96² request |\n|---|---|---|---|---|")
+    for r in results:
+        f, s = r.get("frames_16", {}), r.get("small_64", {})
+        print(f"| {r['layout']} | {r['lone'].get('p50_ms')} ms | {f.get('req_per_s')} ({f.get('gpu_busy_pct')} %, "
+              f"{f.get('cpu_busy_pct')} %) | {s.get('req_per_s')} ({s.get('gpu_busy_pct')} %, {s.get('cpu_busy_pct')} %) "
+              f"| {s.get('server_core_ms_per_request')} |")
+
+
+if __name__ == "__main__":
+    main()
