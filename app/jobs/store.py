@@ -127,7 +127,7 @@ class JobRecord:
             need(type(getattr(self, name)) is int and getattr(self, name) >= 0, f"has a bad {name}")
         need(type(self.expired) is bool, "has a bad expired flag")
         need(0.0 <= self.progress <= 1.0, "has progress out of 0..1")
-        for name in ("error", "error_code"):
+        for name in ("error", "error_code", "upload_name"):
             need(getattr(self, name) is None or isinstance(getattr(self, name), str), f"has a bad {name}")
         need(isinstance(self.info, dict), "has a bad info")
 
