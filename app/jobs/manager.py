@@ -122,7 +122,7 @@ class JobManager:
         self._accepting = False
         self._closing = True
         for active in list(self._active.values()):
-            if active.record.state == QUEUED:
+            if _waiting(active):  # uploads still arriving are refused by admit()
                 self._finish(active, FAILED, "the service shut down before the job started", "shutting_down")
         running = [a.task for a in self._active.values() if a.task is not None]
         if running:
@@ -175,7 +175,9 @@ class JobManager:
         :class:`JobsUnavailable` 507 when the quota has no room for them. Blocking (it walks the
         jobs folder under the quota lock): call it from a thread.
         """
-        active = self._active[job_id]
+        active = self._active.get(job_id)
+        if active is None:  # ended meanwhile (the service is shutting down)
+            raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
         if written <= active.reserved:
             return active.reserved
         granted = self.store.reserve(job_id, written, self.limits.max_bytes, GROW_AHEAD)
@@ -263,7 +265,11 @@ class JobManager:
         """This process's live record if it owns the job, else the one on disk (another worker's, or finished)."""
         active = self._active.get(job_id)
         if active is not None and active.record.kind:
-            return active.record
+            if not self._cancelled_elsewhere(job_id):
+                return active.record
+            if active.task is None:  # queued here, deleted by another process: it ends now
+                self._finish(active, CANCELLED, "cancelled", "cancelled")
+            return None  # running: its runner sees the cancel within _WRITE_EVERY_S
         try:
             return self.store.read(job_id)
         except KeyError:
@@ -475,7 +481,7 @@ class JobManager:
     def _drop_cancelled(self) -> None:
         """End this process's queued jobs that another process cancelled, so they stop holding queue places."""
         for active in list(self._active.values()):
-            if active.record.state == QUEUED and active.task is None and self._cancelled_elsewhere(active.record.id):
+            if _waiting(active) and self._cancelled_elsewhere(active.record.id):
                 self._finish(active, CANCELLED, "cancelled", "cancelled")
 
     def sweep(self, now: float | None = None) -> None:
@@ -518,6 +524,11 @@ class JobManager:
                 self.store.write(record)
             elif now >= record.expires + tombstone_s:
                 self.store.remove(record.id)
+
+
+def _waiting(active: _Active) -> bool:
+    """Queued: admitted and not started (an upload still arriving has no kind yet)."""
+    return bool(active.record.kind) and active.record.state == QUEUED and active.task is None
 
 
 def _storage_full(message: str = "the jobs storage quota is full; retry later or delete finished jobs"
