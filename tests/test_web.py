@@ -167,3 +167,11 @@ def test_worker_count_follows_app_serve(monkeypatch: pytest.MonkeyPatch) -> None
     assert worker_count(2, "cpu") == 1  # a bare uvicorn is one process whatever SR_WORKERS says
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")  # app.serve sets it with more than one
     assert worker_count(3, "cpu") == 3
+
+
+def test_redoc_is_served_its_logo_from_here(client: TestClient) -> None:
+    """Issue 31: ReDoc's sidebar logo came from cdn.redoc.ly, which the docs CSP refused (a console error)."""
+    bundle = client.get(web.REDOC_JS)
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    assert b"cdn.redoc.ly" not in bundle.content and web.FAVICON.encode() in bundle.content
+    assert b"cdn.redoc.ly" in web.REDOC_BUNDLE.read_bytes()  # the shipped file itself stays as npm has it

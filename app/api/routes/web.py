@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -24,13 +25,16 @@ from app.web import STATIC_DIR
 STATIC_URL = "/static"
 SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
-REDOC_JS = f"{STATIC_URL}/vendor/redoc/redoc.standalone.js"
+REDOC_BUNDLE = STATIC_DIR / "vendor" / "redoc" / "redoc.standalone.js"  # as shipped by npm, unmodified
+REDOC_JS = f"{STATIC_URL}/redoc.offline.js"  # the same, with its one off-site image pointed here
+REDOC_LOGO_URL = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 FAVICON = f"{STATIC_URL}/favicon.svg"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
-# The browser itself keeps these pages on this origin: nothing is fetched from elsewhere, even where a bundle
-# would (ReDoc's sidebar shows a logo from its vendor's CDN; it is refused before any request, and hidden).
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'self'; "
+# The browser itself keeps these pages on this origin: nothing is fetched from elsewhere. ReDoc's sidebar
+# shows a logo from its vendor's CDN, which the policy refused with a console error: it is served the
+# service's own mark instead (redoc_offline_js).
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; base-uri 'self'; "
             "form-action 'self'; frame-ancestors 'self'")
 # FastAPI's docs pages start Swagger UI / ReDoc from an inline script, and both style with inline CSS
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -105,6 +109,19 @@ async def web_config(state: StateDep) -> WebConfig:
 async def sample_image() -> FileResponse:
     """The photograph ``GET /debug/channels`` draws, for the page's "use the sample" button."""
     return FileResponse(SAMPLE_IMAGE, media_type="image/png")
+
+
+@lru_cache(maxsize=1)
+def redoc_offline_bundle() -> bytes:
+    """ReDoc's bundle with its CDN logo replaced by the service's favicon, so /redoc fetches nothing from elsewhere."""
+    bundle = REDOC_BUNDLE.read_bytes()
+    return bundle.replace(REDOC_LOGO_URL, FAVICON.encode())
+
+
+@router.get(REDOC_JS, include_in_schema=False)
+async def redoc_offline_js() -> Response:
+    return Response(redoc_offline_bundle(), media_type="text/javascript",
+                    headers={"Cache-Control": "public, max-age=3600"})
 
 
 def _docs_page(page: HTMLResponse) -> HTMLResponse:

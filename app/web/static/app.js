@@ -14,7 +14,14 @@ const state = {
   debugRoutes: false,
   channelsUrl: null,
   channelsFor: null,   // "<file key>|<scale>" the channel figure was drawn for
+  split: 50,           // percent of the *visible* width showing the original, at any zoom
+  centre: {x: 0.5, y: 0.5},  // the point of the image at the middle of the zoomed views (fractions)
+  zoomed: false,
+  job: null,           // the running video job: {id, statusUrl, cancelled}
+  jobsMaxBytes: 0,
 };
+
+const SMALL_SCREEN = "(max-width: 900px)";  // one column: the viewer comes below the controls
 
 // -- small helpers -------------------------------------------------------------------------------
 
@@ -31,7 +38,30 @@ function formatKind(type) {
   return map[type] || type || "unknown type";
 }
 
-const EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"};
+const EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif",
+  "video/mp4": "mp4", "video/webm": "webm"};
+const VIDEO_EXTENSIONS = /\.(mp4|m4v|mov|mkv|webm|avi|mpe?g|ts|wmv|flv|3gp|ogv)$/i;
+
+function isVideo(file) {
+  return Boolean(file) && ((file.type || "").startsWith("video/") || VIDEO_EXTENSIONS.test(file.name || ""));
+}
+
+/** The format the service will answer in, as far as the page can tell before asking. */
+function effectiveFormat() {
+  const fmt = $("format").value;
+  if (fmt !== "same") return fmt;
+  const type = state.file ? state.file.type : "";
+  return {"image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}[type] || "png";
+}
+
+/** "clip.mp4" from 'attachment; filename="clip_x3.mp4"' (or filename*=utf-8''…), else null. */
+function dispositionName(header) {
+  if (!header) return null;
+  const star = /filename\*=(?:utf-8|UTF-8)''([^;]+)/.exec(header);
+  if (star) return decodeURIComponent(star[1]);
+  const plain = /filename="?([^";]+)"?/.exec(header);
+  return plain ? plain[1] : null;
+}
 
 /** Server-Timing "decode;dur=6.0, model;dur=67.1, encode;dur=36.0" → [{name, dur}]. */
 function parseServerTiming(header) {
@@ -43,7 +73,7 @@ function parseServerTiming(header) {
   }).filter((t) => t.name && Number.isFinite(t.dur));
 }
 
-/** The words of a service error: its JSON detail (a string, or FastAPI's list of validation errors). */
+/** The words of a service error: its JSON ``detail`` (a sentence; ``errors`` has the fields, also named in it). */
 async function errorText(response) {
   let body = null;
   try {
@@ -92,7 +122,12 @@ async function loadModels() {
     ]);
     state.models = models.models;
     state.debugRoutes = Boolean(config.debug_routes);
-    if (config.max_body_bytes) $("drop-limit").textContent = `up to ${formatBytes(config.max_body_bytes)}`;
+    state.jobsMaxBytes = config.jobs_max_upload_bytes || 0;
+    if (config.max_body_bytes) {
+      $("drop-limit").textContent = `images up to ${formatBytes(config.max_body_bytes)}` +
+        (state.jobsMaxBytes ? `, videos up to ${formatBytes(state.jobsMaxBytes)}` : "");
+    }
+    if (config.serving) $("device").textContent = `Served by ${config.serving}.`;
   } catch (err) {
     select.innerHTML = "<option value=\"\">no models</option>";
     showError(`Could not list the served models (${err.message}). Is the service ready?`);
@@ -117,10 +152,6 @@ async function loadModels() {
   const preferred = state.models.find((m) => m.scale === 3) || state.models[0];
   if (preferred) select.value = inside.value = String(preferred.scale);
   updateScaleHint();
-  if (state.models.length) {
-    const m = state.models[0];
-    $("device").textContent = `Running on ${m.device}, ${m.backend} backend.`;
-  }
   $("tab-inside").hidden = !state.debugRoutes;
   updateButton();
 }
@@ -134,10 +165,17 @@ function updateButton() {
   $("upscale").disabled = !(state.file && $("scale").value);
 }
 
+/** Show only the controls that change the answer: quality for JPEG/WebP, lossless for WebP, none for GIF/PNG. */
 function updateFormatFields() {
-  const fmt = $("format").value;
-  $("quality-field").hidden = fmt === "png";
-  $("lossless-field").hidden = fmt !== "webp" && fmt !== "same";
+  const video = isVideo(state.file);
+  $("format-field").hidden = video;
+  $("video-format-field").hidden = !video;
+  const out = effectiveFormat();
+  $("quality-field").hidden = video || (out !== "jpeg" && out !== "webp");
+  $("lossless-field").hidden = video || out !== "webp";
+  const names = {png: "PNG", jpeg: "JPEG", webp: "WebP", gif: "GIF (an animation stays animated)"};
+  $("format-hint").textContent = !video && $("format").value === "same" && state.file
+    ? `For this file: ${names[out]}${out === "png" || out === "gif" ? ", lossless; nothing to set" : ""}.` : "";
 }
 
 // -- choosing an image ---------------------------------------------------------------------------
@@ -152,6 +190,15 @@ async function setFile(file) {
   if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
   state.inputUrl = URL.createObjectURL(file);
   clearResult();
+  updateFormatFields();
+  if (isVideo(file)) {
+    state.inputSize = null;
+    $("before").removeAttribute("src");
+    showViewer(false);
+    setStatus("A video: it goes to the jobs API and its progress shows here.");
+    updateButton();
+    return;
+  }
   try {
     state.inputSize = await loadImage($("before"), state.inputUrl);
     $("side-before").src = state.inputUrl;
@@ -173,13 +220,19 @@ function clearResult() {
   $("side-after").removeAttribute("src");
   $("summary").hidden = true;
   $("compare").classList.remove("has-result");
+  $("compare-frame").classList.remove("has-result");
+  $("video-view").hidden = true;
+  $("video-result").removeAttribute("src");
+  state.centre = {x: 0.5, y: 0.5};
 }
 
 function showViewer(visible) {
-  $("empty").hidden = visible;
+  const video = !$("video-view").hidden;
+  $("empty").hidden = visible || video;
   const mode = document.querySelector("input[name=mode]:checked").value;
   $("slider-view").hidden = !visible || mode !== "slider";
   $("side-view").hidden = !visible || mode !== "side";
+  document.querySelectorAll(".viewer-bar .segmented").forEach((g) => { g.hidden = video; });
   applyZoom();
 }
 
@@ -198,6 +251,10 @@ async function useSample() {
 async function upscale(event) {
   event.preventDefault();
   if (!state.file || !$("scale").value) return;
+  if (isVideo(state.file)) {
+    await upscaleVideo();
+    return;
+  }
   const scale = Number($("scale").value);
   const params = new URLSearchParams({scale: String(scale), format: $("format").value});
   if (!$("quality-field").hidden && $("quality").value) params.set("quality", $("quality").value);
@@ -246,6 +303,7 @@ async function showResult(response, blob, scale, roundTrip) {
   $("side-after").alt = $("after").alt;
   $("after-badge").textContent = `ESPCN ×${scale}`;
   $("compare").classList.add("has-result");
+  $("compare-frame").classList.add("has-result");
 
   const inKind = formatKind(state.file.type);
   $("in-info").textContent = state.inputSize
@@ -271,7 +329,122 @@ async function showResult(response, blob, scale, roundTrip) {
   $("side-after-cap").textContent = `×${scale}, ${w} × ${h}`;
   setStatus(`Done: ×${scale} in ${Number.isFinite(total) ? total.toFixed(0) : roundTrip.toFixed(0)} ms.`);
   if (!state.inputSize) $("before").removeAttribute("src");
+  state.centre = {x: 0.5, y: 0.5};
   showViewer(true);
+  revealResult();
+}
+
+/** On a one-column screen the viewer is below the controls: bring the result into view. */
+function revealResult() {
+  if (!window.matchMedia(SMALL_SCREEN).matches) return;
+  const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  $("viewer").scrollIntoView({behavior: still ? "auto" : "smooth", block: "start"});
+}
+
+// -- videos, through the jobs API ----------------------------------------------------------------
+
+function setJob(progress, text) {
+  $("job").hidden = progress === null;
+  if (progress !== null) $("job-progress").value = progress;
+  $("job-text").textContent = text || "";
+}
+
+async function upscaleVideo() {
+  const scale = Number($("scale").value);
+  const params = new URLSearchParams({scale: String(scale), format: $("video-format").value});
+  const body = new FormData();
+  body.append("file", state.file, state.file.name || "video");
+  const button = $("upscale");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  button.textContent = "Upscaling…";
+  showError("");
+  setStatus(`Uploading the video (${formatBytes(state.file.size)})…`);
+  setJob(0, "uploading");
+  const job = {cancelled: false};
+  state.job = job;
+  try {
+    const created = await fetch(`/jobs?${params}`, {method: "POST", body});
+    if (!created.ok) {
+      setJob(null);
+      setStatus("");
+      showError(`Could not start the video job (${created.status}): ${await errorText(created)}`);
+      return;
+    }
+    const {id, status_url: statusUrl, result_url: resultUrl} = await created.json();
+    Object.assign(job, {id, statusUrl});
+    setStatus(`Video job ${id.slice(0, 8)} queued.`);
+    let status = null;
+    for (;;) {
+      const answer = await fetch(statusUrl);
+      if (job.cancelled) return;
+      if (!answer.ok) throw new Error(await errorText(answer));
+      status = await answer.json();
+      const frames = status.frames_total ? `frame ${status.frames_done} of ${status.frames_total}` : status.state;
+      const rate = status.fps ? ` · ${status.fps.toFixed(1)} frames/s` : "";
+      const eta = status.eta_s !== null && status.state === "running" ? ` · about ${Math.ceil(status.eta_s)} s left` : "";
+      setJob(status.progress, `${Math.round(status.progress * 100)} % · ${frames}${rate}${eta}`);
+      if (status.state === "done") break;
+      if (status.state === "failed" || status.state === "cancelled") {
+        setJob(null);
+        setStatus("");
+        showError(`The video job ${status.state}: ${status.error || "no reason given"}`);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 400));
+    }
+    const result = await fetch(resultUrl);
+    if (!result.ok) throw new Error(await errorText(result));
+    const blob = await result.blob();
+    showVideoResult(result, blob, scale, status);
+    setJob(1, "100 % · done");
+  } catch (err) {
+    setJob(null);
+    setStatus("");
+    showError(`The video job did not finish: ${err.message}`);
+  } finally {
+    if (state.job === job) state.job = null;
+    button.removeAttribute("aria-busy");
+    button.textContent = "Upscale";
+    updateButton();
+  }
+}
+
+function showVideoResult(response, blob, scale, status) {
+  if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
+  state.resultUrl = URL.createObjectURL(blob);
+  const type = (response.headers.get("content-type") || blob.type).split(";")[0];
+  const video = $("video-result");
+  video.src = state.resultUrl;
+  $("video-view").hidden = false;
+  showViewer(false);
+  const input = (status.info && status.info.input) || status.info || {};
+  const output = (status.info && status.info.output) || {};
+  $("in-info").textContent = (input.width ? `${input.width} × ${input.height} px · ` : "") +
+    `${formatBytes(state.file.size)} · ${formatKind(state.file.type) || "video"}`;
+  $("out-info").textContent = (output.width ? `${output.width} × ${output.height} px · ` : "") +
+    `${formatBytes(blob.size)} · ${type}`;
+  $("model-info").textContent = `×${response.headers.get("x-scale") || scale}`;
+  const took = status.started && status.finished ? status.finished - status.started : null;
+  $("time-info").textContent = (took !== null ? `${took.toFixed(1)} s in the service` : "") +
+    (status.fps ? ` (${status.fps.toFixed(1)} frames/s)` : "");
+  const link = $("download");
+  link.href = state.resultUrl;
+  link.download = dispositionName(response.headers.get("content-disposition")) ||
+    `${stem(state.file.name)}_x${scale}.${EXTENSIONS[type] || "mp4"}`;
+  link.textContent = `Download ${link.download}`;
+  $("summary").hidden = false;
+  setStatus(`Done: the video ×${scale}.`);
+  revealResult();
+}
+
+async function cancelJob() {
+  const job = state.job;
+  if (!job) return;
+  job.cancelled = true;
+  if (job.statusUrl) await fetch(job.statusUrl, {method: "DELETE"});
+  setJob(null);
+  setStatus("The video job was cancelled.");
 }
 
 // -- the comparison views ------------------------------------------------------------------------
@@ -286,17 +459,40 @@ function displaySize() {
   return null;
 }
 
+/** The scroller that shows the zoomed image now (the slider's, or the original's pane side by side). */
+function visibleScroller() {
+  return !$("slider-view").hidden ? $("compare-scroll") : !$("side-view").hidden ? $("pane-before") : null;
+}
+
+function rememberCentre() {
+  const s = visibleScroller();
+  if (!s || !state.zoomed || !s.scrollWidth) return;
+  state.centre = {x: (s.scrollLeft + s.clientWidth / 2) / s.scrollWidth,
+    y: (s.scrollTop + s.clientHeight / 2) / s.scrollHeight};
+}
+
+/** Scroll the zoomed views so that ``state.centre`` is in the middle (the image's centre when first zoomed). */
+function restoreCentre() {
+  for (const s of [$("compare-scroll"), $("pane-before"), $("pane-after")]) {
+    s.scrollLeft = state.centre.x * s.scrollWidth - s.clientWidth / 2;
+    s.scrollTop = state.centre.y * s.scrollHeight - s.clientHeight / 2;
+  }
+}
+
 function applyZoom() {
   const zoom = document.querySelector("input[name=zoom]:checked").value;
   const size = displaySize();
   const fit = zoom === "fit" || !size;
+  if (fit || !state.zoomed) state.centre = {x: 0.5, y: 0.5};  // from "Fit", a zoom opens at the centre
   const compare = $("compare");
   let cw = "", ch = "";
   if (size && fit) {
     // "Fit": the whole image inside the visible area, up or down (the original stays nearest-neighbour)
     const scroller = $("compare-scroll");
+    const small = window.matchMedia(SMALL_SCREEN).matches;  // the page scrolls the viewer to the top there
     const top = scroller.getBoundingClientRect().top + window.scrollY;
-    const room = Math.max(320, window.innerHeight - Math.max(0, top - window.scrollY) - 80);
+    const room = small ? Math.max(200, window.innerHeight - 140)
+      : Math.max(320, window.innerHeight - Math.max(0, top - window.scrollY) - 80);
     const k = Math.min(scroller.clientWidth / size.w, room / size.h) || 1;
     cw = `${Math.floor(size.w * k)}px`;
     ch = `${Math.floor(size.h * k)}px`;
@@ -313,21 +509,41 @@ function applyZoom() {
     el.classList.toggle("fit", fit);
   }
   document.querySelectorAll(".viewer").forEach((v) => v.classList.toggle("zoomed", !fit));
+  state.zoomed = !fit;
+  if (!fit) restoreCentre();
+  renderSplit();
+}
+
+/** The part of the image the slider's scroller shows, in client pixels: where the split is measured. */
+function visibleSpan() {
+  const c = $("compare").getBoundingClientRect();
+  const s = $("compare-scroll").getBoundingClientRect();
+  return {c, left: Math.max(c.left, s.left), right: Math.min(c.right, s.right),
+    top: Math.max(c.top, s.top), bottom: Math.min(c.bottom, s.bottom)};
+}
+
+/** Draw the split at ``state.split`` percent of what is in view, so the handle is on screen at every zoom. */
+function renderSplit() {
+  const {c, left, right, top, bottom} = visibleSpan();
+  const x = Math.round(left - c.left + (state.split / 100) * Math.max(0, right - left));
+  $("after").style.clipPath = `inset(0 0 0 ${x}px)`;
+  const divider = $("divider");
+  divider.style.left = `${x}px`;
+  divider.style.setProperty("--knob-y", `${Math.max(0, (top + bottom) / 2 - c.top)}px`);
 }
 
 function setSplit(percent) {
-  const p = Math.max(0, Math.min(100, percent));
-  $("after").style.clipPath = `inset(0 0 0 ${p}%)`;
-  $("divider").style.left = `${p}%`;
-  $("split").value = String(Math.round(p));
+  state.split = Math.max(0, Math.min(100, percent));
+  $("split").value = String(Math.round(state.split));
+  renderSplit();
 }
 
 function bindSlider() {
   const compare = $("compare");
   let dragging = false;
   const move = (event) => {
-    const rect = compare.getBoundingClientRect();
-    setSplit(((event.clientX - rect.left) / rect.width) * 100);
+    const {left, right} = visibleSpan();
+    setSplit(((event.clientX - left) / Math.max(1, right - left)) * 100);
   };
   compare.addEventListener("pointerdown", (event) => {
     dragging = true;
@@ -338,6 +554,7 @@ function bindSlider() {
   compare.addEventListener("pointerup", () => { dragging = false; });
   compare.addEventListener("pointercancel", () => { dragging = false; });
   $("split").addEventListener("input", (event) => setSplit(Number(event.target.value)));
+  $("compare-scroll").addEventListener("scroll", () => { renderSplit(); rememberCentre(); });
   setSplit(50);
 }
 
@@ -354,6 +571,7 @@ function bindSyncedScroll() {
   };
   a.addEventListener("scroll", sync(a, b));
   b.addEventListener("scroll", sync(b, a));
+  a.addEventListener("scroll", rememberCentre);
 }
 
 // -- "Look inside" -------------------------------------------------------------------------------
@@ -474,8 +692,12 @@ function bindInputs() {
   $("scale").addEventListener("change", () => { updateScaleHint(); updateButton(); applyZoom(); });
   $("inside-scale").addEventListener("change", refreshInside);
   $("format").addEventListener("change", updateFormatFields);
+  $("job-cancel").addEventListener("click", cancelJob);
   $("controls").addEventListener("submit", upscale);
-  document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => showViewer(Boolean(state.inputSize || state.resultSize))));
+  document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => {
+    rememberCentre();
+    showViewer(Boolean(state.inputSize || state.resultSize));
+  }));
   document.querySelectorAll("input[name=zoom]").forEach((r) => r.addEventListener("change", applyZoom));
 }
 
