@@ -8,7 +8,9 @@ process serving the same store with the same ``SR_*`` settings.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 from PIL import Image
 
 from app.cli.benchlib.service import free_port, wait_ready
-from app.cli.upscale import main
+from app.cli.upscale import main, parse_args
 from tests.conftest import encoded, natural
 from tests.test_animation import animation, panned
 
@@ -129,7 +131,7 @@ def test_too_large_is_reported_and_the_rest_go_on(env: dict[str, str], photos: P
     assert main([str(photos / "a.png"), str(photos / "sub" / "deeper"), str(photos / "d.bmp"), "-o", str(out),
                  "--scale", "2"]) == 1
     captured = capsys.readouterr()
-    assert "a.png: image is 64×48 = 3,072 px" in captured.err and "(image_too_large)" in captured.err
+    assert "a.png: Image is 64×48 = 3,072 px" in captured.err and "(image_too_large)" in captured.err
     assert "the limit is 3,000 px" in captured.err
     assert sorted(files(out)) == ["c_x2.png", "d_x2.png"]
 
@@ -169,3 +171,61 @@ def test_videos_go_through_the_video_pipeline(env: dict[str, str], tmp_path: Pat
             stream = container.streams.video[0]
             assert (stream.codec_context.width, stream.codec_context.height) == (96, 64)
             assert sum(1 for _ in container.decode(stream)) == 4
+
+
+# -- issue 31: what the command says -------------------------------------------------------------------
+
+
+def test_help_is_written_for_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0
+    text = capsys.readouterr().out
+    for markup in ("``", ":func:", ":class:", ":mod:", "::"):
+        assert markup not in text, markup
+    assert "examples:" in text and "--quiet" in text and "--json" in text and "Exit status" in text
+
+
+def test_a_loading_line_then_a_bar_whose_clock_starts_after_start_up(
+    env: dict[str, str], photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(photos / "sub"), "-o", str(tmp_path / "out"), "--scale", "2", "--progress"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.replace("\r", "\n")
+    assert err.index("loading models…") < err.index("2/2")  # said before the bar, which comes after start-up
+    summary = re.search(r"; ([\d.]+) s after start-up \(.*\) \(start-up ([\d.]+) s\)", captured.out)
+    assert summary, captured.out
+    work_s = float(summary.group(1))
+    bar = re.findall(r"2/2 \[(\d+):(\d+)<", err)
+    assert bar, err
+    minutes, seconds = map(int, bar[-1])
+    assert minutes * 60 + seconds <= work_s + 1  # the bar's clock is the work's, not start-up's too
+
+
+def test_quiet_prints_only_failures_and_json_prints_one_document(
+    env: dict[str, str], photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main([str(photos / "sub"), str(photos / "corrupt.jpg"), "-o", str(out), "--scale", "2", "--quiet",
+                 "--progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [captured.err.strip()]  # one line: the corrupt file
+    assert "corrupt.jpg" in captured.err and "(invalid_image)" in captured.err
+
+    assert main([str(photos / "sub"), str(photos / "a.png"), str(photos / "corrupt.jpg"), "-o", str(out),
+                 "--scale", "2", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    doc = json.loads(captured.out)
+    assert (doc["done"], doc["skipped"], doc["failed"]) == (1, 2, 1)
+    assert doc["startup_s"] > 0 and doc["error"] is None
+    outcome = {Path(f["input"]).name: f for f in doc["files"]}
+    assert outcome["a.png"]["status"] == "done" and outcome["a.png"]["format"] == "png"
+    assert outcome["a.png"]["output"].endswith("a_x2.png")
+    assert outcome["corrupt.jpg"]["code"] == "invalid_image"
+    assert {outcome["b.jpg"]["status"], outcome["c.webp"]["status"]} == {"skipped"}
+
+
+def test_format_jpg_is_jpeg() -> None:
+    assert parse_args(["a.png", "-o", "out", "--format", "jpg"]).format == "jpeg"

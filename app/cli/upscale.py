@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import glob
 import io
+import json
 import os
 import sys
 import time
@@ -54,6 +55,27 @@ RETRY_FOR_S = 600.0  # how long a file waits for room in a full queue before it 
 _GLOB_CHARS = frozenset("*?[")
 _FORMAT_OF_NAME = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "same"}
 
+# What --help prints: plain text for a terminal (the module docstring above is for the code's readers).
+DESCRIPTION = """\
+Upscale images and videos with the ESPCN models, on the service's own pipeline in this
+process (the SR_* settings apply), or on a running service with --url.
+
+examples:
+  espcn-upscale photos/ -o photos_x3/                  every image under photos/, x3, PNG
+  espcn-upscale 'shots/*.jpg' --scale 2 --format same -o out/
+  espcn-upscale cat.gif -o cat_x4.gif --scale 4        one input: -o may name the output file
+  espcn-upscale clips/ -o out/ --video-format webm     videos go through the video pipeline
+  espcn-upscale photos/ -o out/ --url http://127.0.0.1:8000
+
+Folders are searched recursively for image and video extensions; files named explicitly
+are tried whatever their extension. Outputs keep the folders' layout under -o, are
+written whole or not at all, and are skipped when they exist (unless --overwrite).
+"""
+EPILOG = """\
+A file that cannot be upscaled (corrupt, too large, not an image) is reported with the
+service's reason and code, and the others go on. Exit status: 0 when every file was
+upscaled or skipped, 1 when any failed, 2 for bad arguments, 130 when interrupted."""
+
 
 class FileFailed(Exception):
     """One file could not be upscaled: ``detail`` says why, ``code`` is the service's error code."""
@@ -78,20 +100,64 @@ class Tally:
     failed: int = 0
     output_pixels: int = 0
     started: float = 0.0  # perf_counter once the pipeline (or the service) was ready
+    startup_s: float = 0.0  # how long the models took to load (or the service to answer)
     failures: list[str] = field(default_factory=list)
+    files: list[dict[str, object]] = field(default_factory=list)  # one entry per input, for --json
+
+
+class Console:
+    """Everything the command tells a person: the start-up line, the bar, failures and the summary.
+
+    ``--quiet`` keeps only the failures; ``--json`` keeps nothing on the terminal (stdout gets one
+    JSON document at the end). The bar is made only once start-up is over, so its clock and
+    its rates count the work alone.
+    """
+
+    def __init__(self, progress: bool, quiet: bool, as_json: bool) -> None:
+        self.progress, self.quiet, self.as_json = progress and not quiet and not as_json, quiet, as_json
+        self.bar: tqdm | None = None
+
+    def say(self, text: str) -> None:
+        if not (self.quiet or self.as_json):
+            self._write(text)
+
+    def failure(self, text: str) -> None:
+        if not self.as_json:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def start_bar(self, total: int, initial: int) -> None:
+        if self.progress:
+            self.bar = tqdm(total=total, initial=initial, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, postfix: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # -- the command line ----------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="espcn-upscale", description=__doc__,
+    p = argparse.ArgumentParser(prog="espcn-upscale", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image or video files, folders (searched recursively) or globs")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output folder (created); with one input file, a file name with an image extension")
     p.add_argument("--scale", type=int, default=3, help="upscaling factor: one the models serve (default 3)")
-    p.add_argument("--format", choices=("png", "jpeg", "webp", "same"), default=None,
+    p.add_argument("--format", choices=("png", "jpeg", "jpg", "webp", "same"), default=None,
                    help="output format; same: JPEG → JPEG, WebP → WebP, animated GIF → GIF, else PNG (default: png, "
                    "or what the extension of an output file name says)")
     p.add_argument("--quality", type=int, choices=range(1, 101), metavar="1..100", help="JPEG/WebP quality (default 90)")
@@ -112,8 +178,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="files in flight at once (default 4)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="print only the files that failed")
+    talk.add_argument("--json", action="store_true",
+                      help="print one JSON document on stdout at the end (counts, timings, each file's outcome) "
+                      "and nothing else")
     p.add_argument("--timeout", type=float, default=600.0, help="--url: seconds to wait for one file's answer")
     args = p.parse_args(argv)
+    if args.format == "jpg":
+        args.format = "jpeg"
     if args.format is None:
         args.format = _FORMAT_OF_NAME.get(args.output.suffix.lower(), "png") if not args.output.is_dir() else "png"
     if args.jobs < 1:
@@ -247,20 +320,22 @@ class Local:
             actual = output_format(fmt, info.container)
             result = await upscale_video(self.pipeline, src, dst, self.args.scale, actual, config=limits.encoder)
         except VideoError as exc:
-            raise FileFailed(str(exc), exc.code) from None
+            from app.api.errors import sentence
+
+            raise FileFailed(sentence(str(exc)), exc.code) from None
         except Exception as exc:
             raise self._failed(exc) from None
         return result.format, result.frames * result.width * result.height
 
     def _failed(self, exc: Exception) -> FileFailed:
-        """The service's own wording and code for the failure (app.api.errors.classify)."""
-        from app.api.errors import classify
+        """The service's own wording and code for the failure (app.api.errors.classify, made a sentence as it is)."""
+        from app.api.errors import classify, sentence
 
         try:
             api = classify(exc, 503)
         except TypeError:
             return FileFailed(f"{type(exc).__name__}: {exc}", "internal_error")
-        return FileFailed(api.detail, api.code)
+        return FileFailed(sentence(api.detail), api.code)
 
 
 class Remote:
@@ -370,7 +445,7 @@ def _pixels(body: bytes) -> tuple[int, int, int]:
 # -- the run -------------------------------------------------------------------------------
 
 
-def plan(args: argparse.Namespace, items: list[Item], tally: Tally, bar: tqdm) -> list[tuple[Item, Path, str]]:
+def plan(args: argparse.Namespace, items: list[Item], tally: Tally, ui: Console) -> list[tuple[Item, Path, str]]:
     """Each item's output path and expected format; what exists already is skipped here, before any work starts."""
     todo: list[tuple[Item, Path, str]] = []
     claimed: dict[Path, Path] = {}
@@ -381,31 +456,38 @@ def plan(args: argparse.Namespace, items: list[Item], tally: Tally, bar: tqdm) -
             else:  # only "same" needs the header
                 fmt = predicted_format(item.src.read_bytes(), args.format) if args.format == "same" else args.format
         except OSError as exc:
-            _report(tally, bar, item, f"cannot read it: {exc.strerror or exc}")
+            _report(tally, ui, item, f"cannot read it: {exc.strerror or exc}", "unreadable")
             continue
         dst = output_path(item, args.output, args.pattern, args.scale, fmt)
         other = claimed.setdefault(dst.resolve(), item.src)
         if other != item.src:
-            _report(tally, bar, item, f"its output {dst} would also be {other}'s: use a --name pattern that keeps "
-                                      "them apart (name_clash)")
+            _report(tally, ui, item, f"its output {dst} would also be {other}'s: use a --name pattern that keeps "
+                                     "them apart", "name_clash")
         elif dst.exists() and not args.overwrite:
             tally.skipped += 1
-            bar.update(1)
+            tally.files.append({"input": str(item.src), "output": str(dst), "status": "skipped"})
         else:
             todo.append((item, dst, fmt))
     return todo
 
 
-def _report(tally: Tally, bar: tqdm, item: Item, detail: str) -> None:
+def _report(tally: Tally, ui: Console, item: Item, detail: str, code: str) -> None:
     tally.failed += 1
-    tally.failures.append(f"{item.src}: {detail}")
-    bar.write(f"failed: {item.src}: {detail}", file=sys.stderr)
-    bar.update(1)
+    tally.failures.append(f"{item.src}: {detail} ({code})")
+    tally.files.append({"input": str(item.src), "status": "failed", "detail": detail, "code": code})
+    ui.failure(f"failed: {item.src}: {detail} ({code})")
+    ui.advance()
 
 
-async def run(args: argparse.Namespace, todo: list[tuple[Item, Path, str]], tally: Tally, bar: tqdm) -> None:
-    """Start the pipeline (or reach the service), then keep ``--jobs`` files in flight until all are done."""
+async def run(args: argparse.Namespace, todo: list[tuple[Item, Path, str]], tally: Tally, ui: Console,
+              total: int) -> None:
+    """Start the pipeline (or reach the service), then keep ``--jobs`` files in flight until all are done.
+
+    The bar (``total`` files, those settled by :func:`plan` already counted) starts once start-up is over.
+    """
     worker = Remote(args) if args.url else Local(args)
+    ui.say(f"contacting {args.url}…" if args.url else "loading models…")
+    loading = time.perf_counter()
     try:
         worker.check_options()
         await worker.start()
@@ -417,7 +499,8 @@ async def run(args: argparse.Namespace, todo: list[tuple[Item, Path, str]], tall
         raise FileFailed(str(exc), type(exc).__name__) from None
     gate = asyncio.Semaphore(args.jobs)
     started = time.perf_counter()
-    tally.started = started
+    tally.started, tally.startup_s = started, started - loading
+    ui.start_bar(total, total - len(todo))
 
     async def one(item: Item, dst: Path, fmt: str) -> None:
         async with gate:
@@ -434,18 +517,18 @@ async def run(args: argparse.Namespace, todo: list[tuple[Item, Path, str]], tall
                     dst = output_path(item, args.output, args.pattern, args.scale, actual)
                 os.replace(part, dst)  # whole or not at all: a rerun never skips a half-written file
             except FileFailed as exc:
-                _report(tally, bar, item, f"{exc.detail} ({exc.code})")
+                _report(tally, ui, item, exc.detail, exc.code)
                 return
             except OSError as exc:
-                _report(tally, bar, item, f"{exc.strerror or exc} ({type(exc).__name__})")
+                _report(tally, ui, item, str(exc.strerror or exc), type(exc).__name__)
                 return
             finally:
                 part.unlink(missing_ok=True)
             tally.done += 1
             tally.output_pixels += pixels
-            bar.update(1)
-            bar.set_postfix_str(f"{tally.output_pixels / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} MP/s",
-                                refresh=False)
+            tally.files.append({"input": str(item.src), "output": str(dst), "status": "done", "format": actual,
+                                "output_pixels": pixels})
+            ui.advance(f"{tally.output_pixels / 1e6 / max(time.perf_counter() - started, 1e-9):.2f} MP/s")
 
     try:
         await asyncio.gather(*(one(*job) for job in todo))
@@ -455,37 +538,59 @@ async def run(args: argparse.Namespace, todo: list[tuple[Item, Path, str]], tall
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    ui = Console(sys.stderr.isatty() if args.progress is None else args.progress, args.quiet, args.json)
     items, missing = collect(args.inputs, args.output)
     tally = Tally()
     for raw in missing:
         tally.failed += 1
         tally.failures.append(f"{raw}: no such file, folder or match")
-        print(f"failed: {raw}: no such file, folder or match", file=sys.stderr)
+        tally.files.append({"input": raw, "status": "failed", "detail": "no such file, folder or match",
+                            "code": "not_found"})
+        ui.failure(f"failed: {raw}: no such file, folder or match")
     single = len(items) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     if single and not args.output.is_dir() and args.output.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
         items = [Item(items[0].src, Path(), items[0].video, dst=args.output)]  # -o names the output file
     if not items and not missing:
-        print(f"nothing to do: no image or video files in {', '.join(args.inputs)}", file=sys.stderr)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-    with tqdm(total=len(items), unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
-        try:
-            todo = plan(args, items, tally, bar)
-            if todo:
-                asyncio.run(run(args, todo, tally, bar))
-        except FileFailed as exc:
-            bar.close()
-            print(f"espcn-upscale: {exc.detail}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            bar.close()
-            print("espcn-upscale: interrupted; the outputs written so far are complete", file=sys.stderr)
-            return 130
+        ui.failure(f"nothing to do: no image or video files in {', '.join(args.inputs)}")
+    error: str | None = None
+    try:
+        todo = plan(args, items, tally, ui)
+        if todo:
+            asyncio.run(run(args, todo, tally, ui, len(items)))
+    except FileFailed as exc:
+        error = exc.detail
+    except KeyboardInterrupt:
+        ui.close()
+        ui.failure("espcn-upscale: interrupted; the outputs written so far are complete")
+        return 130
+    finally:
+        ui.close()
+    status = 1 if tally.failed or error else 0
     work_s = time.perf_counter() - tally.started if tally.started else 0.0
+    if args.json:
+        print(json.dumps(summary(tally, work_s, error), indent=1))
+        return status
+    if error is not None:
+        print(f"espcn-upscale: {error}", file=sys.stderr)
+        return 1
     rate = f"{tally.done / work_s:.2f} images/s, {tally.output_pixels / 1e6 / work_s:.2f} MP/s out" if work_s else \
         "nothing run"
-    print(f"{tally.done} upscaled, {tally.skipped} skipped (output exists), {tally.failed} failed; "
-          f"{work_s:.1f} s after start-up ({rate})")
-    return 1 if tally.failed else 0
+    if not args.quiet:
+        startup = f" (start-up {tally.startup_s:.1f} s)" if tally.started else ""
+        print(f"{tally.done} upscaled, {tally.skipped} skipped (output exists), {tally.failed} failed; "
+              f"{work_s:.1f} s after start-up ({rate}){startup}")
+    return status
+
+
+def summary(tally: Tally, work_s: float, error: str | None) -> dict[str, object]:
+    """The ``--json`` document: what a script needs without parsing the terminal's lines."""
+    return {
+        "done": tally.done, "skipped": tally.skipped, "failed": tally.failed, "error": error,
+        "startup_s": round(tally.startup_s, 3), "work_s": round(work_s, 3),
+        "images_per_s": round(tally.done / work_s, 3) if work_s else None,
+        "output_megapixels_per_s": round(tally.output_pixels / 1e6 / work_s, 3) if work_s else None,
+        "files": tally.files,
+    }
 
 if __name__ == "__main__":
     sys.exit(main())
