@@ -105,8 +105,8 @@ def served(layout: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     if layout.split("+")[0] in ("on", "off"):
         env["SR_DEVICE_PROCESS"] = layout.split("+")[0]
     mps = layout.endswith("+mps")
-    if mps:
-        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+    if mps and subprocess.run(["nvidia-cuda-mps-control", "-d"], check=False).returncode != 0:
+        raise RuntimeError("nvidia-cuda-mps-control -d failed: MPS is not available here")
     with log.open("wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -174,13 +174,16 @@ def main() -> None:
         if layout.endswith("+mps") and not shutil.which("nvidia-cuda-mps-control"):
             continue
         row: dict[str, object] = {"layout": layout}
-        with served(layout, args.out / f"serve-{layout}.log") as (base, server):
-            row["device"] = httpx.get(f"{base}/readyz").json().get("device")
-            row["lone"] = lone(base, frame)
-            if wrk:
-                row["frames_16"] = load(base, server, wrk, frame, "image/jpeg", "/upscale?scale=3&format=jpeg", 16,
-                                        args.load_s)
-                row["small_64"] = load(base, server, wrk, small, "image/png", "/upscale?scale=3", 64, args.load_s)
+        try:
+            with served(layout, args.out / f"serve-{layout}.log") as (base, server):
+                row["device"] = httpx.get(f"{base}/readyz").json().get("device")
+                row["lone"] = lone(base, frame)
+                if wrk:
+                    row["frames_16"] = load(base, server, wrk, frame, "image/jpeg", "/upscale?scale=3&format=jpeg",
+                                            16, args.load_s)
+                    row["small_64"] = load(base, server, wrk, small, "image/png", "/upscale?scale=3", 64, args.load_s)
+        except (RuntimeError, httpx.HTTPError) as exc:  # one layout failing must not cost the others' figures
+            row["error"] = str(exc)
         print(json.dumps(row), flush=True)
         results.append(row)
     (args.out / "probe.json").write_text(json.dumps(results, indent=2))
@@ -188,7 +191,7 @@ def main() -> None:
           "(GPU, CPU busy) | server core-ms / 96² request |\n|---|---|---|---|---|")
     for r in results:
         f, s = r.get("frames_16", {}), r.get("small_64", {})
-        print(f"| {r['layout']} | {r['lone'].get('p50_ms')} ms | {f.get('req_per_s')} ({f.get('gpu_busy_pct')} %, "
+        print(f"| {r['layout']} | {r.get('lone', {}).get('p50_ms')} ms | {f.get('req_per_s')} ({f.get('gpu_busy_pct')} %, "
               f"{f.get('cpu_busy_pct')} %) | {s.get('req_per_s')} ({s.get('gpu_busy_pct')} %, {s.get('cpu_busy_pct')} %) "
               f"| {s.get('server_core_ms_per_request')} |")
 
