@@ -125,9 +125,22 @@ def peek(data: bytes, scale: int, limits: ImageLimits = DEFAULT_LIMITS) -> Heade
     TIFF directories it walks) and inside the error mapping: a corrupt later frame or
     directory is a 400, never an exception of Pillow's.
     """
-    im, directories = _open_counted(data, scale, limits)
-    frames = max(directories, 1) if im.format == "TIFF" and directories is not None else count_frames(im)
+    im, counted = _open_counted(data, scale, limits)
+    if counted is None or im.format not in ("TIFF", "GIF"):
+        frames = count_frames(im)  # APNG: from acTL; WebP: libwebp's demuxer; both C-speed or constant
+    elif im.format == "GIF" and counted > 1:  # Pillow agrees it moves: frame 2 parses (a cheap seek)
+        frames = counted if _is_animated(im) else 1
+    else:
+        frames = max(counted, 1)
     return Header(im.format or "", im.width, im.height, frames)
+
+
+def _is_animated(im: Image.Image) -> bool:
+    try:
+        return bool(getattr(im, "is_animated", False))
+    except _BROKEN as e:
+        raise InvalidImage(f"could not read the second frame of the {im.format} image: {type(e).__name__}: {e}") \
+            from None
 
 
 def count_frames(im: Image.Image) -> int:
@@ -202,7 +215,7 @@ def _open(data: bytes, scale: int, limits: ImageLimits) -> Image.Image:
 
 
 def _open_counted(data: bytes, scale: int, limits: ImageLimits) -> tuple[Image.Image, int | None]:
-    """:func:`_open`, and the TIFF directory count the guards found (``None`` for other formats)."""
+    """:func:`_open`, and the frame count the guards found (TIFF, GIF; ``None`` for other formats)."""
     if not data:
         raise InvalidImage("the upload is empty: no image data")
     directories = guards.check_structure(data, scale, limits)

@@ -54,8 +54,9 @@ _WEBP_METADATA = frozenset({b"ICCP", b"EXIF", b"XMP "})
 def check_structure(data: bytes, scale: int, limits: ImageLimits) -> int | None:
     """Walk the container of a JPEG, PNG, GIF, WebP, TIFF or BMP and refuse it if decoding would cost too much.
 
-    Returns the TIFF's directory (page) count, which this walk knows at no cost and
-    Pillow's ``n_frames`` would take a quadratic walk to find; ``None`` otherwise.
+    Returns the frame count of a TIFF (its directories) or a GIF (its image
+    descriptors), which this walk knows at no cost and Pillow's ``n_frames`` finds by
+    a slow walk (quadratic for TIFF, Python per block for GIF); ``None`` otherwise.
     """
     if data[:4] in _TIFF_MAGICS:
         return _tiff_ifd(data, limits)
@@ -64,7 +65,7 @@ def check_structure(data: bytes, scale: int, limits: ImageLimits) -> int | None:
     elif data.startswith(PNG_MAGIC):
         _png(data, limits)
     elif data[:6] in (b"GIF87a", b"GIF89a"):
-        _gif(data, scale, limits)
+        return _gif(data, scale, limits)
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         _webp(data, scale, limits)
     elif data[:2] == b"BM":
@@ -141,10 +142,10 @@ def _png(data: bytes, limits: ImageLimits) -> None:
         pos += 12 + length
 
 
-def _gif(data: bytes, scale: int, limits: ImageLimits) -> None:
+def _gif(data: bytes, scale: int, limits: ImageLimits) -> int:
     n = len(data)
     if n < 13:
-        return
+        return 0
     width, height, flags = struct.unpack_from("<HHB", data, 6)
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     frames = blocks = 0
@@ -154,7 +155,7 @@ def _gif(data: bytes, scale: int, limits: ImageLimits) -> None:
             pos += 2
         elif kind == 0x2C:  # image descriptor
             if pos + 10 > n:
-                return
+                return frames
             x, y, w, h, local = struct.unpack_from("<HHHHB", data, pos + 1)
             frames += 1
             if frames > limits.max_frames:
@@ -166,7 +167,7 @@ def _gif(data: bytes, scale: int, limits: ImageLimits) -> None:
                 check_size(width, height, scale, limits)
             pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # + LZW minimum code size
         else:  # trailer, or garbage Pillow stops at
-            return
+            return frames
         while pos < n:  # sub-blocks, up to the empty one
             blocks += 1
             if blocks > limits.max_chunks * 64:
@@ -177,6 +178,7 @@ def _gif(data: bytes, scale: int, limits: ImageLimits) -> None:
                 break
         if frames == 0 and blocks > limits.max_chunks:
             raise _too_complex(f"the GIF has over {limits.max_chunks} extension blocks before its first image")
+    return frames
 
 
 def _webp(data: bytes, scale: int, limits: ImageLimits) -> None:
