@@ -175,3 +175,11 @@ def test_redoc_is_served_its_logo_from_here(client: TestClient) -> None:
     assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
     assert b"cdn.redoc.ly" not in bundle.content and web.FAVICON.encode() in bundle.content
     assert b"cdn.redoc.ly" in web.REDOC_BUNDLE.read_bytes()  # the shipped file itself stays as npm has it
+
+
+def test_the_channel_figure_writes_sizes_width_first() -> None:
+    """Issue 31: "Look inside" wrote "centre 384x384 of 1200x1800" for a 1800-wide, 1200-high image."""
+    from app.viz.channels import size_note
+
+    assert size_note(3, 128, 128, 400, 600) == "centre 384x384 of 1800x1200"
+    assert size_note(2, 30, 40, 30, 40) == "80x60"

@@ -152,7 +152,7 @@ def render_channels(
     xb = xa + slots[0] + MARGIN
     xc = xb + slots[1] + MARGIN
     y0 = MARGIN + TITLE_H
-    hr_note = f"{r * h}x{r * w}" if (h, w) == (big_h, big_w) else f"centre {r * h}x{r * w} of {r * big_h}x{r * big_w}"
+    hr_note = size_note(r, h, w, big_h, big_w)
 
     # (a) LR maps before shuffling, by sub-pixel offset
     text(draw, (xa, MARGIN), f"(a) {r * r} LR maps, pre-shuffle")
@@ -168,7 +168,7 @@ def render_channels(
     text(draw, (xb, MARGIN), "(b) sub-pixel phases")
     text(draw, (xb, MARGIN + LINE_H), "pixel_shuffle order")
     canvas.paste(phase_map, (xb, y0))
-    text(draw, (xb, y0 + phase_map.height + 2), f"HR centre {zm * r}x{zn * r}, tinted by phase")
+    text(draw, (xb, y0 + phase_map.height + 2), f"HR centre {zn * r}x{zm * r}, tinted by phase")  # width first
     canvas.paste(Image.fromarray(zoom), (xb, y0 + phase_map.height + LINE_H))
 
     # (c) the shuffled HR output
@@ -185,3 +185,10 @@ def render_channels(
         "channels": channels,
     }
     return canvas, stats
+
+
+def size_note(r: int, h: int, w: int, big_h: int, big_w: int) -> str:
+    """The HR size the figure shows, width × height as everywhere else (it wrote height first)."""
+    if (h, w) == (big_h, big_w):
+        return f"{r * w}x{r * h}"
+    return f"centre {r * w}x{r * h} of {r * big_w}x{r * big_h}"
