@@ -30,6 +30,7 @@ from tests.conftest import encoded, make_settings, natural, open_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE_TILES = 100  # a 256² image is 64 tiles of 32: two cannot be queued at once
+PLANES_FROM = 4096  # LR pixels from which the device process composes too; smaller images send their luma
 
 
 @contextmanager
@@ -38,6 +39,7 @@ def serving(store: Path, log: Path, **env: str) -> Iterator[tuple[str, subproces
     settings = {"SR_MODEL_STORE": str(store), "SR_PORT": str(port), "SR_WORKERS": "2", "SR_DEVICE": "cpu",
                 "SR_DEVICE_PROCESS": "on", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8", "SR_MAX_DELAY_MS": "2",
                 "SR_WHOLE_IMAGE_MAX_PIXELS": "0", "SR_MAX_QUEUE_TILES": str(QUEUE_TILES), "SR_DRAIN_TIMEOUT_S": "20",
+                "SR_GPU_COMPOSE_MIN_PIXELS": str(PLANES_FROM),
                 **env}
     env_all = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | settings
     with log.open("wb") as out:
@@ -112,12 +114,15 @@ def _stat(pid: int) -> str:
         return ""
 
 
+@pytest.mark.parametrize("size", [(70, 45), (90, 60)], ids=["luma", "planes"])
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
 def test_answers_are_the_in_process_services_bytes(service: tuple[str, subprocess.Popen], seeded_store: Path,
-                                                   mode: str) -> None:
-    """Planes through shared memory, the tensor compose in the device process: the CPU compose's exact bytes."""
+                                                   mode: str, size: tuple[int, int]) -> None:
+    """Both calls: a small image's luma (composed by the worker), a larger one's planes (composed by the device
+    process with the tensor compose), each through shared memory: the in-process CPU service's exact bytes."""
     base, _ = service
-    source = natural((70, 45)).convert(mode[:3] if mode != "L" else "L")
+    assert (size[0] * size[1] >= PLANES_FROM) == (size == (90, 60))
+    source = natural(size).convert("L" if mode == "L" else "RGB")
     if mode == "RGBA":
         source.putalpha(Image.linear_gradient("L").resize(source.size))
     data = encoded(source)
@@ -126,7 +131,7 @@ def test_answers_are_the_in_process_services_bytes(service: tuple[str, subproces
     with TestClient(create_app(make_settings(seeded_store, compose="pillow"))) as local:
         expected = local.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
     got = open_bytes(answer.content)
-    assert got.mode == mode and got.size == (210, 135)
+    assert got.mode == mode and got.size == (size[0] * 3, size[1] * 3)
     assert np.array_equal(np.asarray(got), np.asarray(open_bytes(expected.content)))
     assert "device process" in httpx.get(f"{base}/readyz").json()["device"]
 

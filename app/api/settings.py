@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         "", description="set by python -m app.serve for its workers: the device processes' sockets, comma-separated "
         "(a worker uses one); empty: the models run in this process"
     )
+    gpu_compose_min_pixels: int = Field(
+        65536, ge=0, description="with the colour work beside the model (CUDA, the device process, SR_COMPOSE=auto), "
+        "images of fewer LR pixels still compose on the HTTP worker's CPU: a small image's GPU compose costs more "
+        "CPU in kernel launches than the compiled CPU compose; 0: every image beside the model"
+    )
     png_compress_level: int = Field(1, ge=0, le=9, description="PNG answers: 0–3 fast (ISA-L deflate level), 4–9 smaller (Pillow, zlib level)")
     debug_routes: bool = Field(True, description="serve /kernels/* and /debug/*; false: they answer 404")
     refusal_drain_bytes: int = Field(

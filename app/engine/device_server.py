@@ -9,8 +9,10 @@ memory (:mod:`app.engine.channel`); :mod:`app.engine.remote` is their side.
 Messages (JSON, one datagram each):
 
 - ``hello`` → what is served: scales and their backends, the device, the queue's bounds;
-- ``upscale`` (+ a memfd holding the input planes, then room for the output)
+- ``planes`` (+ a memfd holding the input planes, then room for the output)
   → ``ok`` with timings, or ``error`` naming the engine's refusal (``QueueFull``…);
+- ``luma``: the same for the model alone, float32 luma in and out (small images, whose colour
+  work is cheaper on the worker's CPU than as some fifty kernel launches on this process's GIL);
 - ``cancel``: the worker's client has gone; its tiles are dropped unrun.
 
 Every reply carries the queue depth, which the workers use for early admission.
@@ -24,14 +26,16 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from app.engine import errors
 from app.engine.batcher import Engine
 from app.engine.channel import Channel, SharedBuffer
-from app.engine.pixels import PixelEngine, output_shape
+from app.engine.pixels import PixelEngine, PixelTimings, output_shape
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,37 @@ def error_message(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, errors.UnknownScale):
         message["served"] = list(exc.served)
     return message
+
+
+@dataclass(frozen=True)
+class WireLayout:
+    """Where each array lies in a request's shared buffer: the input, then room for the output."""
+
+    parts: tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(int(np.prod(shape)) * dtype.itemsize for _, dtype, shape in self.parts)
+
+    def view(self, buffer: SharedBuffer, name: str) -> np.ndarray:
+        offset = 0
+        for part, dtype, shape in self.parts:
+            count = int(np.prod(shape))
+            if part == name:
+                return np.frombuffer(buffer.map, dtype, count, offset).reshape(shape)
+            offset += count * dtype.itemsize
+        raise KeyError(name)
+
+
+def wire_layout(op: str, h: int, w: int, c: int, alpha: bool, scale: int) -> WireLayout:
+    """``planes``: uint8 colour (H, W, C), alpha (H, W), output (r·H, r·W, C'); ``luma``: float32 (c, H, W) in and
+    (c, r·H, r·W) out."""
+    if op == "luma":
+        f32 = np.dtype(np.float32)
+        return WireLayout((("luma", f32, (c, h, w)), ("out", f32, (c, h * scale, w * scale))))
+    u8 = np.dtype(np.uint8)
+    parts = [("color", u8, (h, w, c))] + ([("alpha", u8, (h, w))] if alpha else [])
+    return WireLayout((*parts, ("out", u8, output_shape(h, w, c, alpha, scale))))
 
 
 class DeviceServer:
@@ -97,7 +132,7 @@ class DeviceServer:
             while (received := await channel.receive()) is not None:
                 message, fd = received
                 op = message.get("op")
-                if op == "upscale" and fd is not None:
+                if op in ("planes", "luma") and fd is not None:
                     task = asyncio.create_task(self._upscale(channel, message, fd))
                     mine[message["id"]] = task
                     task.add_done_callback(lambda _t, i=message["id"]: mine.pop(i, None))
@@ -124,17 +159,23 @@ class DeviceServer:
         try:
             try:
                 h, w, c, scale = (int(message[k]) for k in ("h", "w", "c", "scale"))
-                alpha = bool(message["alpha"])
-                out_shape = output_shape(h, w, c, alpha, scale)
-                size_in = h * w * (c + int(alpha))
+                alpha = bool(message.get("alpha"))
+                layout = wire_layout(message["op"], h, w, c, alpha, scale)
             except BaseException:
                 os.close(fd)
                 raise
-            buffer = SharedBuffer(size_in + int(np.prod(out_shape)), fd)  # maps, then closes the descriptor
-            color = np.frombuffer(buffer.map, np.uint8, h * w * c).reshape(h, w, c)
-            plane = np.frombuffer(buffer.map, np.uint8, h * w, h * w * c).reshape(h, w) if alpha else None
-            out = np.frombuffer(buffer.map, np.uint8, int(np.prod(out_shape)), size_in).reshape(out_shape)
-            timings = await self.pixels.upscale_into(color, plane, scale, out, deadline=message.get("deadline"))
+            buffer = SharedBuffer(layout.size, fd)  # maps, then closes the descriptor
+            deadline = message.get("deadline")
+            if message["op"] == "luma":
+                luma = torch.from_numpy(layout.view(buffer, "luma"))
+                started = time.perf_counter()
+                sr = await self.engine.upscale(luma, scale, deadline=deadline)
+                torch.from_numpy(layout.view(buffer, "out")).copy_(sr)
+                timings = PixelTimings(model_s=time.perf_counter() - started, compose_s=0.0)
+            else:
+                plane = layout.view(buffer, "alpha") if alpha else None
+                timings = await self.pixels.upscale_into(layout.view(buffer, "color"), plane, scale,
+                                                         layout.view(buffer, "out"), deadline=deadline)
             reply.update(ok=True, model_s=timings.model_s, compose_s=timings.compose_s)
         except asyncio.CancelledError:
             return  # the worker asked, or went: nobody waits for an answer

@@ -59,7 +59,7 @@ class PixelEngine:
         self.device = device
         self.executor = executor
 
-    async def upscale(
+    async def upscale_planes(
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
         reservation: Reservation | None = None,
     ) -> tuple[np.ndarray, PixelTimings]:
@@ -73,7 +73,7 @@ class PixelEngine:
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, out: np.ndarray, *,
         deadline: float | None = None, reservation: Reservation | None = None,
     ) -> PixelTimings:
-        """As :meth:`upscale`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
+        """As :meth:`upscale_planes`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:

@@ -23,13 +23,15 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from app.core.tiling import count_tiles
 from app.engine import errors
 from app.engine.batcher import Reservation
 from app.engine.channel import Channel, SharedBuffer, connect
-from app.engine.device_server import WIRE_ERRORS
-from app.engine.pixels import PixelTimings, output_shape
+from app.engine.device_server import WIRE_ERRORS, WireLayout, wire_layout
+from app.engine.pixels import PixelTimings
 
 log = logging.getLogger(__name__)
 RECONNECT_S = 0.2  # between attempts while the device process is away
@@ -187,33 +189,51 @@ class RemoteEngine:
         self._reserved += tiles
         return Reservation(self, tiles, (scale, height, width))  # type: ignore[arg-type]
 
-    # -- the call --------------------------------------------------------------------------
+    # -- the calls -------------------------------------------------------------------------
 
     async def upscale(
+        self, luma: Tensor, scale: int, *, deadline: float | None = None, reservation: Reservation | None = None
+    ) -> Tensor:
+        """As :meth:`app.engine.batcher.Engine.upscale` (float32 luma in and out), computed by the device process."""
+        c, h, w = luma.shape
+        layout = wire_layout("luma", h, w, c, False, scale)
+        buffer, reply = await self._call("luma", layout, {"luma": luma.numpy()}, scale, h, w, c, False, deadline,
+                                         reservation)
+        return torch.from_numpy(layout.view(buffer, "out"))
+
+    async def upscale_planes(
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
         reservation: Reservation | None = None,
     ) -> tuple[np.ndarray, PixelTimings]:
-        """As :meth:`app.engine.pixels.PixelEngine.upscale`, computed by the device process."""
+        """As :meth:`app.engine.pixels.PixelEngine.upscale_planes`, computed by the device process."""
+        h, w, c = color.shape
+        layout = wire_layout("planes", h, w, c, alpha is not None, scale)
+        arrays = {"color": color} | ({"alpha": alpha} if alpha is not None else {})
+        buffer, reply = await self._call("planes", layout, arrays, scale, h, w, c, alpha is not None, deadline,
+                                         reservation)
+        return layout.view(buffer, "out"), PixelTimings(model_s=float(reply.get("model_s", 0.0)),
+                                                        compose_s=float(reply.get("compose_s", 0.0)))
+
+    async def _call(
+        self, op: str, layout: WireLayout, inputs: dict[str, np.ndarray], scale: int, h: int, w: int, c: int,
+        alpha: bool, deadline: float | None, reservation: Reservation | None,
+    ) -> tuple[SharedBuffer, dict[str, Any]]:
+        """Write ``inputs`` into a fresh shared buffer, send it, wait for the answer; the buffer then holds the output."""
         if reservation is not None:
             reservation.release()  # the device process admits it now, against its own queue
         channel = self._channel
         if channel is None or not self._accepting:
             raise DeviceUnavailable("the device process is not connected; retry")
-        h, w, c = color.shape
-        out_shape = output_shape(h, w, c, alpha is not None, scale)
-        size_in = color.size + (alpha.size if alpha is not None else 0)
-        buffer = SharedBuffer(size_in + int(np.prod(out_shape)))
+        buffer = SharedBuffer(layout.size)
         try:
-            view = np.frombuffer(buffer.map, np.uint8, size_in)
-            view[: color.size] = color.reshape(-1)
-            if alpha is not None:
-                view[color.size :] = alpha.reshape(-1)
+            for name, array in inputs.items():
+                layout.view(buffer, name)[...] = array
             request_id = next(self._ids)
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
             try:
-                await channel.send({"op": "upscale", "id": request_id, "scale": scale, "h": h, "w": w, "c": c,
-                                    "alpha": alpha is not None, "deadline": deadline}, buffer.fd)
+                await channel.send({"op": op, "id": request_id, "scale": scale, "h": h, "w": w, "c": c,
+                                    "alpha": alpha, "deadline": deadline}, buffer.fd)
             except OSError as exc:
                 self._pending.pop(request_id, None)
                 raise DeviceUnavailable(f"the device process could not be reached ({exc}); retry") from None
@@ -231,5 +251,4 @@ class RemoteEngine:
             raise
         if "error" in reply:
             raise_error(reply)
-        out = np.frombuffer(buffer.map, np.uint8, int(np.prod(out_shape)), size_in).reshape(out_shape)
-        return out, PixelTimings(model_s=float(reply.get("model_s", 0.0)), compose_s=float(reply.get("compose_s", 0.0)))
+        return buffer, reply

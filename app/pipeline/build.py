@@ -91,7 +91,7 @@ def build_pipeline(
         models = discover(settings.model_store)
         remote = RemoteEngine(device_socket_for(settings.device_socket), retry_after_s=settings.retry_after_s)
         engine: Engine | RemoteEngine = remote
-        pixels = remote
+        pixels = remote if settings.compose != "pillow" else None
     else:
         device = resolve_device(settings.device)
         models, engine = build_engine(settings, device, engine_observer=engine_observer)
@@ -113,6 +113,7 @@ def build_pipeline(
         decode_budget=DecodeBudget(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mb << 20),
         device=device,
         pixels=pixels,
+        pixels_min_pixels=settings.gpu_compose_min_pixels if settings.compose == "auto" else 0,
         png_compress_level=settings.png_compress_level,
         request_timeout_s=settings.request_timeout_s,
         max_animation_pixels=settings.max_animation_pixels,

@@ -103,6 +103,7 @@ class Pipeline:
         limits: ImageLimits = DEFAULT_LIMITS,
         device: torch.device | None = None,
         pixels: PixelEngine | RemoteEngine | None = None,
+        pixels_min_pixels: int = 0,
         png_compress_level: int = 1,
         request_timeout_s: float | None = None,
         observer: PipelineObserver | None = None,
@@ -118,6 +119,7 @@ class Pipeline:
         self.limits = limits
         self.device = device or torch.device("cpu")
         self.pixels = pixels  # the colour work beside the model (a GPU, the device process); None: the CPU compose
+        self.pixels_min_pixels = pixels_min_pixels  # smaller images compose on this CPU: see _beside_model
         self.png_compress_level = png_compress_level
         self.request_timeout_s = request_timeout_s
         self.observer = observer or PipelineObserver()
@@ -132,7 +134,7 @@ class Pipeline:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._admission, load_codecs)
-        if self.pixels is None:
+        if self.pixels is None or self.pixels_min_pixels > 0:
             await loop.run_in_executor(self._admission, warm_up_compose)
         if self.sandbox is not None:  # its warm worker imports Pillow: off the event loop
             await loop.run_in_executor(self._admission, self.sandbox.start)
@@ -304,10 +306,10 @@ class Pipeline:
             raise DeadlineExceeded("deadline exceeded before the model ran (while decoding)")
         started = time.perf_counter()
         sr: Tensor | np.ndarray
-        if self.pixels is not None:
-            assert prepared.color is not None
-            sr, spent = await self.pixels.upscale(prepared.color, prepared.alpha, scale, deadline=deadline,
-                                                  reservation=reservation)
+        if prepared.color is not None:
+            assert self.pixels is not None
+            sr, spent = await self.pixels.upscale_planes(prepared.color, prepared.alpha, scale, deadline=deadline,
+                                                         reservation=reservation)
             timings.compose += spent.compose_s
             self.observer.stage("compose", spent.compose_s)
             timings.model += time.perf_counter() - started - spent.compose_s
@@ -329,9 +331,19 @@ class Pipeline:
             timings.decode = time.perf_counter() - start
             self.observer.stage("decode", timings.decode)
 
+    def _beside_model(self, image: DecodedImage) -> bool:
+        """Whether the pixel engine does this image's colour work (on the model's device), or this CPU does.
+
+        A small image's compose is some fifty kernel launches: on a GPU they cost more CPU than the
+        compiled CPU compose (0.84 ms against 1.0 for a 96² image at ×3 on an H200 host), and in the
+        device process that CPU time is one GIL's, shared by every worker. So images under
+        ``pixels_min_pixels`` send only their luma, and compose here, spread over the workers.
+        """
+        return self.pixels is not None and image.width * image.height >= self.pixels_min_pixels
+
     def _prepare(self, image: DecodedImage) -> _Prepared:
         """The model's luma for the CPU compose, or the 8-bit planes for the pixel engine."""
-        if self.pixels is not None:
+        if self._beside_model(image):
             return _Prepared(image, None, *image_planes(image))
         return _Prepared(image, luma_tensor(image))
 
