@@ -82,6 +82,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._phase: Literal["idle", "head", "body"] = "idle"  # of the message the parser is in
         self._began_in_feed = False  # the parser began a message during the current read
         self._head_fed = 0  # head bytes given to the parser piecemeal (pipelined requests)
+        self._line_end = -1  # where the gathered head's request line ends (-1: not seen yet)
         self._url_parts: list[bytes] = []
         self._url_bytes = self._header_bytes = 0
         self._lingering = False
@@ -183,14 +184,16 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_fed > self._max_url + self._max_headers + LINE_SLACK:
                 self._refuse(431, "headers_too_large", f"the request head is over {self._max_headers} bytes")
         elif self._phase == "idle":  # only blank lines between requests: gather the next head
-            self._head = bytearray()
+            self._head, self._line_end = bytearray(), -1
 
     def _head_ends(self, scanned: int) -> bool:
         """Whether the gathered head is complete (refusing it when it is over a limit, complete or not)."""
         head = self._head
         assert head is not None
         ends = [i for i in (head.find(b"\n\r\n", scanned), head.find(b"\n\n", scanned)) if i >= 0]
-        line_end = head.find(b"\n")
+        if self._line_end < 0:  # searched only in what is new: a scan of the whole head per read is quadratic
+            self._line_end = head.find(b"\n", scanned)
+        line_end = self._line_end
         if line_end < 0:  # still in the request line
             url = len(head) - head.find(b" ") - 1 if b" " in head else 0
             if url > self._max_url:
@@ -270,7 +273,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._disarm()
         self._phase = "idle"
-        self._head = bytearray()  # the next request's head is gathered again
+        self._head, self._line_end = bytearray(), -1  # the next request's head is gathered again
 
     # --- refusals -------------------------------------------------------------------------------
 
