@@ -435,8 +435,8 @@ class JobManager:
     def _entered(self, record: JobRecord, state: str) -> None:
         record.state = state
         metrics.job_entered(record.kind, state)
-        for s in ACTIVE:
-            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.state == s))
+        for s in ACTIVE:  # uploads still arriving (no kind yet) are not jobs yet: discard() need not recount
+            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.kind and a.record.state == s))
 
     def _cancelled_elsewhere(self, job_id: str) -> bool:
         try:
