@@ -11,6 +11,7 @@ unwritable — and the runner must carry on: later jobs run, nothing is left
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -197,3 +198,21 @@ def test_a_jobs_folder_another_user_made_first_is_refused(seeded_store: Path, tm
     with pytest.raises(PermissionError), app_for(seeded_store, planted):
         pass
     assert list(planted.iterdir()) == []  # nothing was written there
+
+
+def test_a_runner_task_that_ends_anyway_is_replaced(seeded_store: Path, tmp_path: Path) -> None:
+    """The net under the net: whatever ends a runner task outside close() (here: a stray cancel), a new one runs."""
+    with app_for(seeded_store, tmp_path / "jobs", jobs_concurrency=1) as c:
+        manager = c.app.state.jobs
+        first = manager._workers[0]
+        c.portal.call(_cancel_soon, first)
+        deadline = time.monotonic() + 10
+        while manager._workers[0] is first:
+            assert time.monotonic() < deadline, "the runner was not replaced"
+            time.sleep(0.01)
+        assert manager.runner_restarts == 1 and first.cancelled()
+        assert _done_image_job(c)
+
+
+async def _cancel_soon(task: asyncio.Task[None]) -> None:
+    task.cancel()
