@@ -29,6 +29,7 @@ import pytest
 from app.cli.benchlib.service import free_port, wait_ready
 from app.observability import metrics
 from app.video.synth import make_clip
+from tests.test_drain import _answer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTA = 4 << 20
@@ -129,19 +130,6 @@ def _upload(port: int, data: bytes, multipart: bool) -> tuple[socket.socket, byt
     conn.sendall(f"POST /jobs?scale=2 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:half])
     return conn, body[half:], half - len(head)
-
-
-def _answer(conn: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, "connection closed before the answer"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += conn.recv(65536)
-    return int(head.split(b" ", 2)[1]), body
 
 
 def _bytes_under(folder: Path) -> int:
