@@ -181,6 +181,14 @@ def url_trickle(port: int, seconds: float, chunk: int = 512, pause_s: float = 0.
         return sent, read_answer(sock, 10)
 
 
+def trickle_for(port: int, seconds: float, chunk: int) -> list[int | None]:
+    """:func:`url_trickle` again and again for ``seconds``; the status of each answer."""
+    statuses, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        statuses.append(status_of(url_trickle(port, left, chunk)[1]))
+    return statuses
+
+
 def _readable(sock: socket.socket) -> bool:
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
@@ -267,10 +275,12 @@ def measure() -> None:
 
         tricklers, chunk = int(os.environ.get("TRICKLERS", "8")), int(os.environ.get("CHUNK", "2048"))
         with Prober(port) as probe:
-            results = in_threads(tricklers, lambda: url_trickle(port, 12, chunk))
-        statuses = [status_of(a) for _, a in results]  # type: ignore[misc]
-        sizes = [s for s, _ in results]  # type: ignore[misc]
-        print(f"URL trickle x{tricklers} ({chunk} B pieces): sent {[f'{s / 1e6:.2f} MB' for s in sizes]}, answers {statuses}; /healthz p95 "
+            results = in_threads(tricklers, lambda: trickle_for(port, 12, chunk))
+        answers: dict[int | None, int] = {}
+        for statuses in results:
+            for status in statuses:  # type: ignore[attr-defined]
+                answers[status] = answers.get(status, 0) + 1
+        print(f"URL trickle x{tricklers} for 12 s ({chunk} B pieces): answers {answers}; /healthz p95 "
               f"{probe.p95():.3f} s, max {max(s for s, _ in probe.results):.3f} s over {len(probe.results)} probes")
 
         count = int(os.environ.get("IDLE", "2100"))
