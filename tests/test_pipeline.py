@@ -50,7 +50,10 @@ def test_served_scales_come_from_the_store(seeded_store: Path, tmp_path: Path) -
         assert c.get("/readyz").json()["scales"] == [2, 4]
         r = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", encoded(natural()), "image/png")})
         assert r.status_code == 422
-        assert r.json() == {"code": "unknown_scale", "detail": "no model serves x3; scales served: 2, 4"}
+        answer = r.json()
+        assert answer["code"] == "unknown_scale" and "scales served: 2, 4" in answer["detail"]
+        assert answer["errors"] == [{"loc": ["query", "scale"], "msg": "no model serves x3; scales served: 2, 4",
+                                     "type": "unknown_scale"}]
         assert c.post("/upscale", params={"scale": 4}, files={"file": ("x.png", encoded(natural()), "image/png")}
                       ).status_code == 200
         assert c.get("/kernels/deconv", params={"scale": 3}).json()["code"] == "unknown_scale"
