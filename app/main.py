@@ -23,9 +23,11 @@ from app.api.routes import debug, jobs, service, upscale, web
 from app.api.security import SecurityMiddleware
 from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
-from app.api.telemetry import PipelineMetrics, PrometheusObserver, RequestMetricsMiddleware
+from app.api.telemetry import RequestMetricsMiddleware
+from app.api.upload import upload_problems
 from app.jobs import JobManager, from_settings
 from app.observability import metrics
+from app.observability.adapters import PipelineMetrics, PrometheusObserver
 from app.pipeline.build import build_pipeline
 
 log = logging.getLogger("app")
@@ -147,7 +149,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         docs_url=None,  # offline copies: app.api.routes.web
         redoc_url=None,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, upload_problems)
     app.add_middleware(HeadWhereGet, routes_of=app)  # innermost: only routing sees HEAD as GET
     app.add_middleware(SecurityMiddleware, settings=settings)  # keys, CORS, security headers; inside the metrics
     app.add_middleware(DrainBeforeRefusal, settings=settings)  # early refusals readable by send-it-all clients

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
-from app.api.routes.debug import SAMPLE_IMAGE
+from app.assets import SAMPLE_IMAGE
 from app.core.espcn import pad_for
 from app.imaging.compose import luma_tensor
 from app.imaging.decode import decode

@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.api.telemetry import PrometheusObserver
 from app.core.espcn import ESPCN
 from app.core.tiling import plan_tiles
 from app.engine.batcher import Engine
 from app.engine.runner import ModelRunner
 from app.main import create_app
 from app.observability import metrics
+from app.observability.adapters import PrometheusObserver
 from app.store.registry import discover
 from tests.conftest import encoded, make_settings, natural
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.routes.web import DOCS_CSP, PAGE_CSP
-from app.api.security import API_CSP, KeyChecker, hash_key
+from app.api.security import API_CSP, DOCS_CSP, PAGE_CSP, KeyChecker, hash_key
 from app.main import create_app
 from app.web import STATIC_DIR
 from tests.conftest import encoded, make_settings, natural

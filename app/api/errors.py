@@ -13,6 +13,7 @@ The codes are listed, with their statuses, in :data:`CODES` (and in the README).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -185,17 +186,21 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
     raise TypeError(f"unclassified exception {type(exc).__name__}") from exc
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, problems: Callable[[Request], Awaitable[list[dict[str, object]]]] | None = None
+) -> None:
+    """The one error shape for every answer; ``problems`` adds the body's problems to a refused query's
+    (:func:`app.api.upload.upload_problems`), so one answer names them all."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.detail, exc.headers, exc.errors)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        from app.api.upload import upload_problems  # imported late: upload imports this module
-
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type", "input")} for e in exc.errors()]
-        errors += await upload_problems(request)  # a misnamed upload field is told now, not after the fix
+        if problems is not None:
+            errors += await problems(request)  # a misnamed upload field is told now, not after the fix
         described = summary(errors)
         for e in errors:
             e.pop("input", None)

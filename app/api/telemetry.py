@@ -1,54 +1,14 @@
-"""Wiring Prometheus into the engine (an :class:`EngineObserver`) and into every HTTP answer."""
+"""Prometheus on every HTTP answer (the engine's and pipeline's events: :mod:`app.observability.adapters`)."""
 
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.engine.observer import EngineObserver
 from app.observability import metrics
-from app.pipeline.observer import PipelineObserver
-
-# The rejection reasons already counted for the request being served (the engine counts
-# ``client_gone`` itself when it drops a cancelled request's tiles). A mutable set, so the
-# tasks a route spawns (they run in copies of its context) add to the request's own set.
-_COUNTED: ContextVar[set[str] | None] = ContextVar("sr_counted_rejections", default=None)
-
-
-class PrometheusObserver(EngineObserver):
-    """Engine events → ``sr_*`` metrics."""
-
-    def queue_depth(self, tiles: int) -> None:
-        metrics.QUEUE_DEPTH.set(tiles)
-
-    def queue_wait(self, seconds: float) -> None:
-        metrics.observe_queue_wait(seconds)
-
-    def batch(self, scale: int, device: str, size: int, max_batch: int, seconds: float) -> None:
-        metrics.observe_batch(scale=scale, device=device, tiles=size, max_batch=max_batch, seconds=seconds)
-
-    def worker_restarted(self) -> None:
-        metrics.WORKER_RESTARTS.inc()
-
-    def rejected(self, reason: str) -> None:
-        metrics.reject(reason)
-        counted = _COUNTED.get()
-        if counted is not None:
-            counted.add(reason)
-
-
-class PipelineMetrics(PipelineObserver):
-    """Pipeline events → ``sr_stage_duration_seconds`` and the pixel counters."""
-
-    def stage(self, name: str, seconds: float) -> None:
-        metrics.observe_stage(name, seconds)
-
-    def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
-        metrics.count_pixels(scale, input_pixels, output_pixels)
-
+from app.observability.adapters import COUNTED
 
 CLIENT_GONE_STATUS = 499  # nginx's "client closed request"
 INPUT_REJECTIONS = {400: metrics.BAD_INPUT, 415: metrics.BAD_INPUT, 422: metrics.BAD_INPUT, 413: metrics.TOO_LARGE}
@@ -77,7 +37,7 @@ class RequestMetricsMiddleware:
         start = time.perf_counter()
         status = 500
         counted: set[str] = set()
-        token = _COUNTED.set(counted)
+        token = COUNTED.set(counted)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -98,7 +58,7 @@ class RequestMetricsMiddleware:
                     reason = metrics.CLIENT_GONE
                 if reason:
                     metrics.reject(reason)
-            _COUNTED.reset(token)
+            COUNTED.reset(token)
 
 
 def _query_items(scope: Scope) -> list[tuple[str, str]]:

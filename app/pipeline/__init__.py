@@ -5,7 +5,8 @@ HTTP, the command-line upscaler, jobs and the benchmark all go through
 """
 
 from app.pipeline.options import OUTPUT_CHOICES, InvalidOptions, OutputOptions
-from app.pipeline.pipeline import Pipeline, UpscaleResult
+from app.pipeline.pipeline import Pipeline
+from app.pipeline.result import UpscaleResult
 from app.pipeline.timings import Timings
 
 __all__ = ["OUTPUT_CHOICES", "InvalidOptions", "OutputOptions", "Pipeline", "Timings", "UpscaleResult"]

@@ -50,7 +50,7 @@ from app.imaging.encode import WEBP_MAX_SIDE
 from app.imaging.errors import ImageTooLarge, InvalidImage
 from app.imaging.limits import BudgetBusy, MemoryBudget
 from app.pipeline.options import InvalidOptions, OutputOptions
-from app.pipeline.pipeline import UpscaleResult
+from app.pipeline.result import UpscaleResult
 from app.pipeline.timings import Timings
 
 if TYPE_CHECKING:

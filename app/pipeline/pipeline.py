@@ -48,32 +48,19 @@ from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
 from app.imaging.compose import compose, luma_tensor
 from app.imaging.compose import warm_up as warm_up_compose
 from app.imaging.decode import DecodedImage, Header, decode, load_codecs, peek, peek_prefix
-from app.imaging.encode import OUTPUT_FORMATS, WEBP_MAX_SIDE, encode
+from app.imaging.encode import WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageTooComplex, ImageTooLarge
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
 from app.imaging.sandbox import DEFAULT_BUDGET, DecodeBudget, DecodeSandbox
+from app.pipeline.animated import upscale_animated
 from app.pipeline.observer import PipelineObserver
 from app.pipeline.options import OutputOptions
+from app.pipeline.result import UpscaleResult
 from app.pipeline.timings import Timings
 from app.store.registry import LoadedModel
 
 T = TypeVar("T")
 INLINE_PEEK_BYTES = 1 << 20  # headers of smaller uploads are checked on the event loop (≈ 0.3 ms at most)
-
-
-@dataclass(frozen=True)
-class UpscaleResult:
-    body: bytes
-    format: str  # png, jpeg or webp
-    model: str  # the manifest name of the model that ran
-    scale: int
-    input_size: tuple[int, int]  # (width, height)
-    output_size: tuple[int, int]
-    timings: Timings
-
-    @property
-    def media_type(self) -> str:
-        return OUTPUT_FORMATS[self.format]
 
 
 @dataclass(frozen=True)
@@ -239,8 +226,6 @@ class Pipeline:
         timings = Timings()
         header = await self.peek(data, scale)
         if header.frames > 1 and header.format in ANIMATED_FORMATS:  # frame by frame: app/pipeline/animated.py
-            from app.pipeline.animated import upscale_animated  # it imports this module
-
             if early is not None:
                 early.release()  # an animation takes its room frame by frame
             return await upscale_animated(self, data, scale, options, deadline=deadline, timings=timings)

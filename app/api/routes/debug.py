@@ -28,11 +28,9 @@ import math
 import time
 import weakref
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from safetensors.torch import save as save_safetensors
@@ -41,16 +39,15 @@ from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
 from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
+from app.assets import SAMPLE_IMAGE
 from app.core.espcn import ESPCN
-from app.core.subpixel import Deconv, SubPixelConv
 from app.engine.errors import EngineError, UnknownScale
 from app.imaging.compose import luma_tensor
 from app.imaging.decode import DecodedImage
 from app.imaging.errors import ImageError
 from app.pipeline import Pipeline
 from app.viz import render_channels, render_kernels
-
-SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
+from app.viz.deconv import kernel_tensors, kernels_document
 
 
 async def debug_enabled(state: StateDep) -> None:
@@ -80,62 +77,6 @@ def _model(state: ServiceState, scale: int) -> ESPCN:
     return state.pipeline.models[scale].model
 
 
-def verify(layer: SubPixelConv, deconv: Deconv, seed: int = 0) -> float:
-    """Max |conv + shuffle − deconv (+ periodic bias)| on a random input, in float64."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, layer.in_channels, 11, 13, generator=g, dtype=torch.float64)
-    as_f64 = SubPixelConv(layer.weight.double(), layer.bias.double() if layer.bias is not None else None,
-                          layer.padding, layer.scale)
-    d64 = Deconv(deconv.weight.double(),
-                 deconv.periodic_bias.double() if deconv.periodic_bias is not None else None,
-                 deconv.stride, deconv.padding, deconv.output_padding)
-    return float((as_f64(x) - d64(x)).abs().max())
-
-
-def _tensors(layer: SubPixelConv, deconv: Deconv) -> dict[str, torch.Tensor]:
-    out = {"conv.weight": layer.weight, "deconv.weight": deconv.weight}
-    if layer.bias is not None and deconv.periodic_bias is not None:
-        out["conv.bias"] = layer.bias
-        out["deconv.periodic_bias"] = deconv.periodic_bias
-    # clone: the periodic bias is a view of the conv bias, and safetensors refuses shared storage
-    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
-
-
-def kernels_document(model: ESPCN, name: str) -> dict[str, Any]:
-    layer, deconv = model.subpixel_layer(), model.last_layer_deconv()
-    uniform = deconv.bias_is_uniform
-    return {
-        "model": name,
-        "scale": model.scale,
-        "conv": {
-            "shape": list(layer.weight.shape),
-            "padding": layer.padding,
-            "weight": layer.weight.tolist(),
-            "bias": None if layer.bias is None else layer.bias.tolist(),
-            "note": "applied to the 32 LR feature maps, followed by torch.nn.functional.pixel_shuffle(·, scale)",
-        },
-        "deconv": {
-            "layout": "torch.nn.ConvTranspose2d (in_channels, out_channels, kH, kW)",
-            "shape": list(deconv.weight.shape),
-            "stride": deconv.stride,
-            "padding": deconv.padding,
-            "output_padding": deconv.output_padding,
-            "weight": deconv.weight.tolist(),
-            "periodic_bias": None if deconv.periodic_bias is None else deconv.periodic_bias.tolist(),
-            "periodic_bias_shape": None if deconv.periodic_bias is None else list(deconv.periodic_bias.shape),
-            "bias_is_uniform": uniform,
-            "bias": deconv.bias.tolist() if uniform and deconv.periodic_bias is not None else None,
-            "note": "y = conv_transpose2d(x, weight, stride, padding, output_padding) + periodic_bias tiled "
-            "over the HR grid (position (h, w) gets periodic_bias[:, h % r, w % r])",
-        },
-        "verification": {
-            "max_abs_diff": verify(layer, deconv),
-            "dtype": "float64",
-            "input": "standard normal (2, 32, 11, 13), seed 0",
-        },
-    }
-
-
 @router.get(
     "/kernels/deconv",
     summary="The served sub-pixel layer and its equivalent deconvolution",
@@ -151,7 +92,7 @@ async def kernels_deconv(
     if format is KernelFormat.json:
         return JSONResponse(kernels_document(model, name))
     layer, deconv = model.subpixel_layer(), model.last_layer_deconv()
-    tensors = _tensors(layer, deconv)
+    tensors = kernel_tensors(layer, deconv)
     meta = {"model": name, "scale": str(model.scale), "conv.padding": str(layer.padding),
             "deconv.stride": str(deconv.stride), "deconv.padding": str(deconv.padding),
             "deconv.output_padding": str(deconv.output_padding)}

@@ -17,8 +17,9 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from app.api.routes.debug import SAMPLE_IMAGE
+from app.api.security import DOCS_CSP, PAGE_CSP
 from app.api.state import StateDep
+from app.assets import SAMPLE_IMAGE
 from app.pipeline import OUTPUT_CHOICES
 from app.web import STATIC_DIR
 
@@ -30,16 +31,6 @@ REDOC_JS = f"{STATIC_URL}/redoc.offline.js"  # the same, with its one off-site i
 REDOC_LOGO_URL = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 FAVICON = f"{STATIC_URL}/favicon.svg"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
-
-# The browser itself keeps these pages on this origin: nothing is fetched from elsewhere. ReDoc's sidebar
-# shows a logo from its vendor's CDN, which the policy refused with a console error: it is served the
-# service's own mark instead (redoc_offline_js).
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; base-uri 'self'; "
-            "form-action 'self'; frame-ancestors 'self'")
-# FastAPI's docs pages start Swagger UI / ReDoc from an inline script, and both style with inline CSS
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
-            "frame-ancestors 'self'")
 
 router = APIRouter()
 
