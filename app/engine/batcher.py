@@ -68,7 +68,7 @@ class _Job:
     scale: int
     luma: Tensor  # (c, H, W) float32, as admitted
     tiles: list[Tile]
-    out: Tensor  # (c, r·H, r·W); a whole-image job gets a view of the model output instead
+    out: Tensor  # (c, r·H, r·W) for stitched tiles; a one-tile or whole-image job gets a view of the model's output
     future: asyncio.Future[Tensor]
     deadline: float | None
     admitted: float = field(default_factory=time.monotonic)
@@ -256,15 +256,18 @@ class Engine:
         c, h, w = luma.shape
         tiles = plan_tiles(h, w, self.tile)
         self._check_room(scale, len(tiles), self._depth + self._reserved)
+        whole = len(tiles) > 1 and h * w <= self.whole_max_pixels
         job = _Job(
             scale=scale,
             luma=luma.float(),
             tiles=tiles,
-            out=luma.new_empty((c, h * scale, w * scale), dtype=torch.float32),
+            # a one-tile or whole-image job gets a view of the model's output instead: no copy, no buffer
+            out=luma.new_empty((c, h * scale, w * scale) if len(tiles) > 1 and not whole else (0,),
+                               dtype=torch.float32),
             future=asyncio.get_running_loop().create_future(),
             deadline=deadline,
             remaining=len(tiles),
-            whole=len(tiles) > 1 and h * w <= self.whole_max_pixels,
+            whole=whole,
         )
         self._pending[scale].append(job)
         self._set_depth(self._depth + len(tiles))
@@ -414,7 +417,8 @@ class Engine:
         job = batch[0].job
         if job.whole:
             out = runner(job.padded_for(runner.radius, self.tile)[None], borrow=True)[0]
-            job.out = out[:, : job.out.shape[1], : job.out.shape[2]]  # the model's own output: no copy
+            _, h, w = job.luma.shape
+            job.out = out[:, : h * runner.scale, : w * runner.scale]  # the model's own output: no copy
             return
         size = self.tile + 2 * runner.radius
         windows = torch.stack([
@@ -425,5 +429,11 @@ class Engine:
         ])
         outputs = runner(windows)
         for slot, tile_out in zip(batch, outputs, strict=True):
-            if not slot.job.future.done():
-                stitch_tile(slot.job.out, tile_out, slot.tile, runner.scale)
+            job = slot.job
+            if job.future.done():
+                continue
+            if len(job.tiles) == 1:  # the tile is the image (cut to its size): hand out a view, copy nothing
+                _, h, w = job.luma.shape
+                job.out = tile_out[:, : h * runner.scale, : w * runner.scale]
+            else:
+                stitch_tile(job.out, tile_out, slot.tile, runner.scale)
