@@ -172,6 +172,7 @@ def test_cancel_mid_video_leaves_no_output(seeded_store: Path, tmp_path: Path) -
         done: list[int] = []
         task = asyncio.create_task(upscale_video(pipeline, src, out, 2, "mp4", lambda d, t: done.append(d)))
         while len(done) < 5:
+            assert not task.done(), task  # a job that failed early would otherwise keep this loop waiting for ever
             await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
