@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.soak import start_server
+from app.cli.benchlib.launch import serving
 
 
 async def burst(url: str, n: int, body: bytes) -> list[tuple[int, float]]:
@@ -44,12 +44,8 @@ def main() -> None:
     noise = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG", quality=90)
-    server, url = start_server({"SR_MAX_BODY_BYTES": str(32 << 20)})
-    try:
-        results = asyncio.run(burst(url, args.uploads, buf.getvalue()))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    with serving({"SR_WORKERS": "1", "SR_MAX_BODY_BYTES": str(32 << 20)}, timeout_s=120) as server:
+        results = asyncio.run(burst(server.url, args.uploads, buf.getvalue()))
     refused = sorted(t for s, t in results if s in (429, 503))
     statuses: dict[int, int] = {}
     for s, _ in results:

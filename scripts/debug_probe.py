@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -26,31 +24,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.cli.benchlib.service import free_port, wait_ready  # noqa: E402
+from app.cli.benchlib.launch import descendants, serving, status_kib  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                kids = [int(c) for c in (task / "children").read_text().split()]
-                out.extend(kids)
-                todo.extend(kids)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
+    return status_kib(pid, "VmRSS") or 0
 
 
 class Sampler:
@@ -92,15 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=4096)
     ap.add_argument("--scale", type=int, default=2)
-    ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
-    port = args.port or free_port()
-    env = os.environ | {"SR_PORT": str(port), "SR_HOST": "127.0.0.1", "SR_WORKERS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout_s=120)
+    with serving({"SR_WORKERS": "1"}, timeout_s=120) as service:
+        server, base = service.process, service.url
         data = photo_jpeg(args.side)
         print(f"{args.side}x{args.side} JPEG, {len(data) / 1e6:.1f} MB; server pid {server.pid}")
         results = []
@@ -128,9 +100,6 @@ def main() -> None:
         ok = all(r["status"] in (200, 413) and r["seconds"] < 15 and r["peak_rss_growth_mb_tree"] < 1536
                  for r in results)
         print("done-when (answered or 413, < 15 s, < 1.5 GB growth):", "met" if ok else "NOT met")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.cli.benchlib.service import free_port, tree_cpu_s, wait_ready  # noqa: E402
+from app.cli.benchlib.launch import serving, tree_cpu_s  # noqa: E402
 
 WRK_SCRIPT = """
 local f = io.open(os.getenv("SR_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
@@ -100,25 +100,16 @@ class Busy:
 
 @contextlib.contextmanager
 def served(layout: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    env = {**os.environ, "SR_HOST": "127.0.0.1", "SR_PORT": str(port)}
+    env = {}
     if layout.split("+")[0] in ("on", "off"):
         env["SR_DEVICE_PROCESS"] = layout.split("+")[0]
     mps = layout.endswith("+mps")
     if mps and subprocess.run(["nvidia-cuda-mps-control", "-d"], check=False).returncode != 0:
         raise RuntimeError("nvidia-cuda-mps-control -d failed: MPS is not available here")
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=180)
-        yield f"http://127.0.0.1:{port}", server
+        with serving(env, log=log, timeout_s=180) as service:
+            yield service.url, service.process
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
         if mps:
             subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", check=False)
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,34 +31,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.cli.benchlib.service import free_port, wait_ready  # noqa: E402
+from app.cli.benchlib.launch import start_service, stop_service, tree_rss_mb  # noqa: E402
 from app.imaging.decode import decode  # noqa: E402
 from app.imaging.limits import ImageLimits  # noqa: E402
 from app.imaging.sandbox import DecodeBudget, DecodeSandbox  # noqa: E402
 from tests import hostile_corpus as H  # noqa: E402
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and all its descendants (MB)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return total / 2**20
 
 
 class PeakRss:
@@ -128,20 +103,17 @@ def main() -> None:
     for name, data in bombs.items():
         print(f"  {name}: {len(data) / 1024:.0f} KB")
 
-    port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="sr-probe-", suffix=".log", delete=False)
-    env = {**os.environ, "SR_HOST": "127.0.0.1", "SR_PORT": str(port), "SR_WORKERS": "1",
-           "SR_HEADER_TIMEOUT_S": "2", "SR_ACCESS_LOG": "true"}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
+    service = start_service({"SR_WORKERS": "1", "SR_HEADER_TIMEOUT_S": "2", "SR_ACCESS_LOG": "true"},
+                            log=Path(log.name), timeout_s=60)
+    base, port = service.url, service.port
     try:
-        wait_ready(base, server, timeout_s=60)
         client = httpx.Client(base_url=base, timeout=60)
         post = lambda body: client.post("/upscale?scale=2", content=body,  # noqa: E731
                                          headers={"content-type": "application/octet-stream"})
         assert post(small).status_code == 200
-        rss = PeakRss(server.pid)
-        print(f"\nservice pid {server.pid} on {base}; process tree RSS {rss.reset():.0f} MB")
+        rss = PeakRss(service.pid)
+        print(f"\nservice pid {service.pid} on {base}; process tree RSS {rss.reset():.0f} MB")
 
         print("\n1. two bombs of each kind in flight, abandoned after 0.3 s; then a 64x64 request")
         for name, data in bombs.items():
@@ -211,8 +183,7 @@ def main() -> None:
         print(f"   closed by the server after 2.5 s: {closed} of {len(idle)}")
         rss.stop()
     finally:
-        server.terminate()
-        server.wait(timeout=40)
+        stop_service(service, timeout_s=40)
 
     print("\n6. the decode sandbox (in this process; structural checks relaxed so the bombs reach a decoder)")
     box = DecodeSandbox(max_workers=4, warm=2)

@@ -11,9 +11,7 @@ RGBA PNG, and the decode files left in /dev/shm.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.cli.benchlib.service import free_port, wait_ready  # noqa: E402
+from app.cli.benchlib.launch import serving  # noqa: E402
 from scripts.hostile_probe import PeakRss, raw_post  # noqa: E402
 from tests import hostile_corpus as H  # noqa: E402
 
@@ -70,13 +68,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="sr-attack-", suffix=".log", delete=False)
-    env = {**os.environ, "SR_HOST": "127.0.0.1", "SR_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout_s=300)
+    with serving(log=Path(log.name), stop_timeout_s=90) as service:
+        base, port, server = service.url, service.port, service.process
         gif, tiff = H.gif_one_pixel_frames(1000, 90), H.tiff_directory_chain(20_000)
         attack(base, server.pid, "TIFF 20,000 directories /upscale", "/upscale?scale=2", tiff, "image/tiff", 4,
                args.seconds)
@@ -99,9 +93,6 @@ def main() -> None:
         print(f"30 hang-ups mid-decode of a 4096² RGBA PNG: {len(left)} files left in /dev/shm "
               f"({sum(p.stat().st_size for p in left) / 2**20:.0f} MB)")
         print(f"5xx in the log: {sum(' 50' in line and 'POST' in line for line in open(log.name))}; log: {log.name}")
-    finally:
-        server.terminate()
-        server.wait(timeout=90)
 
 
 if __name__ == "__main__":

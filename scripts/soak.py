@@ -23,8 +23,6 @@ import io
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -36,6 +34,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from app.cli.benchlib.launch import serving  # noqa: E402
+
+SERVER_ENV = {"SR_WORKERS": "1", "SR_MAX_BODY_BYTES": str(256 * 1024)}  # one process; "too_large" is 300 KB
 
 
 def _image(w: int, h: int, fmt: str, seed: int) -> bytes:
@@ -186,33 +188,6 @@ def soak(url: str, pid: int, total: int, concurrency: int, *, warm: int = 300, s
     return figures
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env: dict[str, str] | None = None, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m app.serve`` on a free 127.0.0.1 port, one worker, once ready (its stderr to ``log``)."""
-    port = free_port()
-    full = os.environ | {"SR_HOST": "127.0.0.1", "SR_PORT": str(port), "SR_WORKERS": "1",
-                         "SR_MAX_BODY_BYTES": str(256 * 1024)} | (env or {})
-    sink = log.open("wb") if log is not None else subprocess.DEVNULL
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=full,
-                              stdout=sink, stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return server, url
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the service did not become ready")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=5000)
@@ -224,15 +199,11 @@ def main() -> None:
                     "memory arena, allocator pools) shows as growth there and not in the rounds after; a leak "
                     "grows every round")
     args = ap.parse_args()
-    server, url = start_server()
     rounds = []
-    try:
+    with serving(SERVER_ENV, timeout_s=120) as server:
         for n in range(args.rounds):
-            rounds.append(soak(url, server.pid, args.requests, args.concurrency, rss_margin_mb=args.rss_margin_mb,
-                               seed=args.seed + n))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+            rounds.append(soak(server.url, server.pid, args.requests, args.concurrency,
+                               rss_margin_mb=args.rss_margin_mb, seed=args.seed + n))
     print(json.dumps(rounds[0] if args.rounds == 1 else rounds, indent=1))
     if args.rounds > 1:
         print("RSS growth per round (MB):", [r["rss_growth_mb"] for r in rounds])

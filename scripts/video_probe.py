@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.api.settings import Settings  # noqa: E402
 from app.cli.benchlib.common import SAMPLE  # noqa: E402
+from app.cli.benchlib.launch import tree_rss_mb  # noqa: E402
 from app.cli.benchlib.service import running_service  # noqa: E402
 from app.cli.benchlib.video import opencv_loop  # noqa: E402
 from app.video import EncoderConfig  # noqa: E402
@@ -45,27 +46,6 @@ def y_of(rgb: np.ndarray) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of ``pid`` plus its live descendants, MiB."""
-    total = 0.0
-    for status in [Path(f"/proc/{pid}/status"), *children_status(pid)]:
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) / 1024
-    return total
-
-
-def children_status(pid: int) -> list[Path]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(stat.with_name("status"))
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
 
 
 def run_job(base: str, clip: Path, scale: int = 3) -> tuple[dict, list[dict], bytes]:
@@ -120,7 +100,7 @@ def main() -> None:
         worker.start()
         status, seen, result = run_job(served.url, short)
         worker.join()
-        rss_short = peak_rss_mb(served.pid)
+        rss_short = tree_rss_mb(served.pid, "VmHWM")
         (tmp / "short_x3.mp4").write_bytes(result)
         print(f"job: {status['state']} {status['frames_done']}/{status['frames_total']} frames, "
               f"{status['fps']} frames/s, {status['finished'] - status['started']:.1f} s; audio {status['info']['output']['audio']}")
@@ -149,7 +129,7 @@ def main() -> None:
     # 3: memory of the long clip in a fresh service
     with running_service(Settings(**settings, jobs_dir=tmp / "jobs2")) as served:
         status_long, _, _ = run_job(served.url, long)
-        rss_long = peak_rss_mb(served.pid)
+        rss_long = tree_rss_mb(served.pid, "VmHWM")
     print(f"peak RSS: {args.long:g}-s clip {rss_long:.0f} MiB ({status_long['frames_done']} frames, "
           f"{status_long['fps']} frames/s) vs 5-s clip {rss_short:.0f} MiB: {100 * (rss_long / rss_short - 1):+.1f} %")
 

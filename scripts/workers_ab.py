@@ -21,6 +21,7 @@ import torch
 from app.api.settings import Settings
 from app.cli.benchlib import service
 from app.cli.benchlib.common import frame, load_source
+from app.cli.benchlib.launch import tree_cpu_s
 from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig
 from app.cli.benchlib.peers import build_opencv
@@ -62,9 +63,9 @@ def main() -> None:
                 framed = ""
                 if frame_seconds:
                     asyncio.run(hammer(served.url, frames.path, frames.bodies, 3.0, frames.content_type))
-                    cpu = service.tree_cpu_s(served.pid)
+                    cpu = tree_cpu_s(served.pid)
                     run = asyncio.run(hammer(served.url, frames.path, frames.bodies, frame_seconds, frames.content_type))
-                    cpu = (service.tree_cpu_s(served.pid) or 0.0) - (cpu or 0.0)
+                    cpu = (tree_cpu_s(served.pid) or 0.0) - (cpu or 0.0)
                     framed = (f" | 16 clients of the frame {run.ok / run.wall_s:.2f} frames/s, "
                               f"{cpu * 1000 / max(1, run.ok):.0f} core-ms each, {run.errors} errors")
             rate, bare_mean = result.ok / result.wall_s, (before + after) / 2

@@ -14,14 +14,14 @@ import selectors
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib import launch
+from app.cli.benchlib.launch import tree_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -30,32 +30,8 @@ HOST = "127.0.0.1"
 @contextmanager
 def serving(**env: str) -> Iterator[tuple[int, subprocess.Popen]]:
     """``python -m app.serve`` on a free loopback port with ``env`` (``SR_*``) over this environment."""
-    port = free_port()
-    settings = {"SR_PORT": str(port), "SR_HOST": HOST, "SR_DEVICE": "cpu", **env}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env={**os.environ, **settings},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://{HOST}:{port}", server, timeout_s=180)
-        yield port, server
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MB."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, StopIteration):
-            continue
-    return total / 1024
+    with launch.serving({"SR_DEVICE": "cpu", **env}, timeout_s=180) as service:
+        yield service.port, service.process
 
 
 def read_answer(sock: socket.socket, timeout_s: float = 15.0) -> bytes:

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib.launch import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib.launch import free_port, wait_ready
 from app.cli.upscale import main, parse_args
 from tests.conftest import encoded, natural
 from tests.test_animation import animation, panned

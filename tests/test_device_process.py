@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib import launch
 from app.main import create_app
 from tests.conftest import encoded, make_settings, natural, open_bytes
 
@@ -35,50 +34,19 @@ PLANES_FROM = 4096  # LR pixels from which the device process composes too; smal
 
 @contextmanager
 def serving(store: Path, log: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    settings = {"SR_MODEL_STORE": str(store), "SR_PORT": str(port), "SR_WORKERS": "2", "SR_DEVICE": "cpu",
+    settings = {"SR_MODEL_STORE": str(store), "SR_WORKERS": "2", "SR_DEVICE": "cpu",
                 "SR_DEVICE_PROCESS": "on", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8", "SR_MAX_DELAY_MS": "2",
                 "SR_WHOLE_IMAGE_MAX_PIXELS": "0", "SR_MAX_QUEUE_TILES": str(QUEUE_TILES), "SR_DRAIN_TIMEOUT_S": "20",
                 "SR_GPU_COMPOSE_MIN_PIXELS": str(PLANES_FROM),
                 **env}
-    env_all = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | settings
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env_all, stdout=out,
-                                  stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout_s=120)
-        yield base, server
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with launch.serving(settings, log=log, timeout_s=120) as service:
+        yield service.url, service.process
 
 
 @pytest.fixture(scope="module")
 def service(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
     with serving(seeded_store, tmp_path_factory.mktemp("device") / "serve.log") as served:
         yield served
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc: no psutil here)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def cmdline(pid: int) -> str:
@@ -89,13 +57,13 @@ def cmdline(pid: int) -> str:
 
 
 def device_pid(server: subprocess.Popen) -> int:
-    pids = [p for p in descendants(server.pid) if "app.device_process" in cmdline(p)]
+    pids = [p for p in launch.descendants(server.pid) if "app.device_process" in cmdline(p)]
     assert len(pids) == 1, pids
     return pids[0]
 
 
 def worker_pids(server: subprocess.Popen) -> list[int]:
-    return [p for p in descendants(server.pid) if "spawn_main" in cmdline(p)]
+    return [p for p in launch.descendants(server.pid) if "spawn_main" in cmdline(p)]
 
 
 def post(base: str, data: bytes, scale: int = 2, timeout: float = 120) -> httpx.Response:

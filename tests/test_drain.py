@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +22,7 @@ import httpx
 import torch
 
 from app.api.upload import multipart_file_prefix
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib import launch
 from app.core.espcn import ESPCN
 from app.engine.priority import in_lowered_thread, lowered_pool
 from tests.conftest import encoded, natural
@@ -35,18 +33,10 @@ BODY = b"\x89PNG\r\n\x1a\n" + bytes(8 * 1024 * 1024)  # 8 MiB, over the 1 MiB li
 
 @contextmanager
 def serving(store: Path, **env: str) -> Iterator[str]:
-    port = free_port()
-    settings = {"SR_MODEL_STORE": str(store), "SR_PORT": str(port), "SR_WORKERS": "1", "SR_DEVICE": "cpu",
+    settings = {"SR_MODEL_STORE": str(store), "SR_WORKERS": "1", "SR_DEVICE": "cpu",
                 "SR_MAX_BODY_BYTES": str(1 << 20), **env}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env={**os.environ, **settings},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    with launch.serving(settings) as service:
+        yield service.url
 
 
 def urllib_post(url: str) -> tuple[int, dict] | OSError:

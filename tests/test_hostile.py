@@ -28,7 +28,7 @@ from PIL import Image, ImageCms
 
 from app.api.connections import TimedHttpToolsProtocol
 from app.api.settings import get_settings
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib.launch import free_port, wait_ready
 from app.imaging import icc
 from app.imaging.decode import decode
 from app.imaging.encode import encode

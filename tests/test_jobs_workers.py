@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib.launch import serving
 from app.observability import metrics
 from app.video.synth import make_clip
 from tests.test_drain import _answer
@@ -98,23 +98,11 @@ def test_an_unreaped_child_is_not_alive() -> None:
 def served(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("workers")
     (tmp / "tmp").mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
-    env.update({"SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_PORT": str(port), "SR_DEVICE": "cpu",
-                "SR_TILE_SIZE": "32", "SR_JOBS_DIR": str(tmp / "jobs"), "SR_JOBS_MAX_BYTES": str(QUOTA),
-                "SR_JOBS_TTL_S": "40", "TMPDIR": str(tmp / "tmp")})
-    log = (tmp / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout_s=240)
-        yield {"base": base, "port": port, "server": server, "tmp": tmp, "jobs": tmp / "jobs"}
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=90)
-        log.close()
+    env = {"SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32",
+           "SR_JOBS_DIR": str(tmp / "jobs"), "SR_JOBS_MAX_BYTES": str(QUOTA), "SR_JOBS_TTL_S": "40",
+           "TMPDIR": str(tmp / "tmp")}
+    with serving(env, log=tmp / "server.log", timeout_s=240, stop_timeout_s=90) as service:
+        yield {"base": service.url, "port": service.port, "server": service.process, "tmp": tmp, "jobs": tmp / "jobs"}
 
 
 def _upload(port: int, data: bytes, multipart: bool) -> tuple[socket.socket, bytes, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from app.api.settings import Settings
-from app.cli.benchlib.service import free_port, wait_ready
+from app.cli.benchlib.launch import serving
 from app.engine.host import share_cores, usable_cores, workers_for
 from tests.conftest import encoded, natural
 
@@ -51,14 +50,10 @@ def test_the_supervisor_chooses_its_workers_without_importing_pytorch() -> None:
 
 
 def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_PORT": str(port),
-           "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server, timeout_s=180)
+    env = {"SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with serving(env, log=tmp_path / "serve.log", timeout_s=180) as service:
+        base = service.url
         body = encoded(natural((40, 30)))
         with httpx.Client(base_url=base, timeout=60) as client:
             for _ in range(12):  # new connections: the kernel spreads them over the workers
@@ -68,12 +63,9 @@ def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, t
             text = client.get("/metrics").text
         counted = re.search(r'sr_requests_total\{endpoint="/upscale",scale="2",status="200"\} (\S+)', text)
         assert counted and float(counted.group(1)) == 12.0  # the sum over both processes, whichever answered
-        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(["pgrep", "-P", str(service.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) >= 2  # two worker processes (plus, possibly, uvicorn's helper)
-    finally:
-        server.terminate()
-        out, _ = server.communicate(timeout=60)
-    assert "2 worker process(es)" in out
+    assert "2 worker process(es)" in (tmp_path / "serve.log").read_text()
 
 
 def test_a_containers_cpu_quota_bounds_the_cores(tmp_path: Path) -> None:

@@ -7,35 +7,30 @@ at once and retries elsewhere); a request reaching the app while it drains gets 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from app.cli.benchlib.launch import start_service
 from tests.conftest import encoded, natural
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
-_spec = importlib.util.spec_from_file_location("soak_script_sigterm", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-soak_script = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = soak_script  # its dataclasses look their module up
-_spec.loader.exec_module(soak_script)
 
 DRAIN_S = 10
 CLIENTS = 24
 
 
+@pytest.mark.slow
 def test_sigterm_drains_admitted_work_and_exits_in_time(seeded_store: Path, tmp_path: Path) -> None:
-    server, url = soak_script.start_server(
+    service = start_service(
         {"SR_MODEL_STORE": str(seeded_store), "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8",
-         "SR_DRAIN_TIMEOUT_S": str(DRAIN_S), "SR_JOBS_DIR": str(tmp_path / "jobs")},
-        log=tmp_path / "server.log",
+         "SR_WORKERS": "1", "SR_DRAIN_TIMEOUT_S": str(DRAIN_S), "SR_JOBS_DIR": str(tmp_path / "jobs")},
+        log=tmp_path / "server.log", timeout_s=120,
     )
+    server, url = service.process, service.url
     data = encoded(natural((224, 192)))  # 42 tiles of 32²: the load takes a few seconds on two cores
     results: list[int | str] = [None] * CLIENTS  # type: ignore[list-item]
     sent = threading.Barrier(CLIENTS + 1)

@@ -12,6 +12,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
+from app.cli.benchlib.launch import serving
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
 _spec = importlib.util.spec_from_file_location("soak_script", SCRIPT)
 assert _spec is not None and _spec.loader is not None
@@ -20,18 +24,13 @@ sys.modules[_spec.name] = soak_script  # its dataclasses look their module up
 _spec.loader.exec_module(soak_script)
 
 
+@pytest.mark.slow
 def test_mixed_traffic_leaves_no_leak(seeded_store: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    server, url = soak_script.start_server(
-        {"SR_MODEL_STORE": str(seeded_store), "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8",
-         "SR_JOBS_DIR": str(tmp_path / "jobs")},
-        log=log,
-    )
-    try:
-        figures = soak_script.soak(url, server.pid, 3000, 16, warm=300, settle_s=2.0, rss_margin_mb=96)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    env = {"SR_MODEL_STORE": str(seeded_store), "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8",
+           "SR_JOBS_DIR": str(tmp_path / "jobs")}
+    with serving(soak_script.SERVER_ENV | env, log=log, timeout_s=120) as server:
+        figures = soak_script.soak(server.url, server.pid, 3000, 16, warm=300, settle_s=2.0, rss_margin_mb=96)
     print(figures)
     assert figures["unexpected"] == [], figures
     assert figures["readyz"] == 200

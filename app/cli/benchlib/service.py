@@ -12,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import torch
@@ -29,6 +25,7 @@ from PIL import Image
 
 from app.api.settings import Settings
 from app.cli.benchlib.common import frame, luma_of, measure, synchronizer
+from app.cli.benchlib.launch import Service, serving, tree_cpu_s
 from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig, service_runner, time_path
 from app.cli.benchlib.rows import CodecRow, RequestRow, ThroughputRow
@@ -37,9 +34,6 @@ from app.core.tiling import extract_tiles, pad_image, plan_tiles
 from app.imaging.compose import compose
 from app.imaging.decode import decode
 from app.imaging.encode import encode
-
-ROOT = Path(__file__).resolve().parents[3]
-READY_TIMEOUT_S = 300.0  # models are warmed up before /readyz answers 200
 
 
 @dataclass(frozen=True)
@@ -61,12 +55,6 @@ class Load:
     duration_s: float
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a fresh process read exactly these settings.
 
@@ -84,87 +72,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Served:
-    url: str  # base URL, http://127.0.0.1:PORT
-    pid: int  # the server process, for reading its CPU time
-
-
-@dataclass(frozen=True)
 class BareRun:
     images_per_s: float
     cpu_ms_per_image: float | None  # CPU time of this process (all threads) per image; None on a GPU (not its work)
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid``, all threads together (Linux ``/proc``); None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds of ``pid`` and every live descendant (the workers of ``python -m app.serve``)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        cpu = process_cpu_s(current)
-        if cpu is None:
-            if current == pid:
-                return None
-            continue
-        total += cpu
-        todo += children.get(current, [])
-    return total
-
-
 @contextmanager
-def running_service(settings: Settings) -> Iterator[Served]:
-    """``python -m app.serve`` on 127.0.0.1 with ``settings``; yields its URL and pid once /readyz is 200.
+def running_service(settings: Settings) -> Iterator[Service]:
+    """``python -m app.serve`` on 127.0.0.1 with ``settings``; yields it (``url``, ``pid``) once /readyz is 200.
 
     With several workers a probe of /readyz reaches one of them; the warm-up requests that follow
     reach the others before anything is timed.
     """
-    port = free_port()
-    env = settings_env(settings.model_copy(update={"host": "127.0.0.1", "port": port}))
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # app.serve makes a fresh one for several workers
-    server = subprocess.Popen([sys.executable, "-m", "app.serve"], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server)
-        yield Served(base, server.pid)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def wait_ready(base: str, server: subprocess.Popen | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Poll ``base``/readyz until 200; ``RuntimeError`` if ``server`` (when given) exits first or time runs out.
-
-    The one wait for a service started on 127.0.0.1: the benchmark, the tests and the probes use it.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server is not None and server.poll() is not None:
-            raise RuntimeError(f"the service process stopped ({server.returncode}) before it became ready")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the service at {base} was not ready within {timeout_s:.0f} s")
+    env = settings_env(settings)
+    keys = {f"SR_{name.upper()}" for name in Settings.model_fields} - {"SR_HOST", "SR_PORT"}
+    with serving({key: env.get(key) for key in keys}, log=None, stop_timeout_s=120) as service:
+        yield service
 
 
 def png_bytes(image: Image.Image, level: int = 1) -> bytes:
@@ -360,7 +283,7 @@ def bare_frame_run(model: ESPCN, image: Image.Image, cfg: PathConfig) -> BareRun
 
 
 def throughput_row(
-    served: Served, variant: str, max_batch: int, workers: int, load: Load,
+    served: Service, variant: str, max_batch: int, workers: int, load: Load,
     bare_best: tuple[int, BareRun], bare_same: BareRun, device: torch.device,
 ) -> ThroughputRow:
     """The load run, and where its CPU went: the server's processes and this one (the load generator), per request."""
