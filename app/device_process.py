@@ -2,8 +2,8 @@
 
 ``python -m app.serve`` starts one per device (:class:`DeviceProcesses`) before its
 HTTP workers and tells them the sockets (``SR_DEVICE_SOCKET``). Why a process of its
-own: with a model per HTTP worker, eight CUDA contexts took turns on one H200 (98 %
-"busy" at 834 small requests/s), and each worker batched only its own tiles. Here
+own: with a model per HTTP worker, eight CUDA contexts took turns on one H200 (the GPU
+reported busy while serving few requests; docs/benchmarks.md), and each worker batched only its own tiles. Here
 every worker's tiles share one batcher, and one context owns the GPU.
 
 Its life:

@@ -117,9 +117,9 @@ class HeadWhereGet:
 def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
     """The app; ``freeze_gc`` (the served process's app) moves what start-up loaded out of the collector's view.
 
-    The ~220k objects of torch, the models and the app never die, yet every
-    full collection scanned them: one took 83 ms on the event loop during a
-    burst of uploads (3 ms frozen). Tests that build many apps in one
+    The hundreds of thousands of objects of torch, the models and the app never die, yet
+    every full collection scanned them, stalling the event loop during bursts of uploads
+    (docs/benchmarks.md has the figures). Tests that build many apps in one
     process leave it off, or each app's objects would outlive it.
     """
     @asynccontextmanager

@@ -44,10 +44,9 @@ def axis_coefficients(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarr
 
     Vectorised over the output indices, each step the same float64 operation as Pillow's C loop
     in the same order (no fused multiply-add in NumPy), so the integers are Pillow's: tested
-    against a scalar transcription (every size to 100 at ×1–8, larger ones, downscales). As a
-    Python loop it took 15 ms for a 640-pixel axis at ×3 (48 for 1920) on the dev machine, paid by
-    every request of a new size, and by every request in the tensor compose; now 1.1 ms (1.7).
-    Cached, and read-only, since request sizes repeat.
+    against a scalar transcription (every size to 100 at ×1–8, larger ones, downscales). A Python
+    loop was an order of magnitude slower, paid by every request of a new size and by every request
+    in the tensor compose (docs/benchmarks.md). Cached, and read-only, since request sizes repeat.
     """
     scale = size_in / size_out
     filterscale = max(scale, 1.0)

@@ -2,10 +2,9 @@
 
 ``python -m app.serve`` decides here how many worker processes to start and
 what each may use, before any of them exists. It imports nothing heavy, so the
-supervisor process that outlives them all holds 24 MB of its own memory instead of
-153 MB, and two workers answer ``/readyz`` after 5.6–7.4 s instead of 8.4–9.3 (2-core
-machine, interleaved starts); only ``SR_DEVICE=auto`` on a host with an NVIDIA driver
-asks PyTorch whether CUDA works.
+supervisor process that outlives them all holds a fraction of the memory PyTorch would
+cost it, and workers become ready sooner (figures in docs/benchmarks.md, "Figures behind the
+code"); only ``SR_DEVICE=auto`` on a host with an NVIDIA driver asks PyTorch whether CUDA works.
 """
 
 from __future__ import annotations
@@ -21,9 +20,9 @@ def codec_threads_for(setting: int = 0) -> int:
     """Codec pool size: ``setting`` when positive, else one thread per usable core (at least 2).
 
     On a GPU machine the model is rarely the bottleneck, the CPU side is: with 2
-    codec threads an H200 machine served 235 small requests/s while its GPU could
-    take 10,000 images/s (decode, chroma, compose and encode run here; the event
-    loop and the GIL may cap it too). On a 2-core machine this is 2, as before.
+    codec threads an H200 machine served a small fraction of the requests its GPU
+    could take (decode, chroma, compose and encode run here; the event loop and the
+    GIL may cap it too; docs/benchmarks.md). On a 2-core machine this is 2.
     """
     if setting > 0:
         return setting
@@ -50,7 +49,7 @@ def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
         return None
 
 
-CORES_PER_CPU_WORKER = 1  # a process per core, lending idle cores to big calls: README, "Benchmarks"
+CORES_PER_CPU_WORKER = 1  # a process per core, lending idle cores to big calls: docs/benchmarks.md
 MAX_GPU_WORKERS = 8
 
 
@@ -60,11 +59,10 @@ def workers_for(setting: int | str, device: str = "auto") -> int:
     One Python process cannot keep many cores busy: the event loop, the GIL and
     the codec threads queue behind each other. CPU hosts get one process per
     core (:data:`CORES_PER_CPU_WORKER`), each with one inference thread: on the
-    2-core machine two processes served 0.54–0.70 (median 0.62) of the bare
-    model's rate against 0.45–0.56 for one, over interleaved rounds (README,
-    "Benchmarks"). A lone whole-image request still gets every core: its model
-    call borrows the cores the other processes leave idle (:mod:`app.engine.cores`;
-    a ×3 640×360 request 134 ms against 197–210 without borrowing). On a GPU
+    2-core machine two processes came closer to the bare model's rate than one,
+    over interleaved rounds (docs/benchmarks.md). A lone whole-image request still
+    gets every core: its model call borrows the cores the other processes leave
+    idle (:mod:`app.engine.cores`), which made it markedly faster. On a GPU
     host the model is rarely the limit, the CPU side is, so every core pair
     gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
     holds its own CUDA context and model copies) — a count not yet measured

@@ -1,8 +1,8 @@
 """ONNX Runtime as the CPU backend: the ESPCN graph written out layer by layer, run by ORT's MLAS kernels.
 
-Why: on the 2-core bench machine ORT runs ×3 of a 640×360 frame in 59 ms against
-82 ms for frozen TorchScript (and 2.4 against 2.7 ms per 104² tile in batches
-of 8), with outputs within 1e-6 of eager PyTorch. ESPCN is three convolutions,
+Why: it is the fastest exact CPU path measured, on whole frames and on batched
+tiles, ahead of frozen TorchScript, with outputs within 1e-6 of eager PyTorch
+(figures in docs/benchmarks.md). ESPCN is three convolutions,
 two activations and a periodic shuffle, so the graph is built here directly
 from the loaded weights (``Conv``, ``Tanh``/``Relu``/``PRelu``, ``DepthToSpace``
 in ``CRD`` mode, which is ``torch.pixel_shuffle``'s channel order) rather than
@@ -15,17 +15,16 @@ ORT's threads sleep when idle (``allow_spinning = 0``), for the same reason as
 ``OMP_WAIT_POLICY=PASSIVE``: the codec threads share the cores. Memory patterns
 (``enable_mem_pattern``) are off: ORT plans one per input shape, and shapes here vary
 (batches of 1–N tiles, whole images of any size). With them on, the second call at each new,
-larger whole-image shape paid for allocation again (×3 of 640×360: 102–230 ms against 73–77),
-and a process held 126 MB more after the batch sizes and a dozen image sizes, for no gain at
-steady state (5.7–5.8 ms per tile either way; ``python scripts/ort_memory.py``).
+larger whole-image shape paid for allocation again, and a process held more memory after the
+batch sizes and a dozen image sizes, for no gain at steady state (``python scripts/ort_memory.py``;
+figures in docs/benchmarks.md).
 
 Every session of a process allocates from one arena registered with ORT's environment
 (``session.use_env_allocators``), not from an arena of its own: a process holds a narrow and
 a wide session per served scale, each arena kept the largest activations it had ever seen, and
-the model calls of a process run one at a time anyway. After the batch sizes, a dozen image sizes
-and a 1024×512 whole image through each of the six sessions, a process had grown by 1.65 GB with
-arenas of their own and by 0.35 GB with the shared one, at the same speed
-(``python scripts/ort_memory.py``).
+the model calls of a process run one at a time anyway. With arenas of their own a process grew
+several times more than with the shared one, at the same speed (``python scripts/ort_memory.py``;
+figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ class _ValidForward(nn.Module):
 
 def torchscript_cpu(model: ESPCN, example: Tensor) -> torch.jit.ScriptModule:
     """A frozen, inference-optimised trace of ``model.forward_valid``."""
-    # torch.jit is deprecated in favour of torch.compile, which costs ~50 s of compilation per
-    # shape on this CPU; TorchScript still traces in well under a second, so we keep it.
+    # torch.jit is deprecated in favour of torch.compile, which compiles each input shape for tens of
+    # seconds on a CPU (docs/benchmarks.md); TorchScript traces in well under a second, so we keep it.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(_ValidForward(model).eval(), example, check_trace=False)
@@ -182,8 +182,8 @@ class ModelRunner:
         ONNX Runtime's memory arena grows to the largest activations it has seen and keeps them;
         a full batch of tiles is what small-image traffic reaches, so growing it here puts that
         in the start-up footprint, where a soak's warm baseline sees it. (Whole-image calls, up to
-        ``SR_WHOLE_IMAGE_MAX_PIXELS``, grow it further, once, when such images come: ≈ 250 MB per
-        model at 512 K pixels — not paid up front for scales that may never see one.)
+        ``SR_WHOLE_IMAGE_MAX_PIXELS``, grow it further, once, when such images come — not paid up
+        front for scales that may never see one.)
         """
         side = tile + 2 * self.radius
         self(torch.zeros(1, self._cpu.channels, side, side))

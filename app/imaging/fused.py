@@ -1,9 +1,8 @@
 """The RGB compose in one compiled pass: Pillow's bicubic of the source and the luma swap, same bytes.
 
-Why: on the CPU the compose cost 40 % of the model's time for a 96² → 288²
-answer and two thirds of it for 1080p (2.1–2.9 and 51–62 ms on the 2-core
-dev machine; 1.0 and 22 ms here), because Pillow's resize and a dozen NumPy passes each walk the whole
-output. Here one loop (compiled by Numba, without the GIL) computes each
+Why: on the CPU the Pillow/NumPy compose cost a large share of the model's own time, because
+Pillow's resize and a dozen NumPy passes each walk the whole output (figures in
+docs/benchmarks.md). Here one loop (compiled by Numba, without the GIL) computes each
 output row's bicubic R, G, B and swaps its luma while the row is in cache.
 
 The arithmetic is the reference's, not an approximation of it:
@@ -117,7 +116,7 @@ def _compiled():
 
 
 def warm_up() -> None:
-    """Compile (or load from Numba's cache) before the first request: ~2 s cold, off the event loop.
+    """Compile (or load from Numba's cache) before the first request, off the event loop: compiling takes seconds.
 
     Both kinds of source: a decoded image's pixels come read-only (``np.asarray`` of a Pillow
     image), a different type to Numba, which would otherwise compile it on the first request.

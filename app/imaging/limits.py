@@ -25,7 +25,7 @@ class ImageLimits:
     max_side: int = 16384
     max_jpeg_scans: int = 100  # progressive encoders write about 10; each scan is a pass over the image
     max_chunks: int = 20_000  # JPEG segments, PNG/WebP chunks, GIF blocks, TIFF directory entries
-    max_frames: int = 1000  # GIF, APNG and WebP frames (only the first is decoded)
+    max_frames: int = 1000  # GIF, APNG and WebP frames (an animation is upscaled frame by frame)
     max_metadata_bytes: int = 16 * 1024 * 1024  # PNG/WebP ancillary chunks together (JPEG's largest ICC fits)
 
     def __post_init__(self) -> None:

@@ -139,8 +139,8 @@ def _worker_main(conn: Connection) -> None:
 def _pack(image: DecodedImage, conn: Connection) -> DecodedImage | tuple[str, dict[str, Any]]:
     """A large decoded image travels as raw pixels in a ``/dev/shm`` file, not pickled through the socket.
 
-    Pickling 12 MB of pixels through a socketpair took ~180 ms on 2 cores (context switches
-    per socket buffer); a tmpfs file costs two memory copies (~5 ms). The file is the
+    Pickling megabytes of pixels through a socketpair costs a context switch per socket buffer;
+    a tmpfs file costs two memory copies (docs/benchmarks.md has the figures). The file is the
     parent's: it names it (or refuses, and the pixels are pickled) and unlinks it.
     """
     planes = [image.color] + ([image.alpha] if image.alpha is not None else [])

@@ -320,7 +320,7 @@ class Pipeline:
         """Whether the pixel engine does this image's colour work (on the model's device), or this CPU does.
 
         A small image's compose is some fifty kernel launches: on a GPU they cost more CPU than the
-        compiled CPU compose (0.84 ms against 1.0 for a 96² image at ×3 on an H200 host), and in the
+        compiled CPU compose (measured on an H200 host: docs/benchmarks.md), and in the
         device process that CPU time is one GIL's, shared by every worker. So images under
         ``pixels_min_pixels`` send only their luma, and compose here, spread over the workers.
         """

@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 load generator: keep-alive connections on asyncio streams, one request in flight each.
 
 Why not httpx: the load generator shares the machine's two cores with the service, and
-httpx spends about 3 ms of CPU per request here (h11 parsing, its connection pool), which
-is a fifth of the machine at 100 requests/s — a measurement of the client, not of the
-service. This client does what ``wrk`` does: writes a prepared request, reads the status
+httpx spends milliseconds of CPU per request (h11 parsing, its connection pool), a sizeable
+part of a small machine under load — a measurement of the client, not of the service
+(docs/benchmarks.md). This client does what ``wrk`` does: writes a prepared request, reads the status
 line and headers, then exactly ``Content-Length`` bytes. It speaks only to our own
 service (no chunked bodies, no redirects); anything else counts as an error.
 """
