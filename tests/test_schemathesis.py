@@ -23,6 +23,8 @@ from app.cli.benchlib.launch import free_port, wait_ready
 from app.main import create_app
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.slow  # a real server for the module: `make test` runs it, `make test-fast` does not
+
 MAX_EXAMPLES = 25
 
 

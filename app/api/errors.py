@@ -226,10 +226,12 @@ def install_error_handlers(
 
 def allowed_methods(request: Request) -> str:
     """Every method some route serves on this path (``GET`` and ``POST`` on ``/debug/channels``), for ``Allow``."""
-    return ", ".join(
-        method for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in request.app.router.routes)
-    )
+    served = {method for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+              if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                     for route in request.app.router.routes)}
+    if "GET" in served:
+        served.add("HEAD")  # app.main.HeadWhereGet serves HEAD wherever GET is
+    return ", ".join(sorted(served))
 
 
 # OpenAPI: the error answers each route may give, for `responses=` in route decorators.
