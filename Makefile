@@ -1,4 +1,4 @@
-# Two commands do all the set-up (see README): `make serve` and `make test`.
+# Two commands do all the set-up (see README): `make serve` and `make test` (`make test-fast` leaves out the slow tier).
 # TORCH picks the PyTorch build: the default is the CPU wheel these machines carry;
 # GPU users run e.g. `make serve TORCH="torch --index-url https://download.pytorch.org/whl/cu128"`.
 VENV   ?= .venv
@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PY      = $(VENV)/bin/python
 
-.PHONY: serve test lint bench install install-dev clean device-wheels
+.PHONY: serve test test-fast lint bench install install-dev clean device-wheels
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,15 @@ serve: $(VENV)/.runtime
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
+# Every test (what .ci/run runs), skip reasons shown (-rs).
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -rs
+
+# The quick tier while editing: leaves out the tests marked slow (real servers, browsers, soaks; see pyproject.toml).
+test-fast: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -rs -m "not slow"
 
 # Benchmarks beside the OpenCV peers (needs ../shared/peers/opencv; installs the bench extra).
 bench: $(VENV)/.dev

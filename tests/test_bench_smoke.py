@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from app.cli.bench import main
@@ -18,6 +19,7 @@ from app.core.espcn import ESPCN
 from app.store.registry import save_model
 
 
+@pytest.mark.slow  # servers started and loaded for seconds each
 def test_quick_bench_writes_every_row(tmp_path, capsys):
     store = tmp_path / "store"
     torch.manual_seed(0)

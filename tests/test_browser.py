@@ -55,7 +55,7 @@ def _requirements() -> str | None:
 MISSING = _requirements()
 if MISSING and os.environ.get("CI") == "true":
     pytest.fail(f"browser tests cannot run in CI: {MISSING}", pytrace=False)
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.slow]
 
 if MISSING is None:
     from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright

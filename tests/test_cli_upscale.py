@@ -136,6 +136,7 @@ def test_too_large_is_reported_and_the_rest_go_on(env: dict[str, str], photos: P
     assert sorted(files(out)) == ["c_x2.png", "d_x2.png"]
 
 
+@pytest.mark.slow
 def test_url_gives_byte_identical_outputs(env: dict[str, str], photos: Path, service: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     for args in (["--format", "same", "--quality", "85"], ["--format", "webp"]):
@@ -157,6 +158,7 @@ def test_url_gives_byte_identical_outputs(env: dict[str, str], photos: Path, ser
     assert Image.open(io.BytesIO(same["anim_x3.gif"])).n_frames == 4
 
 
+@pytest.mark.slow
 def test_videos_go_through_the_video_pipeline(env: dict[str, str], tmp_path: Path, service: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     av = pytest.importorskip("av")

@@ -27,6 +27,8 @@ from app.cli.benchlib import launch
 from app.main import create_app
 from tests.conftest import encoded, make_settings, natural, open_bytes
 
+pytestmark = pytest.mark.slow  # a real server for the module: `make test` runs it, `make test-fast` does not
+
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE_TILES = 100  # a 256² image is 64 tiles of 32: two cannot be queued at once
 PLANES_FROM = 4096  # LR pixels from which the device process composes too; smaller images send their luma

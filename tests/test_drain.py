@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 
 from app.api.upload import multipart_file_prefix
@@ -50,6 +51,7 @@ def urllib_post(url: str) -> tuple[int, dict] | OSError:
         return exc
 
 
+@pytest.mark.slow
 def test_send_it_all_clients_read_their_413_and_422(seeded_store: Path) -> None:
     with serving(seeded_store) as base:
         for path, status, code in (("/upscale?scale=2", 413, "body_too_large"),
@@ -62,6 +64,7 @@ def test_send_it_all_clients_read_their_413_and_422(seeded_store: Path) -> None:
             assert time.perf_counter() - started < 5
 
 
+@pytest.mark.slow
 def test_without_the_drain_the_same_client_sees_a_reset(seeded_store: Path) -> None:
     """The control: the behaviour the drain fixes (so the test above can fail)."""
     with serving(seeded_store, SR_REFUSAL_DRAIN_BYTES="0") as base:
@@ -94,6 +97,7 @@ def _answer(conn: socket.socket) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+@pytest.mark.slow
 def test_an_early_refusal_arrives_at_once_and_the_connection_lingers_for_the_body(seeded_store: Path) -> None:
     """The 413 (from Content-Length) is all there while 8 MiB are still unsent; the connection then reads
     the rest (no reset: sending it succeeds) and serves the next request on it."""
@@ -109,6 +113,7 @@ def test_an_early_refusal_arrives_at_once_and_the_connection_lingers_for_the_bod
         conn.close()
 
 
+@pytest.mark.slow
 def test_a_full_queue_refuses_an_upload_from_its_first_bytes(seeded_store: Path) -> None:
     """Admission mid-upload (issue 15): the room is held from the header, so the next upload is refused
     while its body is still on the wire; the held room serves its own request, or comes back if it never ends."""

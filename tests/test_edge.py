@@ -49,6 +49,7 @@ def server(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield port, process.pid
 
 
+@pytest.mark.slow
 def test_a_header_flood_is_refused_at_the_limit_and_keeps_no_memory(server: tuple[int, int]) -> None:
     port, pid = server
     fits = header_flood(port, 30_000, line_bytes=1000)[1]  # 30 KB of headers: under the 32 KiB default
@@ -65,6 +66,7 @@ def test_a_header_flood_is_refused_at_the_limit_and_keeps_no_memory(server: tupl
     assert get(port, "/healthz")[1] == 200
 
 
+@pytest.mark.slow
 def test_a_long_url_is_refused_414(server: tuple[int, int]) -> None:
     port, _ = server
     assert get(port, "/healthz?pad=" + "a" * 8000)[1] == 200  # under the 8 KiB default
@@ -75,6 +77,7 @@ def test_a_long_url_is_refused_414(server: tuple[int, int]) -> None:
     assert status_of(answer) == 414 and sent < 16 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("into", ["url", "header"])
 def test_a_trickled_head_costs_linear_time(seeded_store: Path, into: str) -> None:
     """With 64 MiB limits, 8 URLs (or headers) trickled in 2 KiB pieces for 6 s: ``/healthz`` answers at once.
@@ -95,6 +98,7 @@ def test_a_trickled_head_costs_linear_time(seeded_store: Path, into: str) -> Non
     assert probe.p95() < 0.5, (probe.p95(), probe.results)
 
 
+@pytest.mark.slow
 def test_idle_connections_leave_probes_and_requests_answered(server: tuple[int, int]) -> None:
     """4x the concurrency limit in idle connections, reopened as soon as they are closed (2,100 gave 56/62 503s)."""
     port, _ = server
@@ -126,6 +130,7 @@ def _post_slowly(port: int, path: str, body: bytes, content_type: str, pieces: i
         return read_answer(sock, 30)
 
 
+@pytest.mark.slow
 def test_a_slow_jobs_upload_outlives_the_body_timeout_and_others_get_a_json_408(server: tuple[int, int]) -> None:
     port, _ = server
     png = encoded(natural((96, 80)))
@@ -153,6 +158,7 @@ def _get_paths(seeded_store: Path) -> list[str]:
     return sorted(set(paths))
 
 
+@pytest.mark.slow
 def test_head_is_served_wherever_get_is(server: tuple[int, int], seeded_store: Path) -> None:
     port, _ = server
     paths = _get_paths(seeded_store)

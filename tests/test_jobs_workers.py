@@ -124,6 +124,7 @@ def _bytes_under(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "reserved")
 
 
+@pytest.mark.slow
 def test_concurrent_uploads_cannot_overbook_the_quota(served: dict) -> None:
     """Six 1.2 MB uploads at once into a 4 MiB quota: three are refused with 507 before their bodies arrive."""
     conns = [_upload(served["port"], os.urandom(UPLOAD), multipart=i % 2 == 1) for i in range(6)]
@@ -164,6 +165,7 @@ def _get(base: str, path: str) -> httpx.Response:
     raise AssertionError(f"no worker answered {path}")
 
 
+@pytest.mark.slow
 def test_a_killed_workers_gauges_stop_counting(served: dict, tmp_path: Path) -> None:
     base, jobs = served["base"], served["jobs"]
     clip = make_clip(tmp_path / "long.mp4", 96, 54, 30, 10.0, audio=None).read_bytes()
@@ -195,6 +197,7 @@ def test_a_killed_workers_gauges_stop_counting(served: dict, tmp_path: Path) -> 
     assert status["error_code"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_the_launcher_leaves_no_metrics_folder(served: dict) -> None:
     tmp = served["tmp"] / "tmp"
     assert list(tmp.glob("sr-metrics-*"))  # made for the two workers, in $TMPDIR

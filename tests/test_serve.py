@@ -49,6 +49,7 @@ def test_the_supervisor_chooses_its_workers_without_importing_pytorch() -> None:
     assert out.split() == [str(usable_cores()), "False", "False"]
 
 
+@pytest.mark.slow
 def test_two_workers_serve_and_metrics_count_every_process(seeded_store: Path, tmp_path: Path) -> None:
     env = {"SR_MODEL_STORE": str(seeded_store), "SR_WORKERS": "2", "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
