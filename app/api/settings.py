@@ -147,6 +147,17 @@ class Settings(BaseSettings):
     jobs_x264_crf: int = Field(18, ge=0, le=51, description="H.264 (mp4) constant rate factor")
     jobs_x264_preset: str = Field("superfast", description="x264 preset (ultrafast … veryslow)")
     jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")
+    # jobs behind a load balancer (app/jobs/redis_store.py; issue 29)
+    jobs_redis_url: str = Field(
+        "", description="redis://host:port/db: job records, the queue, leases and cancels on Redis, so any replica "
+        "answers for any job and runs queued work; SR_JOBS_DIR must then be a folder every replica mounts. "
+        "Empty: the jobs stay in SR_JOBS_DIR on this host (needs nothing else)"
+    )
+    jobs_redis_prefix: str = Field("sr:jobs:", min_length=1, description="prefix of every Redis key of the jobs")
+    jobs_lease_s: float = Field(
+        30.0, ge=2, description="with Redis: a replica's hold on a job it runs, renewed every third of it; a job "
+        "whose replica stopped renewing is taken over (or failed with the reason) within about this long"
+    )
     # animated GIF/APNG/WebP uploads, frame by frame (app/pipeline/animated.py; issue 14)
     max_animation_pixels: int = Field(
         8192 * 8192, ge=1, description="largest animation answer: frames × output pixels; beyond it: 413. Also "

@@ -25,9 +25,12 @@ class JobLimits:
     image_timeout_s: float = 600.0  # one still image job in the engine
     video: VideoLimits = field(default_factory=VideoLimits)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    redis_url: str = ""  # set: records, queue, leases, cancels and quota on Redis; root a shared volume
+    redis_prefix: str = "sr:jobs:"
+    lease_s: float = 30.0  # a shared backend's hold on a job, renewed every third of it
 
     def __post_init__(self) -> None:
-        for name in ("ttl_s", "max_bytes", "max_upload_bytes", "max_image_bytes", "max_queued", "concurrency"):
+        for name in ("ttl_s", "max_bytes", "max_upload_bytes", "max_image_bytes", "max_queued", "concurrency", "lease_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -43,6 +46,9 @@ def from_settings(settings: Settings) -> JobLimits:
         max_upload_bytes=settings.jobs_max_upload_bytes,
         max_queued=settings.jobs_max_queued,
         concurrency=settings.jobs_concurrency,
+        redis_url=settings.jobs_redis_url,
+        redis_prefix=settings.jobs_redis_prefix,
+        lease_s=settings.jobs_lease_s,
         image_timeout_s=min(max(settings.request_timeout_s, 600.0), settings.jobs_timeout_s),
         video=video,
         encoder=EncoderConfig(x264_crf=settings.jobs_x264_crf, x264_preset=settings.jobs_x264_preset,

@@ -24,6 +24,15 @@ shut down before the job started"); running ones get ``drain_timeout_s`` to
 finish, then are cancelled and fail with that reason. A job is never left
 "running" by a process that is gone: the next start (or any live sibling's
 janitor) finds its lock free and fails it as interrupted.
+
+Where the records, ownership, cancels, quota and queue live is the backend's
+(:class:`app.jobs.backend.JobBackend`): this host's folder by default, Redis with a
+shared volume when ``SR_JOBS_REDIS_URL`` is set. With a shared queue an admitted
+job is handed to the queue and run by whichever replica has a free runner; a
+heartbeat renews the leases of the jobs this process holds, and a job whose owner
+stopped renewing is put back in the queue once (:data:`MAX_TAKEOVERS`), then failed.
+While the backend is away, running jobs go on; a finished job's record is kept
+in memory, its lease renewed, and written as soon as the backend answers again.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +53,7 @@ from app.imaging.decode import peek_file
 from app.imaging.encode import OUTPUT_FORMATS
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, UnsupportedImageType
 from app.imaging.limits import ImageLimits, check_size
+from app.jobs.backend import BackendUnavailable, JobBackend, JobsUnavailable, Lease, LeaseLost
 from app.jobs.limits import JobLimits
 from app.jobs.store import (
     ACTIVE,
@@ -53,7 +66,6 @@ from app.jobs.store import (
     JobRecord,
     JobStore,
     new_id,
-    valid_id,
 )
 from app.observability import metrics
 from app.pipeline import InvalidOptions, OutputOptions, Pipeline
@@ -66,14 +78,17 @@ JOB_FORMATS = ("same", *VIDEO_CHOICES, *OUTPUT_FORMATS)  # same, mp4, webm, png,
 _WRITE_EVERY_S = 0.5  # progress reaches job.json (read by other processes) at most this often
 _QUOTA_EVERY_S = 2.0
 GROW_AHEAD = 8 << 20  # a body of unknown length reserves this much ahead of what it has written
+MAX_TAKEOVERS = 1  # times a job whose owner died is run again elsewhere before it is failed
+INTERRUPTED = "interrupted: the service stopped before the job finished"
 
 
-class JobsUnavailable(Exception):
-    """No new job now: ``status`` 503 (queue full, shutting down) or 507 (storage quota full)."""
+def make_backend(limits: JobLimits) -> JobBackend:
+    """The folder on this host, or Redis + the shared folder when ``SR_JOBS_REDIS_URL`` is set."""
+    if not limits.redis_url:
+        return JobStore(limits.root)
+    from app.jobs.redis_store import RedisJobStore  # the optional `redis` extra
 
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.retry_after_s = status, code, retry_after_s
+    return RedisJobStore(limits.root, limits.redis_url, limits.redis_prefix, limits.lease_s)
 
 
 class _Cancelled(Exception):
@@ -87,9 +102,10 @@ class _QuotaExceeded(Exception):
 @dataclass
 class _Active:
     record: JobRecord
-    lock_fd: int
+    lock_fd: Lease  # the backend's hold on the job (an flock'd descriptor, or a Redis lease)
     task: asyncio.Task[None] | None = None
     user_cancelled: bool = False
+    lost: bool = False  # the lease lapsed and another replica took the job: write nothing more
     reserved: int = 0  # upload bytes held against the quota
     last_write: float = 0.0
     last_check: float = 0.0
@@ -99,12 +115,13 @@ class JobManager:
     def __init__(self, pipeline: Pipeline, limits: JobLimits) -> None:
         self.pipeline = pipeline
         self.limits = limits
-        self.store = JobStore(limits.root)
+        self.store: JobBackend = make_backend(limits)
         self._active: dict[str, _Active] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._unsaved: dict[str, _Active] = {}  # finished while the backend was away: written when it is back
         self._workers: list[asyncio.Task[None]] = []
         self.runner_restarts = 0  # runner tasks that ended unexpectedly and were replaced (0 when healthy)
         self._janitor: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self._accepting = False
         self._closing = False
 
@@ -112,9 +129,13 @@ class JobManager:
 
     async def start(self) -> None:
         """Fail the jobs that a dead process left unfinished, then start the workers and the janitor."""
-        await asyncio.to_thread(self.sweep)
+        try:
+            await asyncio.to_thread(self.sweep)
+        except BackendUnavailable as exc:  # the janitor tries again; the rest of the service starts
+            log.error("jobs: %s at start-up; jobs answer 503 until it is back", exc)
         self._workers = [self._start_runner(i) for i in range(self.limits.concurrency)]
         self._janitor = asyncio.create_task(self._janitor_loop(), name="jobs-janitor")
+        self._keepalive = asyncio.create_task(self._keepalive_loop(), name="jobs-heartbeat")
         self._accepting = True
 
     async def close(self, drain_timeout_s: float = 30.0) -> None:
@@ -130,9 +151,12 @@ class JobManager:
             for task in late:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        for task in (*self._workers, *([self._janitor] if self._janitor else [])):
+        self._flush_unsaved()
+        loops = [t for t in (self._janitor, self._keepalive) if t is not None]
+        for task in (*self._workers, *loops):
             task.cancel()
-        await asyncio.gather(*self._workers, *([self._janitor] if self._janitor else []), return_exceptions=True)
+        await asyncio.gather(*self._workers, *loops, return_exceptions=True)
+        self.store.close()
 
     @property
     def accepting(self) -> bool:
@@ -149,12 +173,16 @@ class JobManager:
         if not self._accepting:
             raise JobsUnavailable(503, "shutting_down", "the service is not accepting jobs", 1)
         self._drop_cancelled()
-        queued = sum(1 for a in self._active.values() if a.record.state == QUEUED)
+        queued = sum(1 for a in self._active.values() if a.record.state == QUEUED) + self.store.waiting()
         if queued >= self.limits.max_queued:
             raise JobsUnavailable(503, "jobs_queue_full", f"{queued} jobs are waiting already; retry later", 30)
         job_id = new_id()
         folder = self.store.create(job_id)
-        fd = self.store.lock(job_id)  # held from now on: a dead uploader's folder is recognised as such
+        try:
+            fd = self.store.lock(job_id)  # held from now on: a dead uploader's folder is recognised as such
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._active[job_id] = _Active(JobRecord(job_id, "", 0, "", "", "upload", ""), fd)
         need = max(1, min(declared_bytes or 0, self.limits.max_upload_bytes))
         ahead = 0 if declared_bytes else min(GROW_AHEAD, self.limits.max_upload_bytes) - need
@@ -207,17 +235,28 @@ class JobManager:
         except BaseException:
             self.discard(job_id)
             raise
-        self.store.release(job_id)  # the upload is whole: its file counts from now on
+        self.store.settle(job_id)  # the upload is whole: its file counts from now on
         self._entered(record, QUEUED)
-        self._queue.put_nowait(job_id)
+        try:
+            shared = self.store.enqueue(job_id, active.lock_fd)
+        except BaseException:
+            self.discard(job_id)
+            raise
+        if shared:  # any replica with a free runner takes it from the queue, this one included
+            self._active.pop(job_id, None)
+            self._count_active()
         return record
 
     def discard(self, job_id: str) -> None:
         """Forget a job that never made it to the queue (refused upload)."""
         active = self._active.pop(job_id, None)
-        self.store.remove(job_id)
-        if active is not None:
-            self.store.unlock(active.lock_fd)
+        try:
+            self.store.remove(job_id)
+        except BackendUnavailable:  # the files go now; what Redis keeps of the upload, the janitor clears
+            shutil.rmtree(self.store.folder(job_id), ignore_errors=True)
+        finally:
+            if active is not None:
+                self.store.unlock(active.lock_fd)
 
     def _inspect(self, job_id: str, upload: Path, scale: int, fmt: str) -> JobRecord:
         self.pipeline.check_scale(scale)
@@ -274,6 +313,7 @@ class JobManager:
             return self.store.read(job_id)
         except KeyError:
             return None
+        # BackendUnavailable goes up: the route answers 503
 
     def result_file(self, record: JobRecord) -> Path | None:
         """The result file, only if it is a regular file directly in the job's folder; else ``None``."""
@@ -313,10 +353,19 @@ class JobManager:
         self._workers[self._workers.index(task)] = self._start_runner(index)
 
     async def _work(self) -> None:
-        """Run queued jobs one after another, forever: nothing a job does ends this loop."""
+        """Run queued jobs one after another, forever: nothing a job (or the backend) does ends this loop."""
         while True:
-            job_id = await self._queue.get()
+            try:
+                job_id, lease = await self.store.next_job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the backend is away: ask again in a moment
+                log.warning("jobs runner: no next job (%s)", exc)
+                await asyncio.sleep(1.0)
+                continue
             active = self._active.get(job_id)
+            if active is None and lease is not None:  # from a shared queue: admitted by any replica
+                active = self._adopt(job_id, lease)
             if active is None or active.record.state != QUEUED:
                 continue  # cancelled or failed while it waited
             try:
@@ -330,11 +379,27 @@ class JobManager:
                 if job_id in self._active:
                     self._finish(active, FAILED, "internal error (runner)", "internal_error")
 
+    def _adopt(self, job_id: str, lease: Lease) -> _Active | None:
+        """A job this process took from the shared queue (its lease held); ``None`` if it is no longer queued."""
+        try:
+            record = self.store.read(job_id)
+        except Exception as exc:
+            log.warning("job %s: could not read it from the queue (%s); it is taken over later", job_id, exc)
+            return None  # the lease lapses and a janitor puts it back
+        if record is None or record.state != QUEUED or self._cancelled_elsewhere(job_id):
+            self.store.unlock(lease)
+            return None
+        record.owner_pid = os.getpid()
+        active = _Active(record, lease)
+        self._active[job_id] = active
+        return active
+
     async def _run(self, active: _Active) -> None:
         """One job, start to end; every way it can end leaves it done, failed or cancelled, never running."""
         record = active.record
         folder = self.store.folder(record.id)
-        partial = folder / f"partial.{record.result_name}"
+        # its own name: a replica that lost the job (and does not know yet) must not touch the new owner's
+        partial = folder / f"partial.{secrets.token_hex(4)}.{record.result_name}"
         try:
             if self.store.cancel_requested(record.id):  # deleted by another process while it waited
                 raise _Cancelled
@@ -396,7 +461,12 @@ class JobManager:
                 self._save(active)
             if now - active.last_check >= _QUOTA_EVERY_S:
                 active.last_check = now
-                if self.store.usage() > self.limits.max_bytes:
+                try:
+                    self.store.settle(record.id)  # what the partial result holds, for every replica's quota
+                    over = self.store.usage() > self.limits.max_bytes
+                except BackendUnavailable:
+                    over = False  # checked again when the backend is back
+                if over:
                     raise _QuotaExceeded
 
         result = await upscale_video(self.pipeline, src, dst, record.scale, record.format, progress,
@@ -428,13 +498,21 @@ class JobManager:
     def _save(self, active: _Active) -> None:
         active.last_write = time.monotonic()
         try:
-            self.store.write(active.record)
+            self.store.write(active.record, active.lock_fd)
         except FileNotFoundError:  # deleted by another process
             raise _Cancelled from None
+        except LeaseLost:  # another replica took the job over: stop, write nothing more
+            active.lost = True
+            raise _Cancelled from None
+        except BackendUnavailable as exc:  # progress is written again in half a second; the job goes on
+            log.warning("job %s: progress not saved (%s)", active.record.id, exc)
 
     def _entered(self, record: JobRecord, state: str) -> None:
         record.state = state
         metrics.job_entered(record.kind, state)
+        self._count_active()
+
+    def _count_active(self) -> None:
         for s in ACTIVE:  # uploads still arriving (no kind yet) are not jobs yet: discard() need not recount
             metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.kind and a.record.state == s))
 
@@ -453,28 +531,83 @@ class JobManager:
         record.finished = time.time()
         record.expires = record.finished + self.limits.ttl_s
         self._active.pop(record.id, None)
+        kept = False
         try:
             self._entered(record, state)
-            if not active.user_cancelled and state != CANCELLED:
+            if active.lost:
+                pass  # another replica owns it now
+            elif not active.user_cancelled and state != CANCELLED:
                 with contextlib.suppress(FileNotFoundError, KeyError):
                     self.store.drop_files(record.id, keep=("job.json", "lock", record.result_name))
-                    self.store.write(record)
+                    self._write_end(active)
             else:
                 self.store.remove(record.id)
+        except BackendUnavailable as exc:  # keep the lease and the record: written when the backend is back
+            log.warning("job %s: its end (%s) is written when the jobs backend is back (%s)", record.id, state, exc)
+            self._unsaved[record.id] = active
+            kept = True
         except Exception:  # the disk refused (full, read-only, replaced): the job has ended anyway
             log.exception("job %s: could not record its end (%s)", record.id, state)
         finally:
+            if not kept:
+                self.store.unlock(active.lock_fd)
+
+    def _write_end(self, active: _Active) -> None:
+        try:
+            self.store.write(active.record, active.lock_fd)
+        except LeaseLost:
+            log.warning("job %s: taken over by another replica before its end was written", active.record.id)
+            return
+        self.store.settle(active.record.id)  # the result alone counts against the quota from now on
+
+    def _flush_unsaved(self) -> None:
+        """Write the ends of jobs that finished while the backend was away, now that it may be back."""
+        for job_id, active in list(self._unsaved.items()):
+            try:
+                self._write_end(active)
+            except BackendUnavailable:
+                return
+            except Exception:
+                log.exception("job %s: could not record its end", job_id)
+            self._unsaved.pop(job_id, None)
             self.store.unlock(active.lock_fd)
+
+    # -- the heartbeat ----------------------------------------------------------------------
+
+    async def _keepalive_loop(self) -> None:
+        """Renew the leases of the jobs held here, write ends kept while the backend was away, refresh gauges."""
+        while True:
+            await asyncio.sleep(self.store.heartbeat_s)
+            try:
+                await self.beat()
+            except Exception as exc:  # never let it end: the next beat may find the backend back
+                log.warning("jobs heartbeat failed: %s", exc)
+
+    async def beat(self) -> None:
+        held = [*self._active.values(), *self._unsaved.values()]
+        lost = await asyncio.to_thread(self.store.renew, [a.lock_fd for a in held])
+        for active in held:
+            if active.lock_fd in lost and active.record.id in self._active:
+                log.error("job %s: its lease lapsed and another replica may run it; stopping here", active.record.id)
+                active.lost = True
+                if active.task is not None:
+                    active.task.cancel()
+        self._flush_unsaved()
+        counts = await asyncio.to_thread(self.store.counts)
+        for state, count in counts.items():
+            metrics.set_jobs_backend(state, count)
 
     # -- the janitor ------------------------------------------------------------------------
 
     async def _janitor_loop(self) -> None:
-        period = max(1.0, min(60.0, self.limits.ttl_s / 4))
+        period = max(1.0, min(60.0, self.limits.ttl_s / 4, self.store.janitor_s or 60.0))
         while True:
             await asyncio.sleep(period)
             try:
                 self._drop_cancelled()
                 await asyncio.to_thread(self.sweep)
+            except BackendUnavailable as exc:
+                log.warning("jobs janitor: %s", exc)
             except Exception:  # never let housekeeping take the service down
                 log.exception("jobs janitor pass failed")
 
@@ -491,39 +624,62 @@ class JobManager:
         it never stops the pass, nor the start-up that runs one.
         """
         now = now or time.time()
-        for entry in list(self.store.root.iterdir()):
-            if not valid_id(entry.name) or entry.name in self._active or not entry.is_dir():
+        for job_id in self.store.job_ids():
+            if job_id in self._active or job_id in self._unsaved:
                 continue
             try:
-                self._sweep_one(entry, now)
+                self._sweep_one(job_id, now)
             except FileNotFoundError:
                 pass  # a sibling process removed it meanwhile
+            except BackendUnavailable:
+                raise  # the whole pass waits for the backend
             except Exception:
-                log.exception("jobs janitor: skipping %s", entry.name)
+                log.exception("jobs janitor: skipping %s", job_id)
 
-    def _sweep_one(self, entry: Path, now: float) -> None:
+    def _sweep_one(self, job_id: str, now: float) -> None:
         tombstone_s = max(self.limits.ttl_s * (TOMBSTONE_FACTOR - 1), 86400.0)
-        record = self.store.read(entry.name)
+        record = self.store.read(job_id)
         if record is None:  # an upload whose process died before the job was queued (or no record of ours)
-            if not self.store.owner_alive(entry.name) and now - entry.lstat().st_mtime > 60:
-                self.store.remove(entry.name)
+            if self.store.stray(job_id, now):
+                self.store.remove(job_id)
             return
         if record.state in ACTIVE:
-            if self.store.owner_alive(record.id):
-                return
-            record.state, record.error, record.error_code = FAILED, (
-                "interrupted: the service stopped before the job finished"), "interrupted"
-            record.finished, record.expires = now, now + self.limits.ttl_s
-            self.store.drop_files(record.id, keep=("job.json", "lock"))
-            self.store.write(record)
-            metrics.job_entered(record.kind, FAILED)
+            lease = self.store.claim_orphan(job_id)  # None while its owner lives (or it waits in a shared queue)
+            if lease is not None:
+                try:
+                    self._orphaned(job_id, lease, now)
+                finally:
+                    self.store.unlock(lease)
         elif record.expires is not None and now >= record.expires:
             if not record.expired:
                 record.expired = True
-                self.store.drop_files(record.id)
-                self.store.write(record)
+                self.store.expire(record, record.expires + tombstone_s)
             elif now >= record.expires + tombstone_s:
                 self.store.remove(record.id)
+
+    def _orphaned(self, job_id: str, lease: Lease, now: float) -> None:
+        """A queued or running job whose owner is gone: run it again elsewhere (once), else fail it with why."""
+        record = self.store.read(job_id)  # again, now that it is ours
+        if record is None or record.state not in ACTIVE:
+            return
+        if record.attempts < MAX_TAKEOVERS:
+            retry = JobRecord(record.id, record.kind, record.scale, record.format, record.media_type,
+                              record.input_name, record.result_name, created=record.created,
+                              frames_total=record.frames_total, input_bytes=record.input_bytes,
+                              upload_name=record.upload_name, info=record.info, attempts=record.attempts + 1)
+            self.store.drop_files(job_id, keep=("job.json", "lock", record.input_name))
+            if self.store.requeue(retry, lease):
+                log.warning("job %s: its owner (pid %d) stopped; queued again to run elsewhere",
+                            job_id, record.owner_pid)
+                return
+        record.state, record.error, record.error_code = FAILED, INTERRUPTED, "interrupted"
+        if record.attempts:
+            record.error = f"{INTERRUPTED} (its replica stopped {record.attempts + 1} times)"
+        record.finished, record.expires = now, now + self.limits.ttl_s
+        self.store.drop_files(job_id, keep=("job.json", "lock"))
+        self.store.write(record, lease)
+        self.store.settle(job_id)
+        metrics.job_entered(record.kind, FAILED)
 
 
 def _waiting(active: _Active) -> bool:

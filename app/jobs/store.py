@@ -30,6 +30,7 @@ uploads cannot each see the same free space.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -44,6 +45,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from app.jobs.backend import JobBackend, Lease
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -93,6 +96,7 @@ class JobRecord:
     result_bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # what the probe found; after the run, what was written
     owner_pid: int = field(default_factory=os.getpid)
+    attempts: int = 0  # times another replica took the job over after its owner died (shared backend)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
@@ -123,7 +127,7 @@ class JobRecord:
         for name in ("started", "finished", "expires", "fps"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, _NUMBER) and not isinstance(value, bool)), f"has a bad {name}")
-        for name in ("frames_done", "frames_total", "input_bytes", "result_bytes", "owner_pid"):
+        for name in ("frames_done", "frames_total", "input_bytes", "result_bytes", "owner_pid", "attempts"):
             need(type(getattr(self, name)) is int and getattr(self, name) >= 0, f"has a bad {name}")
         need(type(self.expired) is bool, "has a bad expired flag")
         need(0.0 <= self.progress <= 1.0, "has progress out of 0..1")
@@ -182,13 +186,14 @@ def own_private_folder(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-class JobStore:
-    """The jobs folder: records, files, locks, usage."""
+class JobStore(JobBackend):
+    """The jobs folder: records, files, locks, usage, and this process's queue (the single-host backend)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         own_private_folder(self.root)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()  # admitted here, run here
 
     def folder(self, job_id: str) -> Path:
         if not valid_id(job_id):
@@ -210,8 +215,11 @@ class JobStore:
             return False
         return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
 
-    def write(self, record: JobRecord) -> None:
-        """Atomically replace the record; ``FileNotFoundError`` when the job was deleted meanwhile."""
+    def write(self, record: JobRecord, lease: Lease = None) -> None:
+        """Atomically replace the record; ``FileNotFoundError`` when the job was deleted meanwhile.
+
+        ``lease`` needs no check here: an ``flock`` cannot be lost while its process lives.
+        """
         folder = self.folder(record.id)
         tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(record)))
@@ -252,8 +260,16 @@ class JobStore:
                 if record is not None:
                     yield record
 
+    def job_ids(self) -> list[str]:
+        return [entry.name for entry in self.root.iterdir() if valid_id(entry.name) and entry.is_dir()]
+
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def expire(self, record: JobRecord, tombstone_until: float) -> None:
+        """Delete the files, keep ``job.json`` flagged expired: the janitor removes it at ``tombstone_until``."""
+        self.drop_files(record.id)
+        self.write(record)
 
     # -- ownership and cancellation ---------------------------------------------------------
 
@@ -268,6 +284,30 @@ class JobStore:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def renew(self, leases: list[Lease]) -> list[Lease]:
+        return []  # the kernel holds an flock for as long as its process lives
+
+    def claim_orphan(self, job_id: str) -> Lease | None:
+        """The job's lock, taken without waiting, or ``None`` while its owner lives."""
+        try:
+            fd = os.open(self.folder(job_id) / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except (FileNotFoundError, NotADirectoryError, KeyError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def stray(self, job_id: str, now: float) -> bool:
+        """An upload whose process died before the job was queued (or a folder with no record of ours)."""
+        try:
+            age = now - self.folder(job_id).lstat().st_mtime
+        except (OSError, KeyError):
+            return True
+        return not self.owner_alive(job_id) and age > 60
 
     def owner_alive(self, job_id: str) -> bool:
         """Whether some live process holds the job's lock (tried without blocking, released at once)."""
@@ -347,6 +387,26 @@ class JobStore:
         """Drop the job's reservation: its files alone count from now on."""
         with contextlib.suppress(FileNotFoundError, KeyError):
             (self.folder(job_id) / RESERVED).unlink()
+
+    def settle(self, job_id: str) -> None:
+        self.release(job_id)  # usage() walks the files themselves
+
+    # -- the queue (this process's) -----------------------------------------------------------
+
+    def enqueue(self, job_id: str, lease: Lease) -> bool:
+        self._queue.put_nowait(job_id)
+        return False  # the process that admitted the job keeps its lock and runs it
+
+    async def next_job(self) -> tuple[str, Lease]:
+        return await self._queue.get(), None
+
+    def counts(self) -> dict[str, int]:
+        """Jobs queued and running in the folder, by every process of this host."""
+        found = {QUEUED: 0, RUNNING: 0}
+        for record in self.records():
+            if record.state in found:
+                found[record.state] += 1
+        return found
 
     def drop_files(self, job_id: str, keep: tuple[str, ...] = (RECORD, LOCK)) -> None:
         """Delete a job's files except ``keep`` (the record and lock, by default)."""

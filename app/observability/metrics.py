@@ -24,6 +24,8 @@ sr_stage_duration_seconds          stage                       decode/compose/en
                                                                inference per model call
 sr_jobs_total                      kind, state                 job entering a state (see ``JOB_STATES``)
 sr_jobs_active                     state                       (gauge) this process's jobs queued / running now
+sr_jobs_backend                    state                       (gauge) jobs queued / running in the whole jobs
+                                                               backend, every replica (same value on each)
 sr_video_frames_total              scale                       video frame super-resolved and encoded
 sr_worker_restarts_total           —                           batching worker restarted after it died
 =================================  ==========================  =============================================
@@ -148,6 +150,8 @@ METRIC_DOCS: dict[str, str] = {
     "sr_stage_duration_seconds": "Time per stage: decode/compose/encode per request, queue per tile, inference per model call.",
     "sr_jobs_total": "Jobs entering each state (queued, running, done, failed, cancelled), by kind (video, image).",
     "sr_jobs_active": "Jobs of this process queued or running now, by state (summed over live worker processes).",
+    "sr_jobs_backend": "Jobs queued or running now in the whole jobs backend (every replica with SR_JOBS_REDIS_URL; "
+    "every process of the host without), by state: each replica exports the same value, so aggregate with max.",
     "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
     "sr_worker_restarts_total": "Times the batching worker died and its supervisor restarted it (0 when healthy).",
 }
@@ -193,6 +197,8 @@ STAGE_DURATION = _metric(
 )
 JOBS = _metric(Counter, "sr_jobs_total", METRIC_DOCS["sr_jobs_total"], ("kind", "state"))
 JOBS_ACTIVE = _metric(Gauge, "sr_jobs_active", METRIC_DOCS["sr_jobs_active"], ("state",), multiprocess_mode="livesum")
+JOBS_BACKEND = _metric(Gauge, "sr_jobs_backend", METRIC_DOCS["sr_jobs_backend"], ("state",),
+                       multiprocess_mode="livemax")
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
 WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
 # Every job series exists from the start at 0, so rate() and absent() need no first event.
@@ -201,6 +207,7 @@ for _kind in JOB_KINDS:
         JOBS.labels(_kind, _state)
 for _state in JOB_ACTIVE_STATES:
     JOBS_ACTIVE.labels(_state)
+    JOBS_BACKEND.labels(_state)
 for _scale in KNOWN_SCALES:
     VIDEO_FRAMES.labels(_scale)
 
@@ -220,6 +227,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     STAGE_DURATION,
     JOBS,
     JOBS_ACTIVE,
+    JOBS_BACKEND,
     VIDEO_FRAMES,
     WORKER_RESTARTS,
 )
@@ -312,6 +320,13 @@ def job_entered(kind: str, state: str) -> None:
     if kind not in JOB_KINDS or state not in JOB_STATES:
         raise ValueError(f"unknown job kind/state {kind!r}/{state!r}")
     JOBS.labels(kind, state).inc()
+
+
+def set_jobs_backend(state: str, count: int) -> None:
+    """Jobs now in ``state`` (queued or running) in the whole jobs backend, as the heartbeat last counted them."""
+    if state not in JOB_ACTIVE_STATES:
+        raise ValueError(f"unknown active job state {state!r}; expected one of {JOB_ACTIVE_STATES}")
+    JOBS_BACKEND.labels(state).set(count)
 
 
 def set_jobs_active(state: str, count: int) -> None:

@@ -134,7 +134,10 @@ def download_stem(record: JobRecord) -> str:
 
 
 def _record(manager: JobManager, job_id: str) -> JobRecord:
-    record = manager.get(job_id)
+    try:
+        record = manager.get(job_id)
+    except JobsUnavailable as exc:  # the shared backend (Redis) is away: a clear 503, never a 404 or a 500
+        raise _unavailable(exc) from None
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if record.expired:
@@ -324,7 +327,7 @@ async def create_job(
 
 
 @router.get("/jobs/{job_id}", summary="A job's state, progress and ETA", response_model=JobStatus,
-            responses=error_responses(404) | {410: {"description": "The job finished and its result expired"}})
+            responses=error_responses(404, 503) | {410: {"description": "The job finished and its result expired"}})
 async def job_status(request: Request, job_id: str) -> JobStatus:
     return status_of(_record(manager_of(request), job_id))
 
@@ -333,7 +336,7 @@ async def job_status(request: Request, job_id: str) -> JobStatus:
     "/jobs/{job_id}/result",
     summary="A finished job's output",
     response_class=FileResponse,
-    responses={**error_responses(404), 409: {"description": "Not done (queued, running, failed or cancelled)"},
+    responses={**error_responses(404, 503), 409: {"description": "Not done (queued, running, failed or cancelled)"},
                410: {"description": "Expired"}},
 )
 async def job_result(request: Request, job_id: str) -> Response:
@@ -351,8 +354,12 @@ async def job_result(request: Request, job_id: str) -> Response:
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job and remove it and its files", status_code=204,
-               responses=error_responses(404))
+               responses=error_responses(404, 503))
 async def delete_job(request: Request, job_id: str) -> Response:
-    if not await manager_of(request).delete(job_id):
+    try:
+        found = await manager_of(request).delete(job_id)
+    except JobsUnavailable as exc:
+        raise _unavailable(exc) from None
+    if not found:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return Response(status_code=204)
