@@ -25,7 +25,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 # Dependencies next, cached until pyproject.toml changes: building with no app/ yet yields
 # an empty distribution whose only effect is installing the requirements (torch is satisfied).
 COPY pyproject.toml README.md ./
-RUN pip install . && pip uninstall -y espcn-service
+RUN pip install ".[redis]" && pip uninstall -y espcn-service
 
 # Then the code and the models.
 COPY app/ ./app/
@@ -34,6 +34,8 @@ COPY model_store/ ./model_store/
 
 # A writable home for library caches; the code itself stays root-owned and read-only.
 RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin sr
+# Where compose mounts the shared jobs volume: a new named volume takes this folder's owner and mode.
+RUN mkdir -m 0700 /jobs && chown sr /jobs
 USER sr
 
 EXPOSE 8000

@@ -323,6 +323,7 @@ class JobManager:
         """Cancel the job if it is queued or running, and remove it and its files; ``False`` if unknown."""
         active = self._active.get(job_id)
         if active is not None and active.record.kind:
+            gone = self._cancelled_elsewhere(job_id)  # deleted on another replica already: stop it, answer 404
             active.user_cancelled = True
             if active.task is not None:
                 active.task.cancel()
@@ -330,7 +331,7 @@ class JobManager:
             elif active.record.state == QUEUED:
                 self._finish(active, CANCELLED, "cancelled", "cancelled")
             self.store.remove(job_id)
-            return True
+            return not gone
         if self.get(job_id) is None:
             return False
         self.store.remove(job_id)  # another process's job: it sees its folder gone and stops
