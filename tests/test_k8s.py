@@ -35,14 +35,16 @@ from tests.k8s_render import object_id, render
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-keda", "gpu-keda")
+OVERLAYS = ("cpu", "gpu", "cpu-keda", "gpu-keda", "cpu-redis")
+BARE = ("cpu", "gpu")  # overlays that need nothing but a cluster: no custom resources, no storage class, no registry
 # The oldest release the manifests target, and the newest whose schemas the package ships.
 K8S_VERSIONS = ("1.30", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
 SETTING_ENV = {f"SR_{name.upper()}" for name in Settings.model_fields}
 # Wired ahead of its setting (issue 15); it joins SETTING_ENV once Settings has `api_keys`.
 PENDING_ENV = {"SR_API_KEYS"}
 EXPECTED_KINDS = {"Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
-                  "NetworkPolicy", "ServiceMonitor"}
+                  "NetworkPolicy"}
+REDIS_NAME = "espcn-sr-redis"  # the jobs backend's own objects (deploy/k8s/redis), checked apart
 
 Obj = dict[str, Any]
 
@@ -52,8 +54,24 @@ def rendered() -> dict[str, list[Obj]]:
     return {name: render(K8S / "overlays" / name) for name in OVERLAYS}
 
 
-def only(objects: list[Obj], kind: str) -> Obj:
-    found = [o for o in objects if o["kind"] == kind]
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The cpu overlay with the Prometheus Operator component added, as its README says to."""
+    folder = tmp_path_factory.mktemp("monitored")
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "espcn-sr",
+        "resources": [os.path.relpath(K8S / "overlays" / "cpu", folder)],
+        "components": [os.path.relpath(K8S / "components" / "servicemonitor", folder)]}))
+    return render(folder)
+
+
+def _redis_part(obj: Obj) -> bool:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == REDIS_NAME
+
+
+def only(objects: list[Obj], kind: str, redis: bool = False) -> Obj:
+    """The one object of ``kind``: the service's own, or with ``redis`` the jobs backend's."""
+    found = [o for o in objects if o["kind"] == kind and _redis_part(o) == redis]
     assert len(found) == 1, f"{len(found)} objects of kind {kind}"
     return found[0]
 
@@ -160,7 +178,7 @@ def test_schema_validation_catches_the_mistakes_it_is_there_for(rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_custom_resources_validate(overlay, rendered):
     customs = [o for o in rendered[overlay] if (o["apiVersion"], o["kind"]) in CRD_SCHEMAS]
-    assert {o["kind"] for o in customs} == ({"ServiceMonitor", "ScaledObject"} if "keda" in overlay else {"ServiceMonitor"})
+    assert {o["kind"] for o in customs} == ({"ScaledObject"} if "keda" in overlay else set())
     for obj in customs:
         jsonschema.Draft202012Validator(CRD_SCHEMAS[obj["apiVersion"], obj["kind"]]).validate(obj)
         if obj["kind"] == "ScaledObject":
@@ -171,10 +189,10 @@ def test_custom_resources_validate(overlay, rendered):
             kubernetes_validate.validate(hpa, K8S_VERSIONS[-1], strict=True)
 
 
-def test_custom_resource_schemas_reject_misplaced_fields(rendered):
+def test_custom_resource_schemas_reject_misplaced_fields(rendered, monitored):
     scaled = copy.deepcopy(only(rendered["cpu-keda"], "ScaledObject"))
     scaled["spec"]["maxReplicas"] = scaled["spec"].pop("maxReplicaCount")  # the HPA's name, not KEDA's
-    monitor = copy.deepcopy(only(rendered["cpu"], "ServiceMonitor"))
+    monitor = copy.deepcopy(only(monitored, "ServiceMonitor"))
     monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
     for bad in (scaled, monitor):
         with pytest.raises(jsonschema.ValidationError):
@@ -353,16 +371,108 @@ def test_selectors_ports_and_policies_agree(overlay, rendered, client):
     service_ports = {p["name"]: p for p in service["spec"]["ports"]}
     for port in service_ports.values():
         named_port(c, port["targetPort"])  # resolves to a container port
-    monitor = only(objects, "ServiceMonitor")["spec"]
-    assert selects(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
-    for endpoint in monitor["endpoints"]:
-        assert endpoint["port"] in service_ports
-        assert client.get(endpoint["path"]).status_code == 200  # conftest's app: the real route
-    # ingress: exactly the container's ports; egress: nothing (the service calls nothing)
+    # ingress: exactly the container's ports; egress: nothing (the service calls nothing), or with the
+    # jobs on Redis, Redis's pods on its port and DNS to find them
     allowed = {(p["port"], p.get("protocol", "TCP")) for rule in policy["ingress"] for p in rule["ports"]}
     assert allowed == {(p["containerPort"], p["protocol"]) for p in c["ports"]}
     assert all("from" not in rule for rule in policy["ingress"])
-    assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    if "SR_JOBS_REDIS_URL" not in config(objects):
+        assert policy["egress"] == []
+        return
+    redis_pods = only(objects, "StatefulSet", redis=True)["spec"]["template"]["metadata"]["labels"]
+    for rule in policy["egress"]:
+        ports = {(p["port"], p["protocol"]) for p in rule["ports"]}
+        if "to" in rule:
+            (peer,) = rule["to"]
+            assert selects(peer["podSelector"]["matchLabels"], redis_pods) and ports == {(6379, "TCP")}
+        else:
+            assert ports == {(53, "UDP"), (53, "TCP")}
+
+
+def test_servicemonitor_is_a_component_to_add(monitored, client):
+    """Left out of every overlay (a bare cluster has no such CRD); added, it scrapes the service's pods."""
+    service = only(monitored, "Service")
+    monitor = only(monitored, "ServiceMonitor")
+    jsonschema.Draft202012Validator(CRD_SCHEMAS[monitor["apiVersion"], monitor["kind"]]).validate(monitor)
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in service_ports
+        assert client.get(endpoint["path"]).status_code == 200  # conftest's app: the real route
+
+
+@pytest.mark.parametrize("overlay", BARE)
+def test_bare_overlays_apply_on_a_bare_cluster_with_a_local_image(overlay, rendered):
+    """No custom resources, no claim needing a storage class, an image used as built (no registry, no pull)."""
+    objects = rendered[overlay]
+    assert not [o for o in objects if (o["apiVersion"], o["kind"]) in CRD_SCHEMAS]
+    assert not [o for o in objects if o["kind"] in ("PersistentVolumeClaim", "StatefulSet")]
+    c = container(objects)
+    assert "/" not in c["image"] and c["imagePullPolicy"] == "IfNotPresent"
+    for path in ("kustomization.yaml",):
+        text = (K8S / "overlays" / overlay / path).read_text()
+        assert not re.search(r"^\s*-\s*\.\./\.\./components/servicemonitor", text, re.M)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_jobs_storage_is_sized_to_the_quota(overlay, rendered, monkeypatch):
+    """SR_JOBS_DIR is on a volume of its own that holds the quota and then some: a full jobs folder fails
+    the job (storage_full), it never gets the pod evicted (a /tmp emptyDir of 256 MiB did)."""
+    objects = rendered[overlay]
+    data = config(objects)
+    for name in SETTING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(**{k.removeprefix("SR_").lower(): v for k, v in data.items()})
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in container(objects)["volumeMounts"] if settings.jobs_dir.is_relative_to(m["mountPath"])]
+    assert mount["mountPath"] != "/tmp"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    if "persistentVolumeClaim" in volume:
+        assert "emptyDir" not in volume
+        claim = [o for o in objects if o["kind"] == "PersistentVolumeClaim"
+                 and o["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"]]
+        (claim,) = claim
+        assert "ReadWriteMany" in claim["spec"]["accessModes"]  # every pod mounts it
+        size = claim["spec"]["resources"]["requests"]["storage"]
+        assert settings.jobs_redis_url, "a shared claim without the shared backend would mix pods' jobs"
+    else:
+        size = volume["emptyDir"]["sizeLimit"]
+        assert not settings.jobs_redis_url
+    assert _bytes(size) >= settings.jobs_max_bytes + settings.jobs_max_upload_bytes
+    assert settings.jobs_max_upload_bytes < settings.jobs_max_bytes
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]  # the claim is writable
+
+
+def test_redis_is_a_documented_dependency_of_the_redis_overlay_only(rendered):
+    for name in OVERLAYS:
+        parts = [o for o in rendered[name] if _redis_part(o)]
+        assert bool(parts) == (name == "cpu-redis"), name
+    objects = rendered["cpu-redis"]
+    service = only(objects, "Service", redis=True)
+    url = config(objects)["SR_JOBS_REDIS_URL"]
+    host, port = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/\d+", url).groups()
+    assert host == service["metadata"]["name"] and int(port) == service["spec"]["ports"][0]["port"]
+    pod = only(objects, "StatefulSet", redis=True)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "--appendonly" in c["args"]  # a restart keeps the job records
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    policy = only(objects, "NetworkPolicy", redis=True)["spec"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= only(objects, "Deployment")["spec"]["template"][
+        "metadata"]["labels"].items()
+    assert policy["egress"] == []
+    readme = (K8S / "README.md").read_text()
+    assert "overlays/cpu-redis" in readme and "components/redis-jobs" in readme and "ReadWriteMany" in readme
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", quantity).groups()
+    return int(number) << {None: 0, "Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40}[unit]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
