@@ -145,37 +145,34 @@ def test_render_exposes_every_family() -> None:
 
 
 def test_multiprocess_mode_merges_files_of_other_processes(tmp_path: Path) -> None:
+    """A live worker's counters and gauges are merged; once it is gone, a scrape drops its live gauges only."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     writer = textwrap.dedent(
         """
-        import os
+        import os, sys
         from app.observability import metrics as m
         m.REQUESTS.labels("/v1/upscale", "3", "200").inc(3)
         m.QUEUE_WAIT.observe(0.002)
         m.QUEUE_DEPTH.set(5)
-        print(os.getpid())
+        print(os.getpid(), flush=True)
+        sys.stdin.readline()  # alive until told
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", writer], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=60
-    )
-    pid = int(done.stdout.strip())
-    assert list(tmp_path.glob("*.db"))
+    worker = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None and int(worker.stdout.readline())
+        assert list(tmp_path.glob("*.db"))
+        reader = "import sys\nfrom app.observability import metrics as m\nsys.stdout.write(m.render()[0].decode())"
 
-    reader = textwrap.dedent(
-        f"""
-        import sys
-        from app.observability import metrics as m
-        before, _ = m.render()
-        m.mark_process_dead({pid})
-        after, _ = m.render()
-        sys.stdout.write(before.decode() + "\\n#SPLIT\\n" + after.decode())
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", reader], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=60
-    )
-    before, after = done.stdout.split("#SPLIT")
+        def scrape() -> str:
+            return subprocess.run([sys.executable, "-c", reader], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  check=True, timeout=60).stdout
+
+        before = scrape()
+    finally:
+        worker.communicate("\n", timeout=60)
+    after = scrape()  # the writer has exited: render() forgets its live gauges by itself
 
     def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return {
