@@ -28,6 +28,7 @@ from app.video import (
     transcode,
     upscale_video,
 )
+from app.video.encoders import x264_bytes
 from app.video.synth import make_clip, make_resizing_avi
 from app.video.transcode import frame_bytes, frames_in_flight
 from tests.conftest import make_settings
@@ -96,14 +97,19 @@ def test_a_frame_of_another_size_fails_with_its_size_never_cropped(seeded_store:
 
 def test_frames_in_flight_fit_the_memory_budget(seeded_store: Path, tmp_path: Path) -> None:
     src = make_clip(tmp_path / "c.mp4", 64, 36, 30, 1.0, audio=None)
-    budget = 64 * 36 * 3 + 2 * frame_bytes(64, 36, 3)  # room for two such frames, and the one decoded ahead
-    assert frames_in_flight(64, 36, 3, EncoderConfig(memory_bytes=budget)) == 2
+    encoder = x264_bytes(192, 108)  # the encoder's own bytes come off the budget first
+    budget = 64 * 36 * 3 + 2 * frame_bytes(64, 36, 3) + encoder  # two such frames, the one decoded ahead, x264
+    assert frames_in_flight(64, 36, 3, EncoderConfig(memory_bytes=budget), encoder) == 2
+    assert frames_in_flight(64, 36, 3, EncoderConfig(memory_bytes=budget)) > 2  # without the encoder: more
     assert frames_in_flight(64, 36, 3, EncoderConfig(memory_bytes=1)) == 1  # one frame always goes
     assert frames_in_flight(64, 36, 3, EncoderConfig(frames_in_flight=3)) == 3  # the count bounds it too
-    # the default budget at the default limits: 1080p at ×4 goes one frame at a time, ×2 four at a time
-    assert frames_in_flight(1920, 1080, 4, EncoderConfig()) == 1
-    assert frames_in_flight(1920, 1080, 2, EncoderConfig()) == 4
-    assert 4 * frame_bytes(1920, 1080, 2) + 1920 * 1080 * 3 <= EncoderConfig().memory_bytes
+    # the default budget at the default limits, x264 counted: 1080p at ×3 and ×4 goes one frame at a time, ×2 four
+    assert frames_in_flight(1920, 1080, 4, EncoderConfig(), x264_bytes(7680, 4320)) == 1
+    assert frames_in_flight(1920, 1080, 3, EncoderConfig(), x264_bytes(5760, 3240)) == 1
+    assert frames_in_flight(1920, 1080, 2, EncoderConfig(), x264_bytes(3840, 2160)) == 4
+    assert 4 * frame_bytes(1920, 1080, 2) + 1920 * 1080 * 3 + x264_bytes(3840, 2160) <= EncoderConfig().memory_bytes
+    # the ×3 640×360 → 1080p case (real time on a GPU) keeps four frames in flight
+    assert frames_in_flight(640, 360, 3, EncoderConfig(), x264_bytes(1920, 1080)) == 4
 
     async def work(pipeline):
         engine = pipeline.engine

@@ -474,7 +474,8 @@ class JobManager:
                                      config=self.limits.encoder)
         record.info = {**record.info, "output": {"width": result.width, "height": result.height, "fps": result.fps,
                                                   "frames": result.frames, "audio": result.audio,
-                                                  "seconds": round(result.seconds, 3)}}
+                                                  "seconds": round(result.seconds, 3), "encoder": result.encoder,
+                                                  "frames_per_s": result.frames_per_s}}
 
     async def _run_image(self, active: _Active, src: Path, dst: Path) -> None:
         record = active.record

@@ -36,16 +36,22 @@ differ from the first (issue 32):
   fails the job;
 - the wall time of the whole video, ``timeout_s``.
 
-Output codecs (chosen for a CPU-bound service; both set in :class:`EncoderConfig`):
+Output codecs (set in :class:`EncoderConfig`; which encoder and its options:
+:mod:`app.video.encoders`):
 
-- ``mp4``: H.264 (libx264), yuv420p, CRF 18, preset ``superfast``. CRF 18 is
-  visually lossless (≈ 45 dB Y-PSNR against the uncompressed SR frames on the
-  test clips); ``superfast`` encodes 1080p at ≈ 50 frames/s on two cores, where
-  ``veryfast`` makes half the bytes at ≈ 33 and ``medium`` at ≈ 14 — the model
-  already needs most of the CPU.
+- ``mp4``: H.264, yuv420p: NVENC where it opens, else libx264 at CRF 18 with
+  the preset measured for this machine's class (``scripts/x264_probe.py``,
+  docs/benchmarks.md), lean options for frames over 4K. CRF 18 is visually
+  lossless (≈ 45 dB Y-PSNR against the uncompressed SR frames on the test
+  clips) — the model already needs most of the CPU.
 - ``webm``: VP9 (libvpx-vp9), CRF 32 in constant-quality mode, ``realtime``
   deadline with ``cpu-used 8`` and row multithreading (VP9's good-quality mode
   runs at a few 1080p frames/s here).
+
+The encoder's own memory (:attr:`~app.video.encoders.VideoEncoder.memory_bytes`)
+comes off ``memory_bytes`` before the frames in flight are counted.
+Progress counts frames out of the encoder (written), so a job's frames/s is
+output frames per second of wall time.
 
 yuv420p needs even sides: an odd output side (an odd input at ×3) loses its
 last pixel column or row.
@@ -70,6 +76,7 @@ from PIL import Image
 from app.engine.errors import QueueFull
 from app.imaging.decode import DecodedImage
 from app.pipeline import Pipeline
+from app.video import encoders
 from app.video.errors import InvalidVideo, UnsupportedVideo, VideoTimeout, VideoTooLarge
 from app.video.probe import VideoLimits, frame_rate, limit_decoder, oversize_frame
 
@@ -98,7 +105,7 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class EncoderConfig:
     x264_crf: int = 18
-    x264_preset: str = "superfast"
+    x264_preset: str = "veryfast"  # scripts/x264_probe.py: a third of superfast's bytes, ≈ 15 % slower (docs/benchmarks.md)
     vp9_crf: int = 32
     frames_in_flight: int = 4  # most frames between decode and encode: in the engine, composing, or waiting
     max_frames: int | None = None  # refuse past this many decoded frames (headers can lie); also limits.max_frames
@@ -108,6 +115,7 @@ class EncoderConfig:
     memory_bytes: int = 768 << 20  # the frames in flight's decoded and output bytes together (frame_bytes)
     audio_buffer_bytes: int = 16 << 20  # audio demuxed but not yet muxed (pre-roll before the first frame included)
     timeout_s: float | None = None  # the whole video's wall time; None: no limit
+    video_encoder: str = "auto"  # mp4: auto (NVENC if it opens, else libx264), libx264, h264_nvenc, hevc_nvenc
 
     def __post_init__(self) -> None:
         for name in ("frames_in_flight", "memory_bytes", "audio_buffer_bytes"):
@@ -115,6 +123,8 @@ class EncoderConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0 (or None)")
+        if self.video_encoder not in encoders.ENCODER_CHOICES:
+            raise ValueError(f"video_encoder must be one of {', '.join(encoders.ENCODER_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,8 @@ class VideoResult:
     audio: str  # "none", "copied <codec>", "re-encoded <codec> → <codec>" or "dropped <codec> (…)"
     seconds: float
     frames_in_flight: int = 0  # as many as the memory budget allowed for this frame size
+    encoder: str = ""  # the video encoder and its options, with why when it is not the one asked for
+    frames_per_s: float = 0.0  # output frames per second of wall time, open to close (the job's throughput)
 
 
 def output_format(fmt: str, container: str) -> str:
@@ -145,13 +157,13 @@ def frame_bytes(width: int, height: int, scale: int) -> int:
     return pixels * _BYTES_PER_INPUT_PIXEL + pixels * scale * scale * _BYTES_PER_OUTPUT_PIXEL
 
 
-def frames_in_flight(width: int, height: int, scale: int, config: EncoderConfig) -> int:
+def frames_in_flight(width: int, height: int, scale: int, config: EncoderConfig, encoder_bytes: int = 0) -> int:
     """How many such frames may be between decode and encode: the memory budget's share, 1 to ``frames_in_flight``.
 
-    The decode thread holds one more frame while it waits for room (its RGB
-    image), so that one's input bytes come off the budget first.
+    The encoder's own bytes (``encoder_bytes``) and the frame the decode thread
+    holds while it waits for room (its RGB image) come off the budget first.
     """
-    room = config.memory_bytes - width * height * 3
+    room = config.memory_bytes - encoder_bytes - width * height * 3
     return max(1, min(config.frames_in_flight, room // frame_bytes(width, height, scale)))
 
 
@@ -177,7 +189,9 @@ class _Transcoder:
         self.inp: av.container.InputContainer | None = None
         self.out: av.container.OutputContainer | None = None
         self.decoded = 0
-        self.encoded = 0
+        self.encoded = 0  # frames given to the encoder
+        self.written = 0  # frames out of it, in the file (behind ``encoded`` by its delay)
+        self.encoder: encoders.VideoEncoder | None = None
         self.size: tuple[int, int] | None = None  # every frame's (the first frame's) width, height
         self.rotation = 0
         self.starts: dict[str, float] = {}  # each stream's first timestamp (s): durations count from it
@@ -306,20 +320,24 @@ class _Transcoder:
 
     # -- encode thread ----------------------------------------------------------------------
 
+    def choose_encoder(self, width: int, height: int) -> encoders.VideoEncoder:
+        """The encoder for ``width``×``height`` output frames (may probe NVENC once: the encode thread's job)."""
+        c = self.config
+        self.encoder = encoders.choose(self.format, width - width % 2, height - height % 2, asked=c.video_encoder,
+                                       x264_preset=c.x264_preset, x264_crf=c.x264_crf, vp9_crf=c.vp9_crf)
+        return self.encoder
+
     def _open_output(self, width: int, height: int) -> None:
-        muxer, encoder, _, _ = VIDEO_FORMATS[self.format]
+        muxer = VIDEO_FORMATS[self.format][0]
+        encoder = self.encoder or self.choose_encoder(width, height)
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         out = av.open(str(self.dst), "w", format=muxer)
         self.out = out
-        stream = out.add_stream(encoder, rate=self.rate)
+        stream = out.add_stream(encoder.name, rate=self.rate)
         stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         stream.codec_context.time_base = self.time_base
         stream.time_base = self.time_base
-        if encoder == "libx264":
-            stream.options = {"crf": str(self.config.x264_crf), "preset": self.config.x264_preset}
-        else:
-            stream.options = {"crf": str(self.config.vp9_crf), "b": "0", "deadline": "realtime",
-                              "cpu-used": "8", "row-mt": "1"}
+        stream.options = dict(encoder.options)
         if self.rotation:
             stream.set_display_rotation(self.rotation)
         self.out_video = stream
@@ -379,14 +397,20 @@ class _Transcoder:
             pts = self.last_pts + 1  # timestamps must increase; a duplicate is nudged, never dropped
         frame.pts, frame.time_base = pts, self.time_base
         self.last_pts = pts
-        self.out.mux(self.out_video.encode(frame))
+        self._mux_video(self.out_video.encode(frame))
         self.encoded += 1
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        assert self.out is not None
+        self.out.mux(packets)
+        self.written += len(packets)  # one packet per frame (H.264, HEVC, VP9 superframes)
 
     def finish(self) -> None:
         """Flush the encoders and close the output (an empty video is an error, not an empty file)."""
         if self.out is None:
             raise InvalidVideo("the video track holds no decodable frame")
-        self.out.mux(self.out_video.encode(None))
+        self._mux_video(self.out_video.encode(None))
+        self.written = self.encoded  # every frame is out once the encoder is flushed
         if self.resampler is not None:
             for resampled in self.resampler.resample(None):
                 self.out.mux(self.out_audio.encode(resampled))
@@ -464,10 +488,11 @@ async def upscale_video(
             raise
         raise VideoTimeout(f"the video job ran past its time limit of {config.timeout_s:g} s "
                            f"after {t.encoded} frames") from None
-    fps = float(t.rate)
+    fps, seconds = float(t.rate), time.perf_counter() - started
     return VideoResult(format=t.format, frames=t.encoded, width=t.out_video.width, height=t.out_video.height,
-                       fps=fps, duration_s=t.encoded / fps, audio=t.audio_mode,
-                       seconds=time.perf_counter() - started, frames_in_flight=slots)
+                       fps=fps, duration_s=t.encoded / fps, audio=t.audio_mode, seconds=seconds,
+                       frames_in_flight=slots, encoder=t.encoder.describe() if t.encoder else "",
+                       frames_per_s=round(t.encoded / seconds, 2) if seconds > 0 else 0.0)
 
 
 async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderConfig, progress: Progress | None) -> int:
@@ -495,7 +520,9 @@ async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderCo
             if item.kind == "video":
                 assert item.image is not None
                 if in_flight is None:
-                    slots = frames_in_flight(item.image.width, item.image.height, scale, config)
+                    w, h = item.image.width, item.image.height
+                    encoder = await loop.run_in_executor(encode_pool, t.choose_encoder, w * scale, h * scale)
+                    slots = frames_in_flight(w, h, scale, config, encoder.memory_bytes)
                     in_flight = asyncio.Semaphore(slots)
                 await in_flight.acquire()  # this frame's bytes, reserved before its work
                 item.task = asyncio.create_task(super_resolve(item.image))
@@ -520,8 +547,8 @@ async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderCo
                 in_flight.release()
             await loop.run_in_executor(encode_pool, t.encode_frame, image, item.pts)
             audio.give(t.take_written_audio())  # the first frame opens the output and writes the pre-roll
-            if progress is not None:
-                progress(t.encoded, max(t.total, t.encoded))
+            if progress is not None:  # frames in the file: the job's frames/s is output frames per second
+                progress(t.written, max(t.total, t.encoded))
         await loop.run_in_executor(encode_pool, t.finish)
         if progress is not None:
             progress(t.encoded, t.encoded)
