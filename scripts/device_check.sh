@@ -9,7 +9,9 @@
 # 3. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
 #    process on a GPU host), a model per worker, and a model per worker under CUDA MPS: one ×3
 #    640×360 JPEG→JPEG request, 16 clients of such frames, 64 clients of 96² PNGs, with GPU busy,
-#    CPU busy and the server's core-ms per request beside each (probe/probe.json, the table last).
+#    CPU busy and the server's core-ms per request beside each (probe/probe.json, the table last);
+#    in the default layout only, a 10-s 640×360 clip as a ×3 video job: output frames/s of 1080p
+#    (issue 28's ≥ 60) and the encoder it used (NVENC where it opens, else libx264 and why).
 # Training on the GPU is scripts/gpu_train.sh, a call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_device_paths.py \
-    tests/test_device_process.py tests/test_planes.py 2>&1 | tee "$out/tests.log" | tail -15
+    tests/test_device_process.py tests/test_planes.py \
+    tests/test_video_encoders.py::test_with_nvenc_a_job_encodes_h264_on_the_gpu \
+    tests/test_video_encoders.py::test_without_nvenc_the_fallback_is_libx264_probed_once_and_said 2>&1 | tee "$out/tests.log" | tail -15
 
-timeout "${PROBE_TIMEOUT:-200}" python3 scripts/gpu_probe.py --layouts "${LAYOUTS:-default,off,off+mps}" \
-    --load-s "${LOAD_S:-6}" --out "$out/probe" 2>&1 | tee "$out/probe.log" | tail -12
+timeout "${PROBE_TIMEOUT:-220}" python3 scripts/gpu_probe.py --layouts "${LAYOUTS:-default,off,off+mps}" \
+    --load-s "${LOAD_S:-6}" --video-s "${VIDEO_S:-10}" --video-layouts default --out "$out/probe" 2>&1 | tee "$out/probe.log" | tail -12

@@ -10,9 +10,13 @@ For each layout of ``python -m app.serve`` (default settings otherwise):
 it measures one ×3 640×360 JPEG→JPEG request (p50 of 40 after 8 warm-ups, with its
 ``Server-Timing``), then with wrk: 16 clients posting such frames, and 64 clients posting
 96² PNGs at ×3, ``--load-s`` seconds each, with GPU busy (nvidia-smi every 250 ms), CPU
-busy (/proc/stat) and the server's core-ms per request beside each.
+busy (/proc/stat) and the server's core-ms per request beside each. With ``--video-s N``, in the
+``--video-layouts`` (default: ``default`` only), it also posts an N-second 640×360 30 fps clip (made
+here with PyAV) as a ×3 job and reports output frames/s (issue 28's ≥ 60 of 1080p): the job's own
+``fps`` (output frames per second of wall time since it started) and the frames over the time from
+the upload's start to ``done``, with the encoder the job used.
 
-    python scripts/gpu_probe.py --layouts default,off,off+mps --load-s 8 --out device_out/probe
+    python scripts/gpu_probe.py --layouts default,off,off+mps --load-s 8 --video-s 10 --out device_out/probe
 
 ``WRK`` names the wrk binary (``make device-wheels`` carries Debian's in ``.whl/bin``);
 without one the loads are skipped and only the lone request is measured.
@@ -42,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.cli.benchlib.launch import serving, tree_cpu_s  # noqa: E402
+from app.video.synth import make_clip  # noqa: E402
 
 WRK_SCRIPT = """
 local f = io.open(os.getenv("SR_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
@@ -151,15 +156,45 @@ def load(base: str, server: subprocess.Popen, wrk: str, body: bytes, ctype: str,
             "server_core_ms_per_request": round(1000 * cpu / max(1, ok), 2)}
 
 
+def video_clip(seconds: float, out: Path) -> Path:
+    """A ``seconds``-long 640×360 30 fps H.264 clip with an AAC tone, the sample photo's texture drifting in it."""
+    return make_clip(out / f"clip_640x360_{seconds:g}s.mp4", 640, 360, 30, seconds, audio="aac",
+                     texture=Image.open(ROOT / "app/assets/sample.png"))
+
+
+def video_job(base: str, clip: Path, timeout_s: float) -> dict[str, object]:
+    """``clip`` as a ×3 job (640×360 → 1920×1080 MP4): output frames/s, the job's and end to end."""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        started = time.perf_counter()
+        r = client.post("/jobs", params={"scale": 3}, content=clip.read_bytes(), headers={"content-type": "video/mp4"})
+        if r.status_code != 202:
+            return {"error": f"{r.status_code} {r.text[:200]}"}
+        status_url = r.json()["status_url"]
+        while (job := client.get(status_url).json())["state"] in ("queued", "running"):
+            if time.perf_counter() - started > timeout_s:
+                client.delete(status_url)
+                return {"error": f"not done after {timeout_s:g} s ({job.get('frames_done')} frames, fps {job.get('fps')})"}
+            time.sleep(0.1)
+        wall = time.perf_counter() - started
+    output = (job.get("info") or {}).get("output") or {}
+    if job["state"] != "done":
+        return {"error": f"{job['state']}: {job.get('error')}"}
+    return {"frames": job["frames_done"], "job_fps": job.get("fps"), "end_to_end_fps": round(job["frames_done"] / wall, 2),
+            "size": f"{output.get('width')}x{output.get('height')}", "encoder": output.get("encoder")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layouts", default="default,off,off+mps")
     parser.add_argument("--load-s", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("probe_out"))
+    parser.add_argument("--video-s", type=float, default=0.0, help="seconds of 640×360 video as a ×3 job (0: none)")
+    parser.add_argument("--video-layouts", default="default", help="the layouts that run the video job")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     wrk = os.environ.get("WRK") or shutil.which("wrk")
     frame, small = sample_images()
+    clip = video_clip(args.video_s, args.out) if args.video_s > 0 else None
     results = []
     for layout in args.layouts.split(","):
         if layout.endswith("+mps") and not shutil.which("nvidia-cuda-mps-control"):
@@ -173,18 +208,23 @@ def main() -> None:
                     row["frames_16"] = load(base, server, wrk, frame, "image/jpeg", "/upscale?scale=3&format=jpeg",
                                             16, args.load_s)
                     row["small_64"] = load(base, server, wrk, small, "image/png", "/upscale?scale=3", 64, args.load_s)
+                if clip is not None and layout in args.video_layouts.split(","):
+                    row["video"] = video_job(base, clip, timeout_s=max(60.0, 6 * args.video_s))
         except (RuntimeError, httpx.HTTPError) as exc:  # one layout failing must not cost the others' figures
             row["error"] = str(exc)
         print(json.dumps(row), flush=True)
         results.append(row)
     (args.out / "probe.json").write_text(json.dumps(results, indent=2))
     print("\n| layout | lone ×3 640×360 JPEG p50 | 16 clients frames/s (GPU, CPU busy) | 64 clients 96² req/s "
-          "(GPU, CPU busy) | server core-ms / 96² request |\n|---|---|---|---|---|")
+          "(GPU, CPU busy) | server core-ms / 96² request | video ×3 → 1080p output frames/s (job, end to end) "
+          "|\n|---|---|---|---|---|---|")
     for r in results:
-        f, s = r.get("frames_16", {}), r.get("small_64", {})
+        f, s, v = r.get("frames_16", {}), r.get("small_64", {}), r.get("video", {})
+        video = v.get("error") or (f"{v['job_fps']}, {v['end_to_end_fps']} ({v['frames']} frames, {v['encoder']})"
+                                   if v else "")
         print(f"| {r['layout']} | {r.get('lone', {}).get('p50_ms')} ms | {f.get('req_per_s')} ({f.get('gpu_busy_pct')} %, "
               f"{f.get('cpu_busy_pct')} %) | {s.get('req_per_s')} ({s.get('gpu_busy_pct')} %, {s.get('cpu_busy_pct')} %) "
-              f"| {s.get('server_core_ms_per_request')} |")
+              f"| {s.get('server_core_ms_per_request')} | {video} |")
 
 
 if __name__ == "__main__":
