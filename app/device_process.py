@@ -134,7 +134,7 @@ def _die_with_parent() -> None:
 
 async def serve(socket_path: str, device_setting: str) -> None:
     """Build the engine on the device, warm it up, then serve workers until SIGTERM/SIGINT and their drain."""
-    from app.api.settings import get_settings
+    from app.config import get_settings
     from app.engine import channel
     from app.engine.device import configure_threads, describe, resolve_device
     from app.engine.device_server import DeviceServer

@@ -1,7 +1,7 @@
 """The FastAPI application: ``uvicorn app.main:app``.
 
 Heavy resources (the request pipeline: models, engine, thread pools) are
-built in the lifespan, from :class:`~app.api.settings.Settings`; ``create_app(settings)`` lets tests
+built in the lifespan, from :class:`~app.config.Settings`; ``create_app(settings)`` lets tests
 and tools build an app with their own settings.
 """
 
@@ -21,10 +21,10 @@ from app.api.drain import DrainBeforeRefusal
 from app.api.errors import install_error_handlers
 from app.api.routes import debug, jobs, service, upscale, web
 from app.api.security import SecurityMiddleware
-from app.api.settings import Settings, get_settings
 from app.api.state import ServiceState
 from app.api.telemetry import RequestMetricsMiddleware
 from app.api.upload import upload_problems
+from app.config import Settings, get_settings
 from app.jobs import JobManager, from_settings
 from app.observability import metrics
 from app.observability.adapters import PipelineMetrics, PrometheusObserver

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from app.api.settings import Settings, get_settings
+from app.config import Settings, get_settings
 from app.device_process import DeviceProcesses
 from app.engine.host import on_gpu, share_cores, workers_for
 

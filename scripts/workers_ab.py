@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import torch
 
-from app.api.settings import Settings
 from app.cli.benchlib import service
 from app.cli.benchlib.common import frame, load_source
 from app.cli.benchlib.launch import tree_cpu_s
 from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig
 from app.cli.benchlib.peers import build_opencv
+from app.config import Settings
 from app.store import DEFAULT_STORE
 from app.store.registry import discover
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as skdata
 
-from app.api.settings import Settings
+from app.config import Settings
 from app.core.espcn import ESPCN
 from app.main import create_app
 from app.store.registry import save_model

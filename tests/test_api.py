@@ -344,7 +344,7 @@ def test_body_bytes_are_not_read_past_the_limit(seeded_store: Path) -> None:
 
 
 def test_settings_come_from_sr_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.api.settings import Settings
+    from app.config import Settings
 
     for name, value in {"SR_OVERLOAD_STATUS": "429", "SR_MAX_BATCH": "7", "SR_DEBUG_ROUTES": "false",
                         "SR_DEVICE": "cpu", "SR_MAX_DELAY_MS": "2.5"}.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from app.api.settings import Settings
+from app.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

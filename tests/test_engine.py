@@ -46,7 +46,9 @@ def models() -> dict[int, ESPCN]:
 
 def engine(observer: EngineObserver | None = None, **kwargs: object) -> Engine:
     runners = {r: ModelRunner(m, torch.device("cpu")) for r, m in models().items()}
-    options: dict = {"tile": 16, "max_batch": 8, "max_delay_s": 0.005, **kwargs}
+    # whole_max_pixels=0: tiles for every image, the batching these tests are about (the service's default,
+    # whole-image calls for mid-sized images, is the Engine's default too and has tests of its own)
+    options: dict = {"tile": 16, "max_batch": 8, "max_delay_s": 0.005, "whole_max_pixels": 0, **kwargs}
     return Engine(runners, observer=observer, **options)
 
 

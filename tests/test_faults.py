@@ -59,7 +59,8 @@ def seeded(scale: int) -> ESPCN:
 
 def marked_engine(**kwargs: object) -> Engine:
     runners = {r: MarkedRunner(seeded(r), torch.device("cpu"), backend="eager", tile=16) for r in (2, 3)}
-    return Engine(runners, **{"tile": 16, "max_batch": 8, "max_delay_s": 0.05, **kwargs})
+    # tiles for every image: the marked windows are tiles (whole-image calls are the Engine's default)
+    return Engine(runners, **{"tile": 16, "max_batch": 8, "max_delay_s": 0.05, "whole_max_pixels": 0, **kwargs})
 
 
 def plain(value: float, h: int = 16, w: int = 16) -> torch.Tensor:

@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
 from app.api.connections import TimedHttpToolsProtocol
-from app.api.settings import get_settings
 from app.cli.benchlib.launch import free_port, wait_ready
+from app.config import get_settings
 from app.imaging import icc
 from app.imaging.decode import decode
 from app.imaging.encode import encode

@@ -26,8 +26,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.serve
-from app.api.settings import Settings, get_settings
 from app.cli.benchlib.launch import READY_TIMEOUT_S
+from app.config import Settings, get_settings
 from app.main import create_app
 from app.observability import metrics
 from tests.k8s_crd_schemas import CRD_SCHEMAS

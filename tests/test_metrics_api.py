@@ -228,7 +228,8 @@ def test_cancelled_request_counts_client_gone_and_empties_the_queue() -> None:
 
     async def scenario() -> tuple[str, str, str, int, int]:
         runner = ModelRunner(ESPCN(3), torch.device("cpu"))
-        engine = Engine({3: runner}, tile=TILE, max_batch=64, max_delay_s=10.0, observer=PrometheusObserver())
+        engine = Engine({3: runner}, tile=TILE, max_batch=64, max_delay_s=10.0, whole_max_pixels=0,  # tiles wait
+                        observer=PrometheusObserver())
         await engine.start()
         try:
             before = rendered()

@@ -255,7 +255,7 @@ def test_every_mounted_config_exists() -> None:
 
 
 def test_compose_environment_names_real_settings_with_their_defaults() -> None:
-    from app.api.settings import Settings
+    from app.config import Settings
 
     defaults = Settings.model_construct()
     for key, value in _compose()["services"]["sr"]["environment"].items():

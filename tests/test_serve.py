@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.settings import Settings
 from app.cli.benchlib.launch import serving
+from app.config import Settings
 from app.engine.host import share_cores, usable_cores, workers_for
 from tests.conftest import encoded, natural
 
@@ -40,7 +40,7 @@ def test_the_supervisor_chooses_its_workers_without_importing_pytorch() -> None:
 
     device = "cpu" if any(Path(p).exists() for p in NVIDIA_DRIVER_PATHS) else "auto"  # auto must ask torch there
     code = ("import sys, app.serve\n"
-            "from app.api.settings import Settings\n"
+            "from app.config import Settings\n"
             "from app.engine.host import on_gpu, share_cores, workers_for\n"
             f"workers = workers_for('auto', {device!r})\n"
             "share_cores(workers, Settings())\n"

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.settings import Settings, get_settings
+from app.config import Settings, get_settings
 
 log = logging.getLogger("app.access")
 SCOPE_KEY = "sr.access"

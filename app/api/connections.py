@@ -47,7 +47,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.api.security import SECURITY_HEADERS
-from app.api.settings import get_settings
+from app.config import get_settings
 
 log = logging.getLogger("app.connections")
 

@@ -24,7 +24,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.settings import Settings, get_settings
+from app.config import Settings, get_settings
 
 
 class DrainBeforeRefusal:

@@ -37,9 +37,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.settings import Settings, get_settings
+from app.config import HASH_PREFIX, Settings, get_settings, hash_key
 
-HASH_PREFIX = "sha256:"
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                         "/favicon.ico", "/web/sample.png"})
 OPEN_PREFIXES = ("/static/",)
@@ -47,19 +46,6 @@ EXPOSED_HEADERS = ("X-Model", "X-Scale", "X-Process-Time-Ms", "Server-Timing", "
                    "X-Request-Id")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
-
-
-def hash_key(key: str) -> str:
-    """``sha256:<hex>`` of a key; an entry already in that form is kept (keys can be configured pre-hashed)."""
-    key = key.strip()
-    if key.startswith(HASH_PREFIX) and len(key) == len(HASH_PREFIX) + 64:
-        return key.lower()
-    return HASH_PREFIX + hashlib.sha256(key.encode()).hexdigest()
-
-
-def hash_keys(keys: str) -> str:
-    """``SR_API_KEYS`` as read (comma-separated keys) → the same list of hashes, so no raw key is kept."""
-    return ",".join(hash_key(k) for k in keys.split(",") if k.strip())
 
 
 # The browser itself keeps these pages on this origin: nothing is fetched from elsewhere. ReDoc's sidebar

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.settings import Settings
+from app.config import Settings
 from app.pipeline import Pipeline
 
 

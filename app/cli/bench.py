@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
-from app.api.settings import Settings
 from app.cli.benchlib.common import frame, load_source, luma_of, machine_info, parse_size, sgemm_gflops
 from app.cli.benchlib.model_paths import PathConfig, exact_macs, model_rows, service_runner
 from app.cli.benchlib.peers import opencv_available, peer_rows
 from app.cli.benchlib.report import BenchResults, markdown, write_chart, write_json
 from app.cli.benchlib.rows import OK, FrameRow, LimitRow
+from app.config import Settings
 from app.core.espcn import ESPCN
 from app.engine.device import max_batch_for, resolve_device
 from app.engine.host import usable_cores

@@ -267,7 +267,7 @@ class Local:
     """The service's pipeline in this process."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from app.api.settings import Settings
+        from app.config import Settings
 
         self.args = args
         self.settings = Settings()

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from app.config import TILE_SIZE, WHOLE_IMAGE_MAX_PIXELS
 from app.core.tiling import Tile, count_tiles, pad_image, plan_tiles, stitch_tile
 from app.engine.errors import (
     DeadlineExceeded,
@@ -119,12 +120,12 @@ class Engine:
         self,
         runners: dict[int, ModelRunner],
         *,
-        tile: int = 96,
+        tile: int = TILE_SIZE,
         max_batch: int = 32,
         max_delay_s: float = 0.005,
         max_queue_tiles: int = 4096,
         retry_after_s: float = 1.0,
-        whole_max_pixels: int = 0,
+        whole_max_pixels: int = WHOLE_IMAGE_MAX_PIXELS,
         observer: EngineObserver | None = None,
         restart_delay_s: float = 0.5,
     ) -> None:

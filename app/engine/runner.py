@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from app.config import TILE_SIZE
 from app.core.espcn import ESPCN
 from app.engine import onnx_backend
 from app.engine.cores import CoreTokens
@@ -96,7 +97,7 @@ class ModelRunner:
         *,
         half: bool = False,
         backend: Backend = "auto",
-        tile: int = 96,
+        tile: int = TILE_SIZE,
         observer: EngineObserver | None = None,
         cores: CoreTokens | None = None,
     ) -> None:

@@ -10,7 +10,7 @@ from app.video.probe import VideoLimits
 from app.video.transcode import EncoderConfig
 
 if TYPE_CHECKING:
-    from app.api.settings import Settings
+    from app.config import Settings
 
 
 @dataclass(frozen=True)
@@ -56,5 +56,5 @@ def from_settings(settings: Settings) -> JobLimits:
                               max_frames=settings.jobs_max_frames, limits=video,  # every frame, while decoding
                               memory_bytes=settings.jobs_video_memory_mb << 20,
                               audio_buffer_bytes=settings.jobs_audio_buffer_mb << 20,
-                              timeout_s=settings.jobs_timeout_s),
+                              timeout_s=settings.jobs_timeout_s, video_encoder=settings.jobs_video_encoder),
     )

@@ -67,6 +67,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
+from app.config import MAX_BATCH_LIMIT
 from app.store.manifest import MAX_SCALE, MIN_SCALE
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -94,7 +95,6 @@ JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_ACTIVE_STATES = ("queued", "running")
 
 KNOWN_SCALES = tuple(str(s) for s in range(MIN_SCALE, MAX_SCALE + 1))  # any scale a manifest may declare
-MAX_BATCH_LIMIT = 256  # the largest max_batch the settings allow
 
 
 def power_of_two_buckets(limit: int) -> tuple[float, ...]:

@@ -2,7 +2,7 @@
 
 The HTTP app, the command-line upscaler and the benchmark build their
 pipeline here, so each gets the same models, backends and bounds from the
-same settings (``SR_*``, :class:`app.api.settings.Settings`, the one source
+same settings (``SR_*``, :class:`app.config.Settings`, the one source
 of their defaults).
 """
 
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from app.api.settings import Settings
+from app.config import Settings
 from app.engine.batcher import Engine
 from app.engine.cores import CoreTokens
 from app.engine.device import configure_threads, max_batch_for, resolve_device

@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from app.api.settings import Settings
 from app.cli.benchlib.common import measure, synchronizer
 from app.cli.benchlib.rows import NOT_AVAILABLE, OK, SKIPPED, FrameRow
+from app.config import Settings
 from app.core.espcn import ESPCN, pad_for
 from app.engine.batcher import Engine
 from app.engine.onnx_backend import OrtModel

@@ -23,12 +23,12 @@ import httpx
 import torch
 from PIL import Image
 
-from app.api.settings import Settings
 from app.cli.benchlib.common import frame, luma_of, measure, synchronizer
 from app.cli.benchlib.launch import Service, serving, tree_cpu_s
 from app.cli.benchlib.load import hammer
 from app.cli.benchlib.model_paths import PathConfig, service_runner, time_path
 from app.cli.benchlib.rows import CodecRow, RequestRow, ThroughputRow
+from app.config import Settings
 from app.core.espcn import ESPCN
 from app.core.tiling import extract_tiles, pad_image, plan_tiles
 from app.imaging.compose import compose

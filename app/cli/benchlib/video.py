@@ -32,8 +32,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from app.api.settings import Settings
 from app.cli.benchlib.common import SAMPLE
+from app.config import Settings
 from app.pipeline.build import build_pipeline
 from app.video import EncoderConfig, upscale_video
 from app.video.synth import make_clip

@@ -1,11 +1,15 @@
-"""Every setting, from ``SR_*`` environment variables (pydantic-settings), with documented defaults.
+"""Every setting, from ``SR_*`` environment variables (pydantic-settings), with documented defaults: the ground floor.
 
-Built once per process by :func:`get_settings`, never at import time; tests
-pass their own :class:`Settings` to ``create_app``.
+Each default lives here once (``docs/settings.md`` documents them, and a test holds the
+two together). Everything imports this module and it imports nothing of the app's, so
+the launcher (``python -m app.serve``) reads the settings without importing PyTorch.
+Built once per process by :func:`get_settings`, never at import time; tests pass their
+own :class:`Settings` to ``create_app``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +18,24 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.store import DEFAULT_STORE
+DEFAULT_STORE = Path(__file__).resolve().parents[1] / "model_store"  # the models this repository ships
+TILE_SIZE = 96  # LR tile side: every model call runs tiles of this size, plus the model's halo
+MAX_BATCH_LIMIT = 256  # the most tiles per model call the settings allow (the batch-size histogram's top bucket)
+WHOLE_IMAGE_MAX_PIXELS = 512 * 1024  # LR pixels up to which a multi-tile image runs as one whole-image call
+HASH_PREFIX = "sha256:"
+
+
+def hash_key(key: str) -> str:
+    """``sha256:<hex>`` of a key; an entry already in that form is kept (keys can be configured pre-hashed)."""
+    key = key.strip()
+    if key.startswith(HASH_PREFIX) and len(key) == len(HASH_PREFIX) + 64:
+        return key.lower()
+    return HASH_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def hash_keys(keys: str) -> str:
+    """``SR_API_KEYS`` as read (comma-separated keys) → the same list of hashes, so no raw key is kept."""
+    return ",".join(hash_key(k) for k in keys.split(",") if k.strip())
 
 
 class Settings(BaseSettings):
@@ -30,14 +51,14 @@ class Settings(BaseSettings):
         "(each fast path checked exact against eager at start-up)"
     )
     threads: int = Field(0, ge=0, description="PyTorch CPU threads for inference (0: PyTorch's default)")
-    tile_size: int = Field(96, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
+    tile_size: int = Field(TILE_SIZE, ge=8, le=1024, description="LR tile side; every model call runs tiles of this size")
     max_batch: int = Field(
-        0, ge=0, le=256, description="most tiles per model call; 0: auto (CPU: 32 with ONNX Runtime, 8 with "
-        "TorchScript, where bigger batches spill the cache; CUDA: 64)"
+        0, ge=0, le=MAX_BATCH_LIMIT, description="most tiles per model call; 0: auto (CPU 8, CUDA 64: "
+        "app.engine.device.AUTO_MAX_BATCH, measured in docs/benchmarks.md)"
     )
     max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a fuller batch after the first tile")
     whole_image_max_pixels: int = Field(
-        512 * 1024, ge=0, description="images of several tiles up to this many LR pixels run as one whole-image "
+        WHOLE_IMAGE_MAX_PIXELS, ge=0, description="images of several tiles up to this many LR pixels run as one whole-image "
         "model call (less halo work, more memory); 0: always tiles"
     )
     max_queue_tiles: int = Field(4096, ge=1, description="pending tiles admitted at most; beyond it: 503 + Retry-After")
@@ -145,7 +166,11 @@ class Settings(BaseSettings):
     )
     jobs_timeout_s: float = Field(4 * 3600.0, gt=0, description="longest a job may run; beyond it, it fails (timeout)")
     jobs_x264_crf: int = Field(18, ge=0, le=51, description="H.264 (mp4) constant rate factor")
-    jobs_x264_preset: str = Field("superfast", description="x264 preset (ultrafast … veryslow)")
+    jobs_x264_preset: str = Field("veryfast", description="x264 preset (ultrafast … veryslow); measured choice: "
+                                  "scripts/x264_probe.py, docs/benchmarks.md")
+    jobs_video_encoder: Literal["auto", "libx264", "h264_nvenc", "hevc_nvenc"] = Field(
+        "auto", description="mp4 encoder: auto = NVENC (h264_nvenc) where it opens, else libx264; a named NVENC "
+        "that does not open falls back to libx264 too, and the job's info.output.encoder says so")
     jobs_vp9_crf: int = Field(32, ge=0, le=63, description="VP9 (webm) constant quality")
     # jobs behind a load balancer (app/jobs/redis_store.py; issue 29)
     jobs_redis_url: str = Field(
@@ -186,9 +211,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _hash_api_keys(cls, value: str) -> str:
-        from app.api.security import hash_keys  # only the keys' SHA-256 hashes are kept (imported late: cycle)
-
-        return hash_keys(value)
+        return hash_keys(value)  # only the keys' SHA-256 hashes are kept
 
     @field_validator("overload_status")
     @classmethod
