@@ -27,7 +27,7 @@ from app.api.upload import upload_problems
 from app.config import Settings, get_settings
 from app.jobs import JobManager, from_settings
 from app.observability import metrics
-from app.observability.adapters import PipelineMetrics, PrometheusObserver
+from app.observability.adapters import JobsMetrics, PipelineMetrics, PrometheusObserver
 from app.pipeline.build import build_pipeline
 
 log = logging.getLogger("app")
@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         await state.pipeline.start()
         app.state.service = state
         app.openapi_schema = None  # rebuilt with the served scales (served_scales_openapi)
-        app.state.jobs = JobManager(state.pipeline, from_settings(state.settings))
+        app.state.jobs = JobManager(state.pipeline, from_settings(state.settings), JobsMetrics())
         await app.state.jobs.start()
         if freeze_gc:
             gc.collect()

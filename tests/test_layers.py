@@ -27,12 +27,6 @@ FLOORS: list[set[str]] = [
     {"app.cli", "app.serve", "app.device_process"},  # command-line tools and launchers
 ]
 
-# Arrows still pointing up, each with the change that removes it; the list may only shrink.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    ("app.jobs.manager", "app.observability.metrics"),  # jobs report through an observer, as the engine does
-}
-KNOWN_CYCLES: set[frozenset[str]] = set()
-
 
 def modules() -> dict[str, Path]:
     found = {}
@@ -91,8 +85,7 @@ def test_every_module_is_on_a_floor() -> None:
 def test_no_package_imports_a_floor_above_it() -> None:
     upward = {(a, b) for a, targets in graph().items() for b in targets
               if a != "app" and b != "app" and floor(b) > floor(a)}
-    assert upward - KNOWN_UPWARD == set(), "imports that point up a floor"
-    assert KNOWN_UPWARD - upward == set(), "fixed: take them off KNOWN_UPWARD"
+    assert upward == set(), "imports that point up a floor"
 
 
 def test_no_import_cycles() -> None:
@@ -127,5 +120,4 @@ def test_no_import_cycles() -> None:
     for v in sorted(edges):
         if v not in index:
             strongconnect(v)
-    assert cycles - KNOWN_CYCLES == set(), "import cycles"
-    assert KNOWN_CYCLES - cycles == set(), "fixed: take them off KNOWN_CYCLES"
+    assert cycles == set(), "import cycles"

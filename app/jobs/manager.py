@@ -55,6 +55,7 @@ from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, Unsup
 from app.imaging.limits import ImageLimits, check_size
 from app.jobs.backend import BackendUnavailable, JobBackend, JobsUnavailable, Lease, LeaseLost
 from app.jobs.limits import JobLimits
+from app.jobs.observer import JobsObserver
 from app.jobs.store import (
     ACTIVE,
     CANCELLED,
@@ -67,7 +68,6 @@ from app.jobs.store import (
     JobStore,
     new_id,
 )
-from app.observability import metrics
 from app.pipeline import InvalidOptions, OutputOptions, Pipeline
 from app.video import VIDEO_FORMATS, InvalidVideo, VideoError, output_format, probe_video, upscale_video
 
@@ -112,9 +112,10 @@ class _Active:
 
 
 class JobManager:
-    def __init__(self, pipeline: Pipeline, limits: JobLimits) -> None:
+    def __init__(self, pipeline: Pipeline, limits: JobLimits, observer: JobsObserver | None = None) -> None:
         self.pipeline = pipeline
         self.limits = limits
+        self.observer = observer or JobsObserver()  # metrics, when the app plugs them in
         self.store: JobBackend = make_backend(limits)
         self._active: dict[str, _Active] = {}
         self._unsaved: dict[str, _Active] = {}  # finished while the backend was away: written when it is back
@@ -449,7 +450,7 @@ class JobManager:
 
         def progress(done: int, total: int) -> None:
             if done > record.frames_done:
-                metrics.count_video_frames(record.scale, done - record.frames_done)
+                self.observer.video_frames(record.scale, done - record.frames_done)
             record.frames_done, record.frames_total = done, max(total, done)
             record.progress = done / record.frames_total if record.frames_total else 0.0
             if record.started is not None:
@@ -511,12 +512,12 @@ class JobManager:
 
     def _entered(self, record: JobRecord, state: str) -> None:
         record.state = state
-        metrics.job_entered(record.kind, state)
+        self.observer.entered(record.kind, state)
         self._count_active()
 
     def _count_active(self) -> None:
         for s in ACTIVE:  # uploads still arriving (no kind yet) are not jobs yet: discard() need not recount
-            metrics.set_jobs_active(s, sum(1 for a in self._active.values() if a.record.kind and a.record.state == s))
+            self.observer.active(s, sum(1 for a in self._active.values() if a.record.kind and a.record.state == s))
 
     def _cancelled_elsewhere(self, job_id: str) -> bool:
         try:
@@ -597,7 +598,7 @@ class JobManager:
         self._flush_unsaved()
         counts = await asyncio.to_thread(self.store.counts)
         for state, count in counts.items():
-            metrics.set_jobs_backend(state, count)
+            self.observer.backend(state, count)
 
     # -- the janitor ------------------------------------------------------------------------
 
@@ -681,7 +682,7 @@ class JobManager:
         self.store.drop_files(job_id, keep=("job.json", "lock"))
         self.store.write(record, lease)
         self.store.settle(job_id)
-        metrics.job_entered(record.kind, FAILED)
+        self.observer.entered(record.kind, FAILED)
 
 
 def _waiting(active: _Active) -> bool:

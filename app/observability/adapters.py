@@ -1,4 +1,4 @@
-"""The engine's and the pipeline's events as Prometheus metrics: their observers, plugged in by whoever builds them.
+"""The engine's, the pipeline's and the jobs' events as Prometheus metrics: their observers, plugged in by whoever builds them.
 
 The engine and the pipeline report through plain observer interfaces and know no
 metrics library; the HTTP app and the device process plug these in.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 from app.engine.observer import EngineObserver
+from app.jobs.observer import JobsObserver
 from app.observability import metrics
 from app.pipeline.observer import PipelineObserver
 
@@ -48,3 +49,19 @@ class PipelineMetrics(PipelineObserver):
 
     def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
         metrics.count_pixels(scale, input_pixels, output_pixels)
+
+
+class JobsMetrics(JobsObserver):
+    """Job events → ``sr_jobs_*`` and ``sr_video_frames_total``."""
+
+    def entered(self, kind: str, state: str) -> None:
+        metrics.job_entered(kind, state)
+
+    def active(self, state: str, count: int) -> None:
+        metrics.set_jobs_active(state, count)
+
+    def backend(self, state: str, count: int) -> None:
+        metrics.set_jobs_backend(state, count)
+
+    def video_frames(self, scale: int, frames: int) -> None:
+        metrics.count_video_frames(scale, frames)
