@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     )
     core_tokens_dir: Path | None = Field(
         None, description="folder of the per-core lock files that let a whole-image call of one worker process "
-        "borrow the cores the others leave idle (app/engine/cores.py); python -m app.serve sets it for CPU workers"
+        "borrow the cores the others leave idle (app/engine/core_tokens.py); python -m app.serve sets it for CPU workers"
     )
     compute_nice: int = Field(
         0, ge=0, le=19, description="how far below the event loop ONNX Runtime's own worker threads run "
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         0, ge=0, le=256, description="most decode worker processes at once (0: 2 per usable core, at least 4)"
     )
-    # connection limits for `python -m app.serve` (app/api/connections.py)
+    # connection limits for `python -m app.serve` (app/api/http_protocol.py)
     limit_concurrency: int = Field(1024, ge=1, description="connections + tasks at once; beyond it uvicorn answers 503")
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this many seconds")
     header_timeout_s: float = Field(10.0, ge=0, description="request headers must arrive within this (0: no limit)")

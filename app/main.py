@@ -17,7 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.access_log import AccessLog
-from app.api.drain import DrainBeforeRefusal
+from app.api.early_refusal import DrainBeforeRefusal
 from app.api.errors import install_error_handlers
 from app.api.routes import debug, jobs, service, upscale, web
 from app.api.security import SecurityMiddleware

@@ -29,7 +29,7 @@ log = logging.getLogger("app.serve")
 
 def uses_device_process(settings: Settings) -> bool:
     """``SR_DEVICE_PROCESS``: ``on``/``off``, or ``auto``: on GPU hosts, where one owner per GPU batches every
-    worker's tiles; CPU hosts keep a model per worker, lending idle cores (:mod:`app.engine.cores`)."""
+    worker's tiles; CPU hosts keep a model per worker, lending idle cores (:mod:`app.engine.core_tokens`)."""
     return settings.device_process == "on" or (settings.device_process == "auto" and on_gpu(settings.device))
 
 
@@ -68,7 +68,7 @@ def main() -> None:
             timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
             limit_concurrency=settings.limit_concurrency,
             timeout_keep_alive=settings.keep_alive_s,
-            http="app.api.connections:TimedHttpToolsProtocol",  # header and body read timeouts
+            http="app.api.http_protocol:TimedHttpToolsProtocol",  # header and body read timeouts
         )
     finally:
         if devices is not None:  # last: the workers drained through it

@@ -1,4 +1,4 @@
-"""Worker processes lend idle cores to whole-image calls (app/engine/cores.py), and the answer does not change."""
+"""Worker processes lend idle cores to whole-image calls (app/engine/core_tokens.py), and the answer does not change."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.engine import onnx_backend
-from app.engine.cores import CoreTokens
+from app.engine.core_tokens import CoreTokens
 from app.engine.runner import ModelRunner
 from app.store import DEFAULT_STORE
 from app.store.registry import discover

@@ -26,7 +26,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
-from app.api.connections import TimedHttpToolsProtocol
+from app.api.http_protocol import TimedHttpToolsProtocol
 from app.cli.benchlib.launch import free_port, wait_ready
 from app.config import get_settings
 from app.imaging import icc

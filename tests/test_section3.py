@@ -14,8 +14,8 @@ from PIL import Image
 
 from app.cli.experiment import main as experiment_main
 from app.core.espcn import ESPCN
-from app.core.hrnet import (
-    HRNet,
+from app.experiments.hr_space import (
+    HRSpaceNet,
     layer_macs_per_output_pixel,
     layer_parameters,
     macs_per_output_pixel,
@@ -30,7 +30,7 @@ from app.experiments.section3 import DEFAULT_WIDTHS, Section3Config, equal_time_
 @pytest.mark.parametrize("depth", [2, 3, 5])
 def test_matched_pairs_cost_the_same_per_output_pixel(scale: int, depth: int) -> None:
     lr, hr = matched_pair(scale, depth, DEFAULT_WIDTHS[scale])
-    assert isinstance(lr, ESPCN) and isinstance(hr, HRNet)
+    assert isinstance(lr, ESPCN) and isinstance(hr, HRSpaceNet)
     # every layer, from the weights' shapes
     for a, b in zip(layer_macs_per_output_pixel(lr), layer_macs_per_output_pixel(hr), strict=True):
         assert abs(a - b) / a < 0.05

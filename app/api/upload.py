@@ -127,7 +127,7 @@ async def upload_problems(request: Request) -> list[dict[str, object]]:
     """What is wrong with an upload whose query was refused already, so one answer names every problem.
 
     Reads at most :data:`PEEK_MAX_BYTES` of a multipart body (the part headers come first); the
-    rest is read and dropped by :class:`app.api.drain.DrainBeforeRefusal`. Anything unclear
+    rest is read and dropped by :class:`app.api.early_refusal.DrainBeforeRefusal`. Anything unclear
     (headers past the peek, a raw body) is left for the corrected request to find.
     """
     if request.method != "POST":

@@ -62,7 +62,7 @@ def workers_for(setting: int | str, device: str = "auto") -> int:
     2-core machine two processes came closer to the bare model's rate than one,
     over interleaved rounds (docs/benchmarks.md). A lone whole-image request still
     gets every core: its model call borrows the cores the other processes leave
-    idle (:mod:`app.engine.cores`), which made it markedly faster. On a GPU
+    idle (:mod:`app.engine.core_tokens`), which made it markedly faster. On a GPU
     host the model is rarely the limit, the CPU side is, so every core pair
     gets a process feeding the same GPU (at most :data:`MAX_GPU_WORKERS`; each
     holds its own CUDA context and model copies) — a count not yet measured

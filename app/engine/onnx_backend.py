@@ -98,7 +98,7 @@ class OrtModel:
 
     With ``wide_threads`` above ``threads`` a second session with that many
     threads is built too, for the calls that may borrow idle cores
-    (:mod:`app.engine.cores`); both give the same numbers (tested).
+    (:mod:`app.engine.core_tokens`); both give the same numbers (tested).
     """
 
     def __init__(self, model: ESPCN, threads: int, wide_threads: int = 0) -> None:

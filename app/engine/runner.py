@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from app.config import TILE_SIZE
 from app.core.espcn import ESPCN
 from app.engine import onnx_backend
-from app.engine.cores import CoreTokens
+from app.engine.core_tokens import CoreTokens
 from app.engine.device import concrete, transfer
 from app.engine.observer import EngineObserver
 
@@ -144,7 +144,7 @@ class ModelRunner:
 
         Windows already on the model's GPU (the pipeline's tensor path) stay there; CPU windows make one
         round trip. ``borrow`` (a whole-image call): run on every core of the host if no other worker
-        process is computing (:mod:`app.engine.cores`); any other call holds one core's token meanwhile.
+        process is computing (:mod:`app.engine.core_tokens`); any other call holds one core's token meanwhile.
         """
         if self.cores is None or self.device.type != "cpu":  # cores are lent between CPU workers only
             return self._run(windows).clamp_(0.0, 1.0)

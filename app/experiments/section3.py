@@ -1,6 +1,6 @@
 """The note's Section 3 as an experiment: LR-space against HR-space networks at matched multiply-adds.
 
-For every scale and depth a matched pair (:func:`app.core.hrnet.matched_pair`)
+For every scale and depth a matched pair (:func:`app.experiments.hr_space.matched_pair`)
 is trained twice over:
 
 * **equal patches**: both networks take ``steps`` Adam steps on the same
@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from app.core.hrnet import (
+from app.datasets import load_pairs, luma, training_patches
+from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
+from app.experiments.hr_space import (
     layer_macs_per_output_pixel,
     layer_parameters,
     macs_per_output_pixel,
@@ -49,8 +51,6 @@ from app.core.hrnet import (
     measured_macs_per_output_pixel,
     parameter_count,
 )
-from app.datasets import load_pairs, luma, training_patches
-from app.evaluation import bicubic_upscaler, mean_score, model_upscaler, score_pairs
 from app.training.checkpoint import load_checkpoint, save_checkpoint
 from app.training.trainer import dihedral
 

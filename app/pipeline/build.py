@@ -16,7 +16,7 @@ import torch
 
 from app.config import Settings
 from app.engine.batcher import Engine
-from app.engine.cores import CoreTokens
+from app.engine.core_tokens import CoreTokens
 from app.engine.device import configure_threads, max_batch_for, resolve_device
 from app.engine.host import codec_threads_for, usable_cores
 from app.engine.observer import EngineObserver

@@ -35,8 +35,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from safetensors.torch import save as save_safetensors
 
-from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
+from app.api.params import UPLOAD_BODY, ScaleQuery
 from app.api.state import ServiceState, StateDep
 from app.api.upload import read_image_upload
 from app.assets import SAMPLE_IMAGE

@@ -37,8 +37,8 @@ except ImportError:  # python-multipart < 0.0.13
     from multipart.exceptions import FormParserError  # type: ignore[no-redef]
     from multipart.multipart import parse_options_header  # type: ignore[no-redef]
 
-from app.api.common import ScaleQuery
 from app.api.errors import ApiError, classify, error_responses
+from app.api.params import ScaleQuery
 from app.api.state import StateDep
 from app.api.upload import client_gone
 from app.engine.errors import EngineError

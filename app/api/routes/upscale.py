@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.access_log import note_sizes
-from app.api.common import UPLOAD_BODY, ScaleQuery
 from app.api.errors import ApiError, classify, error_responses, field_error, invalid
+from app.api.params import UPLOAD_BODY, ScaleQuery
 from app.api.state import StateDep
 from app.api.upload import read_image_upload, upload_problems
 from app.engine.batcher import Reservation

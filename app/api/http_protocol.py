@@ -32,7 +32,7 @@ with ``Connection: close``; the connection then half-closes and reads and drops
 what the client still sends (up to ``SR_REFUSAL_DRAIN_BYTES``, for at most
 :data:`LINGER_S`), so a client that sends before reading gets the answer, not a reset.
 
-Used by ``python -m app.serve`` as ``http="app.api.connections:TimedHttpToolsProtocol"``.
+Used by ``python -m app.serve`` as ``http="app.api.http_protocol:TimedHttpToolsProtocol"``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ activation memory, while it has r² times fewer weights (n²k² against n²k²/r
 Matching rule used here (:func:`matched_pair`), for ``depth`` convolutions:
 
 ======================  =========================  ===================================
-layer                   LR network (ESPCN)         HR network (:class:`HRNet`)
+layer                   LR network (ESPCN)         HR network (:class:`HRSpaceNet`)
 ======================  =========================  ===================================
 input                   LR Y                       LR Y, bicubic ×r (inside the model)
 first                   1 → n, k×k                 1 → n/r², k×k (in HR pixels)
@@ -29,8 +29,8 @@ is ``k×k`` HR pixels, i.e. ``k/r`` LR pixels wide. ``n`` must be a multiple
 of r²: 32 → 8 maps at ×2 (6×6 kernels), 36 → 4 at ×3 (9×9), 32 → 2 or
 48 → 3 at ×4 (12×12).
 
-Like ESPCN, :class:`HRNet` uses unpadded convolutions and pads once: the LR
-input by :attr:`HRNet.radius` (edge replication, enough for the convolutions'
+Like ESPCN, :class:`HRSpaceNet` uses unpadded convolutions and pads once: the LR
+input by :attr:`HRSpaceNet.radius` (edge replication, enough for the convolutions'
 HR shrink plus the bicubic filter's 2-pixel support), so that a training patch
 with that halo and the same pixels of a whole image give the same output.
 """
@@ -49,7 +49,7 @@ from app.core.espcn import ACTIVATIONS, ESPCN, feature_layers
 BICUBIC_SUPPORT = 2  # LR pixels either side that torch's bicubic kernel reads
 
 
-class HRNet(nn.Module):
+class HRSpaceNet(nn.Module):
     """Bicubic ×r, then ``depth`` unpadded convolutions in HR space (SRCNN-style, no residual).
 
     Args:
@@ -118,7 +118,7 @@ class HRNet(nn.Module):
 
 
 def conv_layers(model: nn.Module) -> Iterator[tuple[nn.Conv2d, int]]:
-    """Each convolution of an ESPCN or HRNet with its stride relative to the HR output (r or 1)."""
+    """Each convolution of an ESPCN or HRSpaceNet with its stride relative to the HR output (r or 1)."""
     stride = model.scale if isinstance(model, ESPCN) else 1
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -135,7 +135,7 @@ def layer_macs_per_output_pixel(model: nn.Module) -> list[float]:
 
 
 def macs_per_output_pixel(model: nn.Module) -> float:
-    """Interior multiply-adds per HR output pixel (HRNet: convolutions only, bicubic excluded)."""
+    """Interior multiply-adds per HR output pixel (HRSpaceNet: convolutions only, bicubic excluded)."""
     return sum(layer_macs_per_output_pixel(model))
 
 
@@ -166,14 +166,14 @@ def measured_macs_per_output_pixel(model: nn.Module, lr_size: tuple[int, int]) -
     return total / (y.shape[-2] * y.shape[-1])
 
 
-def matched_pair(scale: int, depth: int, width: int, kernel: int = 3, activation: str = "tanh") -> tuple[ESPCN, HRNet]:
+def matched_pair(scale: int, depth: int, width: int, kernel: int = 3, activation: str = "tanh") -> tuple[ESPCN, HRSpaceNet]:
     """An LR network and the HR network with the same multiply-adds in every layer (module docstring)."""
     if depth < 2:
         raise ValueError(f"depth must be >= 2 (a first and a last layer), got {depth}")
     if width % scale**2:
         raise ValueError(f"width {width} must be a multiple of r² = {scale**2}")
     lr = ESPCN(scale, widths=(width,) * (depth - 1), kernel_sizes=(kernel,) * depth, activation=activation)
-    hr = HRNet(
+    hr = HRSpaceNet(
         scale,
         widths=(width // scale**2,) * (depth - 1),
         kernel_sizes=(kernel,) + (kernel * scale,) * (depth - 1),
