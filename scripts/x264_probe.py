@@ -3,8 +3,8 @@
 Two sections, each configuration in a fresh child process (so its peak RSS is the encoder's own):
 
 - ``presets``: 1080p frames (the shipped photograph's texture drifting under a moving gradient, as
-  the service's output looks) at CRF 18 through each preset: frames/s of wall time, bytes, Y-PSNR
-  against the frames sent. Picks the video jobs' default preset (``SR_JOBS_X264_PRESET``).
+  the service's output looks) at CRF 18 through each preset: frames/s of wall time, CPU ms per frame
+  (what it takes from the model on a CPU host), bytes, Y-PSNR against the frames sent. Picks the video jobs' default preset (``SR_JOBS_X264_PRESET``).
 - ``large``: 7680×4320 frames (1080p at ×4) through the jobs' x264 options and the lean ones
   :func:`app.video.encoders.x264_options` uses for large frames (issue 32): the encoder's peak RSS,
   frames/s, bytes and Y-PSNR at the same CRF.
@@ -86,7 +86,7 @@ def one(width: int, height: int, frames: int, crf: int, options: dict[str, str],
     source.frame(0)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from here: what follows is the encoder's
     base = _kib("VmRSS")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with av.open(str(out), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -95,7 +95,7 @@ def one(width: int, height: int, frames: int, crf: int, options: dict[str, str],
         for i in range(frames):
             container.mux(stream.encode(source.frame(i)))
         container.mux(stream.encode(None))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = _kib("VmHWM") - base
     mse, n = 0.0, 0
     with av.open(str(out)) as container:
@@ -103,7 +103,8 @@ def one(width: int, height: int, frames: int, crf: int, options: dict[str, str],
             y = decoded.to_ndarray(format="yuv420p")[:height].astype(np.float64)
             mse += float(np.mean((y - source.luma(i)) ** 2))
             n += 1
-    return {"frames": n, "fps": round(frames / seconds, 2), "bytes": out.stat().st_size,
+    return {"frames": n, "fps": round(frames / seconds, 2), "cpu_ms_per_frame": round(1000 * cpu / frames, 1),
+            "bytes": out.stat().st_size,
             "kbytes_per_frame": round(out.stat().st_size / 1024 / max(n, 1), 1),
             "psnr_y": round(10 * np.log10(255**2 / max(mse / max(n, 1), 1e-12)), 2), "encoder_peak_mb": round(peak / 1024)}
 
@@ -134,11 +135,12 @@ def main() -> None:
         size, frames = (1920, 1080), args.frames or 60
     else:
         runs, size, frames = LARGE, (7680, 4320), args.frames or 8
-    print(f"| {size[0]}×{size[1]}, {frames} frames, CRF {args.crf} | frames/s | KiB/frame | Y-PSNR dB | encoder "
-          "peak RSS MB |\n| --- | --- | --- | --- | --- |", flush=True)
+    print(f"| {size[0]}×{size[1]}, {frames} frames, CRF {args.crf} | frames/s | CPU ms/frame | KiB/frame | Y-PSNR dB "
+          "| encoder peak RSS MB |\n| --- | --- | --- | --- | --- | --- |", flush=True)
     for name, options in runs.items():
         r = run_child(*size, frames, args.crf, options)
-        print(f"| {name} | {r['fps']} | {r['kbytes_per_frame']} | {r['psnr_y']} | {r['encoder_peak_mb']} |", flush=True)
+        print(f"| {name} | {r['fps']} | {r['cpu_ms_per_frame']} | {r['kbytes_per_frame']} | {r['psnr_y']} "
+              f"| {r['encoder_peak_mb']} |", flush=True)
 
 
 if __name__ == "__main__":

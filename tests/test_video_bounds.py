@@ -274,8 +274,11 @@ def test_the_job_settings_reach_the_video(tmp_path: Path) -> None:
     from app.jobs.limits import from_settings
 
     settings = make_settings(tmp_path, jobs_timeout_s=120.0, jobs_video_memory_mb=256, jobs_audio_buffer_mb=4,
-                             jobs_max_frame_pixels=640 * 480, jobs_max_duration_s=30.0)
+                             jobs_max_frame_pixels=640 * 480, jobs_max_duration_s=30.0,
+                             jobs_video_encoder="libx264", jobs_x264_preset="ultrafast")
     encoder = from_settings(settings).encoder
     assert (encoder.timeout_s, encoder.memory_bytes, encoder.audio_buffer_bytes) == (120.0, 256 << 20, 4 << 20)
+    assert (encoder.video_encoder, encoder.x264_preset) == ("libx264", "ultrafast")
+    assert from_settings(make_settings(tmp_path)).encoder.video_encoder == "auto"
     assert (encoder.limits.max_frame_pixels, encoder.limits.max_duration_s) == (640 * 480, 30.0)
     assert encoder.limits == from_settings(settings).video
