@@ -66,10 +66,12 @@ def test_with_nvenc_a_job_encodes_h264_on_the_gpu(seeded_store: Path, tmp_path: 
 def test_x264_options_follow_the_output_size() -> None:
     small = encoders.choose("mp4", 1920, 1080, asked="libx264")
     large = encoders.choose("mp4", 3840, 2160, asked="libx264")
+    huge = encoders.choose("mp4", 7680, 4320, asked="libx264")
     assert small.options == {"preset": "veryfast", "crf": "18"}
     assert large.options == {"preset": "veryfast", "crf": "18", "tune": "zerolatency"}  # no B-frames, no lookahead
-    # the lean options hold less per pixel, so a 4K frame costs the encoder less than 4× a 1080p one
-    assert large.memory_bytes < 4 * small.memory_bytes
+    assert huge.options == {**large.options, "x264-params": "subme=0"}  # and no half-pel planes
+    # leaner options hold less per pixel: 4× (16×) the pixels cost the encoder less than 4× (16×) the bytes
+    assert large.memory_bytes < 4 * small.memory_bytes and huge.memory_bytes < 4 * large.memory_bytes
     assert encoders.choose("webm", 3840, 2160).name == "libvpx-vp9"  # VP9 whatever is asked for mp4
     with pytest.raises(ValueError, match="unknown video encoder"):
         encoders.choose("mp4", 64, 64, asked="x265")

@@ -12,8 +12,10 @@
   count); ``tune=zerolatency`` (no B-frames, no lookahead, sliced threads) holds ≈ 0.62 GB and
   encodes as fast or faster, for ≈ 17 % more bytes at the same CRF and Y-PSNR (at 4K: 551 → 145 MB,
   +60 % bytes). So frames over :data:`LEAN_ABOVE_PIXELS` use it; up to 1080p the preset keeps its
-  B-frames and lookahead (a third of the bytes for ≈ 150 MB). Figures: ``scripts/x264_probe.py``,
-  in docs/benchmarks.md.
+  B-frames and lookahead (a third of the bytes for ≈ 150 MB). Over 4K (:data:`FULLPEL_ABOVE_PIXELS`)
+  ``subme=0`` also drops the half-pel planes x264 keeps per frame: 625 → 429 MB at 7680×4320, 28 %
+  less CPU, +21 % bytes, Y-PSNR 56.4 → 54.9 dB at CRF 18; without it a 1080p ×4 job's process tree
+  grew ≈ 1.47 GB, at the 1.5 GB bound. Figures: ``scripts/x264_probe.py``, in docs/benchmarks.md.
 
 The encoder's bytes (:attr:`VideoEncoder.memory_bytes`) are counted in the job's memory budget
 before its frames in flight are (``frames_in_flight``).
@@ -33,10 +35,12 @@ log = logging.getLogger(__name__)
 
 ENCODER_CHOICES = ("auto", "libx264", "h264_nvenc", "hevc_nvenc")
 LEAN_ABOVE_PIXELS = 1920 * 1088  # output frames larger than 1080p get x264's lean options
+FULLPEL_ABOVE_PIXELS = 3840 * 2160  # larger than 4K: also no sub-pixel motion search (no half-pel planes per frame)
 # what libx264 holds per output pixel (peak RSS over the encode ÷ pixels; scripts/x264_probe.py): veryfast
 # 75 B at 1080p with 3 threads, 91 B with 24, 66 B at 4K; zerolatency 17–19 B at 4K and 8K whatever the threads
 _X264_BYTES_PER_PIXEL = 96
 _X264_LEAN_BYTES_PER_PIXEL = 20
+_X264_FULLPEL_BYTES_PER_PIXEL = 14  # zerolatency + subme=0: 429 MB at 7680×4320
 _NVENC_HOST_BYTES_PER_PIXEL = 4  # NVENC holds its frames on the GPU; the host keeps the upload staging
 _VP9_BYTES_PER_PIXEL = 24  # realtime, cpu-used 8: reference and scaled frames
 
@@ -90,17 +94,21 @@ def _try_open(name: str, width: int, height: int) -> str | None:
 
 
 def x264_options(preset: str, crf: int, width: int, height: int) -> dict[str, str]:
-    """libx264's options for a ``width``×``height`` output: the lean ones above :data:`LEAN_ABOVE_PIXELS`."""
+    """libx264's options for a ``width``×``height`` output: leaner as the frames grow (see the module's notes)."""
     options = {"preset": preset, "crf": str(crf)}
     if width * height > LEAN_ABOVE_PIXELS:
         options["tune"] = "zerolatency"
+    if width * height > FULLPEL_ABOVE_PIXELS:
+        options["x264-params"] = "subme=0"
     return options
 
 
 def x264_bytes(width: int, height: int) -> int:
     """What libx264 with :func:`x264_options` holds for such frames (an upper estimate)."""
-    per_pixel = _X264_LEAN_BYTES_PER_PIXEL if width * height > LEAN_ABOVE_PIXELS else _X264_BYTES_PER_PIXEL
-    return width * height * per_pixel
+    pixels = width * height
+    if pixels > FULLPEL_ABOVE_PIXELS:
+        return pixels * _X264_FULLPEL_BYTES_PER_PIXEL
+    return pixels * (_X264_LEAN_BYTES_PER_PIXEL if pixels > LEAN_ABOVE_PIXELS else _X264_BYTES_PER_PIXEL)
 
 
 def choose(fmt: str, width: int, height: int, *, asked: str = "auto", x264_preset: str = "veryfast",
