@@ -63,6 +63,13 @@ def test_with_nvenc_a_job_encodes_h264_on_the_gpu(seeded_store: Path, tmp_path: 
         assert c.streams.video[0].codec_context.name == "h264"
 
 
+def test_the_probe_opens_the_encoder_with_its_options_and_encodes_a_frame() -> None:
+    """What decides NVENC, tried on libx264 (at hand everywhere): options it refuses are a refusal, cached."""
+    assert encoders.refusal("libx264", 320, 240, {"preset": "veryfast", "crf": "18"}) is None
+    reason = encoders.refusal("libx264", 320, 240, {"preset": "no-such-preset"})
+    assert reason and encoders.refusal("libx264", 320, 240, {"preset": "no-such-preset"}) is reason
+
+
 def test_x264_options_follow_the_output_size() -> None:
     small = encoders.choose("mp4", 1920, 1080, asked="libx264")
     large = encoders.choose("mp4", 3840, 2160, asked="libx264")

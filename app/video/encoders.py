@@ -45,7 +45,7 @@ _NVENC_HOST_BYTES_PER_PIXEL = 4  # NVENC holds its frames on the GPU; the host k
 _VP9_BYTES_PER_PIXEL = 24  # realtime, cpu-used 8: reference and scaled frames
 
 _probe_lock = threading.Lock()
-_refusals: dict[tuple[str, int, int], str | None] = {}  # (encoder, width, height) → why it does not open, or None
+_refusals: dict[tuple[str, int, int, str], str | None] = {}  # (encoder, width, height, options) → why not, or None
 _said: set[str] = set()
 
 
@@ -62,27 +62,29 @@ class VideoEncoder:
         return f"{self.name} {shown}".strip() + (f" ({self.note})" if self.note else "")
 
 
-def refusal(name: str, width: int = 256, height: int = 256) -> str | None:
-    """``None`` when encoder ``name`` opens here for ``width``×``height`` and encodes a frame, else why not.
+def refusal(name: str, width: int = 256, height: int = 256, options: dict[str, str] | None = None) -> str | None:
+    """``None`` when encoder ``name`` opens here for ``width``×``height`` with ``options`` and encodes a frame,
+    else why not.
 
-    Cached per (name, size): a build without the encoder, or a host without the device or driver,
-    answers in microseconds the first time and from the cache after.
+    Cached per (name, size, options): a build without the encoder, or a host without the device or
+    driver, answers in microseconds the first time and from the cache after.
     """
-    key = (name, width, height)
+    key = (name, width, height, repr(sorted((options or {}).items())))
     with _probe_lock:
         if key in _refusals:
             return _refusals[key]
-        _refusals[key] = reason = _try_open(name, width, height)
+        _refusals[key] = reason = _try_open(name, width, height, options or {})
         return reason
 
 
-def _try_open(name: str, width: int, height: int) -> str | None:
+def _try_open(name: str, width: int, height: int, options: dict[str, str]) -> str | None:
     if name not in av.codecs_available:
         return "not in this FFmpeg build"
     try:
         ctx = av.CodecContext.create(name, "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.time_base = Fraction(1, 30)
+        ctx.options = dict(options)
         ctx.open()
         frame = av.VideoFrame.from_ndarray(np.zeros((height * 3 // 2, width), np.uint8), format="yuv420p")
         frame.pts = 0
@@ -124,12 +126,12 @@ def choose(fmt: str, width: int, height: int, *, asked: str = "auto", x264_prese
     note = ""
     if asked != "libx264":
         nvenc = "h264_nvenc" if asked == "auto" else asked
-        # probed at a small size once, then at this size (NVENC's size limits differ by codec and GPU)
-        reason = refusal(nvenc) or refusal(nvenc, width, height)
+        # p1: NVENC's fastest preset; constant quality ≈ the x264 CRF (vbr with cq and no bitrate target)
+        options = {"preset": "p1", "rc": "vbr", "cq": str(x264_crf), "b": "0"}
+        # probed bare at a small size once, then at this size with these options (size limits differ by GPU)
+        reason = refusal(nvenc) or refusal(nvenc, width, height, options)
         if reason is None:
-            # p1: NVENC's fastest preset; constant quality ≈ the x264 CRF (vbr with cq and no bitrate target)
-            return VideoEncoder(nvenc, {"preset": "p1", "rc": "vbr", "cq": str(x264_crf), "b": "0"},
-                                pixels * _NVENC_HOST_BYTES_PER_PIXEL)
+            return VideoEncoder(nvenc, options, pixels * _NVENC_HOST_BYTES_PER_PIXEL)
         note = f"{nvenc} unavailable: {reason}"
         if note not in _said:
             _said.add(note)
