@@ -98,3 +98,21 @@ def test_a_large_output_is_encoded_lean_and_a_small_one_with_b_frames(seeded_sto
     assert "zerolatency" not in result.encoder and "B" in pict_types(tmp_path / "so.mp4")
     # the job's figure: output frames per second of wall time, open to close
     assert result.frames_per_s == pytest.approx(result.frames / result.seconds, rel=0.02)
+
+
+def test_a_job_reports_its_encoder_and_output_frames_per_second(seeded_store: Path, tmp_path: Path) -> None:
+    """Through the API: ``fps`` is frames written per second since the job started, never above the transcode's."""
+    from tests.test_jobs import app_for, post, wait
+
+    clip = make_clip(tmp_path / "c.mp4", 64, 36, 30, 1.0, audio="aac")
+    with app_for(seeded_store, tmp_path / "jobs", jobs_video_encoder="auto") as c:
+        r = post(c, clip.read_bytes(), scale=2)
+        assert r.status_code == 202, r.text
+        status, seen = wait(c, r.json()["id"])
+    assert status["state"] == "done", status
+    output = status["info"]["output"]
+    assert output["frames"] == status["frames_done"] == 30
+    assert output["encoder"].startswith("h264_nvenc" if NVENC_HERE else "libx264 preset veryfast crf 18")
+    assert 0 < status["fps"] <= output["frames_per_s"] * 1.05  # the job's clock starts first: never faster
+    done = [s["frames_done"] for s in seen]
+    assert done == sorted(done)  # frames out of the encoder only grow
