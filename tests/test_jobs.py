@@ -51,8 +51,16 @@ def wait(c: TestClient, job_id: str, until: tuple[str, ...] = ("done", "failed",
     raise AssertionError(f"job {job_id} still {seen[-1]['state']} after {timeout} s")
 
 
+def _sample(text: str, name: str) -> float:
+    """One sample's value in a /metrics page (0 when absent)."""
+    line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
 def test_a_video_job_from_upload_to_result(seeded_store: Path, tmp_path: Path, clips: dict[str, Path]) -> None:
     with app_for(seeded_store, tmp_path / "jobs") as c:
+        done_metric, frames_metric = 'sr_jobs_total{kind="video",state="done"}', 'sr_video_frames_total{scale="3"}'
+        before = c.get("/metrics").text  # counters are per process: other tests' jobs counted before this one
         r = c.post("/jobs", params={"scale": 3}, files={"file": ("clip.mp4", clips["long"].read_bytes(), "video/mp4")})
         assert r.status_code == 202, r.text
         body = r.json()
@@ -74,8 +82,8 @@ def test_a_video_job_from_upload_to_result(seeded_store: Path, tmp_path: Path, c
             assert (v.width, v.height, v.average_rate) == (288, 162, 30)
             assert sum(1 for _ in out.decode(video=0)) == 120
         metrics = c.get("/metrics").text
-        assert 'sr_jobs_total{kind="video",state="done"} 1.0' in metrics
-        assert 'sr_video_frames_total{scale="3"} 120.0' in metrics
+        assert _sample(metrics, done_metric) - _sample(before, done_metric) == 1.0
+        assert _sample(metrics, frames_metric) - _sample(before, frames_metric) == 120.0
         assert 'sr_jobs_active{state="running"} 0.0' in metrics
         assert c.delete(body["status_url"]).status_code == 204
         assert c.get(body["status_url"]).status_code == 404
