@@ -42,6 +42,7 @@ print(first, second)
 """
 
 
+@pytest.mark.slow  # several seconds here: `make test` runs it, `make test-fast` does not
 def test_a_workers_sessions_share_one_arena() -> None:
     out = subprocess.run([sys.executable, "-c", GROWTH], cwd=ROOT, capture_output=True, text=True, check=True)
     first, second = map(float, out.stdout.split())

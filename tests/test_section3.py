@@ -100,6 +100,7 @@ def _images(folder: Path, n: int = 3, size: int = 48) -> Path:
     return folder
 
 
+@pytest.mark.slow  # several seconds here: `make test` runs it, `make test-fast` does not
 def test_experiment_command_runs_end_to_end_and_resumes_bit_exactly(tmp_path: Path) -> None:
     data = _images(tmp_path / "data")
     common = ["section3", "--train", str(data), "--val", str(data), "--depths", "2", "3", "--width", "2=8", "3=9",

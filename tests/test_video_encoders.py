@@ -86,6 +86,7 @@ def test_x264_options_follow_the_output_size() -> None:
         EncoderConfig(video_encoder="x265")
 
 
+@pytest.mark.slow  # several seconds here: `make test` runs it, `make test-fast` does not
 def test_a_large_output_is_encoded_lean_and_a_small_one_with_b_frames(seeded_store: Path, tmp_path: Path) -> None:
     """Real jobs: 1000×560 at ×2 (2000×1120, over 1080p) without B-frames; 640×360 at ×3 (1080p) with them."""
     large = make_clip(tmp_path / "l.mp4", 1000, 560, 10, 0.6, audio=None)
