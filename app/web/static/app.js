@@ -262,11 +262,7 @@ async function upscale(event) {
   const body = new FormData();
   body.append("file", state.file, state.file.name || "image");
 
-  const button = $("upscale");
-  button.disabled = true;
-  button.setAttribute("aria-busy", "true");
-  button.textContent = "Upscaling…";
-  showError("");
+  const button = startBusy();
   setStatus(`Upscaling ×${scale}…`);
   const started = performance.now();
   try {
@@ -285,9 +281,7 @@ async function upscale(event) {
     setStatus("");
     showError(`Could not reach the service: ${err.message}`);
   } finally {
-    button.removeAttribute("aria-busy");
-    button.textContent = "Upscale";
-    updateButton();
+    endBusy(button);
   }
 }
 
@@ -349,16 +343,29 @@ function setJob(progress, text) {
   $("job-text").textContent = text || "";
 }
 
-async function upscaleVideo() {
-  const scale = Number($("scale").value);
-  const params = new URLSearchParams({scale: String(scale), format: $("video-format").value});
-  const body = new FormData();
-  body.append("file", state.file, state.file.name || "video");
+/** The upscale button while a request runs: disabled, announced busy, saying so; earlier errors cleared. */
+function startBusy() {
   const button = $("upscale");
   button.disabled = true;
   button.setAttribute("aria-busy", "true");
   button.textContent = "Upscaling…";
   showError("");
+  return button;
+}
+
+/** The upscale button back to rest once the request has ended, however it ended. */
+function endBusy(button) {
+  button.removeAttribute("aria-busy");
+  button.textContent = "Upscale";
+  updateButton();
+}
+
+async function upscaleVideo() {
+  const scale = Number($("scale").value);
+  const params = new URLSearchParams({scale: String(scale), format: $("video-format").value});
+  const body = new FormData();
+  body.append("file", state.file, state.file.name || "video");
+  const button = startBusy();
   setStatus(`Uploading the video (${formatBytes(state.file.size)})…`);
   setJob(0, "uploading");
   const job = {cancelled: false};
@@ -404,9 +411,7 @@ async function upscaleVideo() {
     showError(`The video job did not finish: ${err.message}`);
   } finally {
     if (state.job === job) state.job = null;
-    button.removeAttribute("aria-busy");
-    button.textContent = "Upscale";
-    updateButton();
+    endBusy(button);
   }
 }
 
