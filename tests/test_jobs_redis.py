@@ -133,6 +133,16 @@ def cluster(seeded_store: Path, redis_server: RedisServer, tmp_path_factory: pyt
         c.stop()
 
 
+@pytest.fixture(autouse=True)
+def both_replicas(request: pytest.FixtureRequest) -> None:
+    """Each test starts with both replicas up, whatever a failed test before it left killed."""
+    if "cluster" in request.fixturenames:
+        cluster = request.getfixturevalue("cluster")
+        for name in ("a", "b"):
+            if name not in cluster.replicas:
+                cluster.start(name)
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("redis-clips")
@@ -320,6 +330,15 @@ def test_a_killed_owners_job_is_taken_over_then_failed_with_the_reason(cluster: 
     assert owner_pid(r, job_id) == cluster.replicas[other].pid, status(cluster.url(other), job_id)
     assert took <= LEASE_S + LEASE_S / 4 + 1.5, took
     assert status(cluster.url(other), job_id)["state"] in ("queued", "running")
+    # The lease seen first may be the janitor's, held only while it puts the job back in the queue: wait until
+    # the other replica really runs it (frames done), or a kill now would leave a queued job for anyone to run.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = status(cluster.url(other), job_id)
+        if now["state"] == "running" and now["frames_done"] > 0 and owner_pid(r, job_id) == cluster.replicas[other].pid:
+            break
+        time.sleep(0.02)
+    assert now["state"] == "running" and now["frames_done"] > 0, now
 
     # Its second owner dies too: the job fails with the reason, never left "running".
     cluster.kill(other)
