@@ -23,7 +23,8 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings, get_settings
+from app.api.state import settings_for
+from app.config import Settings
 
 log = logging.getLogger("app.access")
 SCOPE_KEY = "sr.access"
@@ -83,10 +84,7 @@ class AccessLog:
         self.enabled: bool | None = None
 
     def _configure(self, scope: Scope) -> bool:
-        settings = self._settings
-        if settings is None:
-            service = getattr(getattr(scope.get("app"), "state", None), "service", None)
-            settings = service.settings if service is not None else get_settings()
+        settings = settings_for(scope, self._settings)
         if settings.request_log:
             _ensure_handler()
         return settings.request_log

@@ -37,7 +37,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import HASH_PREFIX, Settings, get_settings, hash_key
+from app.api.state import settings_for
+from app.config import HASH_PREFIX, Settings, hash_key
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                         "/favicon.ico", "/web/sample.png"})
@@ -108,10 +109,7 @@ class SecurityMiddleware:
         self._metrics_keyed = False
 
     def _configure(self, scope: Scope) -> ASGIApp:
-        settings = self._settings
-        if settings is None:
-            service = getattr(getattr(scope.get("app"), "state", None), "service", None)
-            settings = service.settings if service is not None else get_settings()
+        settings = settings_for(scope, self._settings)
         self._keys = KeyChecker(h for h in settings.api_keys.split(",") if h)
         self._metrics_keyed = settings.metrics_require_key
         chain: ASGIApp = self._check_key

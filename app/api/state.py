@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.pipeline import Pipeline
 
 
@@ -28,3 +29,12 @@ async def get_state(request: Request) -> ServiceState:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def settings_for(scope: Scope, given: Settings | None = None) -> Settings:
+    """The settings a middleware serves under: those it was given, else the running app's, else the environment's."""
+    if given is not None:
+        return given
+    service = getattr(getattr(scope.get("app"), "state", None), "service", None)
+    return service.settings if service is not None else get_settings()
+
