@@ -49,9 +49,9 @@ WIRE_ERRORS: dict[str, type[errors.EngineError]] = {
 
 def error_message(exc: BaseException) -> dict[str, Any]:
     """An exception as the wire's ``error`` fields (what :func:`app.engine.remote.raise_error` rebuilds)."""
-    name = type(exc).__name__ if type(exc).__name__ in WIRE_ERRORS else "ModelError"
-    message: dict[str, Any] = {"error": name, "message": str(exc) if name != "ModelError" or
-                               isinstance(exc, errors.ModelError) else f"{type(exc).__name__}: {exc}"}
+    known = type(exc).__name__ in WIRE_ERRORS
+    message: dict[str, Any] = {"error": type(exc).__name__ if known else "ModelError",
+                               "message": str(exc) if known else f"{type(exc).__name__}: {exc}"}
     if isinstance(exc, errors.QueueFull):
         message["retry_after_s"] = exc.retry_after_s
     if isinstance(exc, errors.UnknownScale):

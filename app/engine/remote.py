@@ -197,8 +197,8 @@ class RemoteEngine:
         """As :meth:`app.engine.batcher.Engine.upscale` (float32 luma in and out), computed by the device process."""
         c, h, w = luma.shape
         layout = wire_layout("luma", h, w, c, False, scale)
-        buffer, reply = await self._call("luma", layout, {"luma": luma.numpy()}, scale, h, w, c, False, deadline,
-                                         reservation)
+        buffer, _ = await self._call("luma", layout, {"luma": luma.numpy()}, scale, h, w, c, False, deadline,
+                                     reservation)
         return torch.from_numpy(layout.view(buffer, "out"))
 
     async def upscale_planes(
