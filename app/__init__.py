@@ -2,9 +2,8 @@
 
 Before anything here loads PyTorch (and its OpenMP runtime): OpenMP threads that finish a
 parallel region sleep at once instead of spinning, so that between model calls the codec
-threads and the event loop get the cores. On the 2-core bench machine, 32 clients posting
-96² PNGs: 163 req/s against 151 with spinning (means of 3 alternating runs). Set
-OMP_WAIT_POLICY yourself to override.
+threads and the event loop get the cores (more small requests per second on the 2-core
+bench machine: figures in docs/benchmarks.md). Set OMP_WAIT_POLICY yourself to override.
 """
 
 import os

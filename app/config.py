@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "model_store"  # the models this repository ships
 TILE_SIZE = 96  # LR tile side: every model call runs tiles of this size, plus the model's halo
 MAX_BATCH_LIMIT = 256  # the most tiles per model call the settings allow (the batch-size histogram's top bucket)
+# tiles per model call when SR_MAX_BATCH is 0, by device (CUDA) or CPU backend (docs/benchmarks.md)
+AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 8, "torchscript": 8, "eager": 8}
 WHOLE_IMAGE_MAX_PIXELS = 512 * 1024  # LR pixels up to which a multi-tile image runs as one whole-image call
 HASH_PREFIX = "sha256:"
 
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(
         0, ge=0, le=MAX_BATCH_LIMIT, description="most tiles per model call; `0`: auto "
-        "(`app.engine.device.AUTO_MAX_BATCH`): 8 on CPU, where a tile costs no less in bigger batches while "
+        "(`app.config.AUTO_MAX_BATCH`): 8 on CPU, where a tile costs no less in bigger batches while "
         "ONNX Runtime's arena keeps the largest batch's activations (and TorchScript's spill the cache), so "
         "bigger batches only cost memory; 64 on CUDA, where batching keeps the GPU busy "
         "(docs/benchmarks.md#figures-behind-the-code)"

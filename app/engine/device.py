@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from app.config import AUTO_MAX_BATCH
+
 log = logging.getLogger(__name__)
 
 DeviceSetting = Literal["auto", "cpu", "cuda"]
@@ -52,9 +54,6 @@ def transfer(t: Tensor, device: torch.device) -> Tensor:
     if t.device.type == "cpu" and device.type == "cuda":
         return t.contiguous().pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-AUTO_MAX_BATCH = {"cuda": 64, "onnxruntime": 8, "torchscript": 8, "eager": 8}
 
 
 def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchscript") -> int:

@@ -8,7 +8,7 @@ waits behind batches it has nothing to do with.
 
 Only ONNX Runtime's own worker threads are lowered: they are native threads
 that never hold the GIL. Lowering Python threads too (the inference thread,
-the codec pools) was tried and cost 9–22 % of the throughput: a lowered
+the codec pools) was tried and cost throughput (docs/benchmarks.md): a lowered
 thread preempted while holding the GIL stalls the very event loop it yields
 to. Raising a thread's niceness needs no privilege (lowering it back does, so
 it is only ever raised); threads inherit it from their creator, so building
