@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PY      = $(VENV)/bin/python
 
-.PHONY: serve test test-fast lint bench install install-dev clean device-wheels
+.PHONY: serve test test-fast lint settings-doc bench install install-dev clean device-wheels
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ serve: $(VENV)/.runtime
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+	$(PY) -m app.cli.settings_doc --check
+
+# docs/settings.md is generated from app/config.py (a test fails when it is stale).
+settings-doc: $(VENV)/.runtime
+	$(PY) -m app.cli.settings_doc
 
 # Every test (what .ci/run runs), skip reasons shown (-rs).
 test: $(VENV)/.dev
