@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from app.core import planes
+from app.engine import jpeg
 from app.engine.batcher import Engine, Reservation
 from app.engine.device import transfer
 
@@ -33,6 +34,18 @@ from app.engine.device import transfer
 class PixelTimings:
     model_s: float  # from admission to the model's luma, queue wait included
     compose_s: float  # luma before, chroma, alpha and the luma swap after, with the copies to and from the device
+
+
+@dataclass(frozen=True)
+class JpegTimings(PixelTimings):
+    """:class:`PixelTimings` of :meth:`PixelEngine.upscale_jpeg`; ``compose_s`` there is luma and compose alone.
+
+    Times are the host's: on a GPU a stage's kernels may still run when the next stage
+    starts, and the encode, which waits for its bytes, then absorbs them.
+    """
+
+    decode_s: float = 0.0  # header probe and device decode, upright planes on the device
+    encode_s: float = 0.0  # device encode and the bytes' copy back to the host
 
 
 def output_shape(height: int, width: int, bands: int, alpha: bool, scale: int) -> tuple[int, int, int]:
@@ -96,3 +109,53 @@ class PixelEngine:
     def _after(c: Tensor, a: Tensor | None, sr: Tensor, scale: int, out: np.ndarray) -> None:
         composed = planes.compose(c, a, sr, scale).permute(1, 2, 0)
         torch.from_numpy(out).copy_(composed)
+
+    async def upscale_jpeg(
+        self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
+        max_pixels: int | None = None, deadline: float | None = None, reservation: Reservation | None = None,
+    ) -> tuple[bytes, JpegTimings]:
+        """JPEG bytes → the ×``scale`` answer as JPEG bytes, decode to encode on the device (:mod:`app.engine.jpeg`).
+
+        The steps of :meth:`upscale_planes` between the device codec's decode and encode,
+        so the frame crosses the bus as compressed bytes each way. ``icc_profile`` is what
+        the answer carries: the profile the CPU path keeps (the probe's, where it fits RGB).
+
+        Raises :class:`~app.engine.jpeg.NotEligible` before the model runs when the bytes
+        must take the CPU path (torchvision missing, a progressive JPEG, ...: see
+        :func:`app.engine.jpeg.probe`), leaving ``reservation`` held for that path.
+        """
+        if not 1 <= quality <= 100:
+            raise ValueError(f"quality must be between 1 and 100, got {quality}")
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            c, luma, decoded = await loop.run_in_executor(self.executor, self._decode_jpeg, data, max_pixels)
+        except jpeg.NotEligible:
+            raise
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+        prepared = time.perf_counter()
+        sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
+        modelled = time.perf_counter()
+        body, composed = await loop.run_in_executor(self.executor, self._encode_jpeg, c, sr, scale, quality,
+                                                    icc_profile)
+        done = time.perf_counter()
+        return body, JpegTimings(model_s=modelled - prepared, compose_s=(prepared - decoded) + (composed - modelled),
+                                 decode_s=decoded - started, encode_s=done - composed)
+
+    def _decode_jpeg(self, data: bytes, max_pixels: int | None) -> tuple[Tensor, Tensor, float]:
+        """Probe, device decode (upright), luma; and when the decode ended (``perf_counter``)."""
+        if not jpeg.available(self.device):
+            raise jpeg.NotEligible(f"torchvision's JPEG codec is not available on {self.device}")
+        c = jpeg.decode(data, self.device, max_pixels=max_pixels)
+        decoded = time.perf_counter()
+        return c, planes.luma(c), decoded
+
+    @staticmethod
+    def _encode_jpeg(c: Tensor, sr: Tensor, scale: int, quality: int, icc_profile: bytes | None) -> tuple[bytes, float]:
+        """Compose on the device, then encode there; the bytes and when the compose ended."""
+        composed = planes.compose(c, None, sr, scale)
+        ended = time.perf_counter()
+        return jpeg.encode(composed, quality, icc_profile), ended
