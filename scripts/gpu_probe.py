@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.cli.benchlib.launch import serving, tree_cpu_s  # noqa: E402
-from app.video.synth import make_clip  # noqa: E402
+from app.cli.benchlib.synth_video import make_clip  # noqa: E402
 
 WRK_SCRIPT = """
 local f = io.open(os.getenv("SR_BODY"), "rb"); wrk.body = f:read("*a"); f:close()

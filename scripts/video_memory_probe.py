@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.cli.benchlib.launch import serving, tree_rss_mb  # noqa: E402
-from app.video.synth import make_clip  # noqa: E402
+from app.cli.benchlib.synth_video import make_clip  # noqa: E402
 
 
 def measure(size: tuple[int, int], scale: int, frames: int, env: dict[str, str], log: Path) -> dict[str, object]:

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 from app.cli.benchlib.common import SAMPLE  # noqa: E402
 from app.cli.benchlib.launch import tree_rss_mb  # noqa: E402
 from app.cli.benchlib.service import running_service  # noqa: E402
+from app.cli.benchlib.synth_video import make_clip  # noqa: E402
 from app.cli.benchlib.video import opencv_loop  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.video import EncoderConfig  # noqa: E402
-from app.video.synth import make_clip  # noqa: E402
 
 
 def y_of(rgb: np.ndarray) -> np.ndarray:

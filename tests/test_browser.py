@@ -539,7 +539,7 @@ def test_the_footer_says_workers_device_and_backend(page: Page, service: Service
 def test_a_video_goes_through_the_jobs_api_with_progress(
     page: Page, service: Service, tmp_path: Path, shots: Path
 ) -> None:
-    from app.video.synth import make_clip
+    from app.cli.benchlib.synth_video import make_clip
 
     clip = make_clip(tmp_path / "clip.mp4", 64, 36, 10, 2.0, audio=None)
     open_page(page, service)

@@ -162,7 +162,7 @@ def test_url_gives_byte_identical_outputs(env: dict[str, str], photos: Path, ser
 def test_videos_go_through_the_video_pipeline(env: dict[str, str], tmp_path: Path, service: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     av = pytest.importorskip("av")
-    from app.video.synth import make_clip
+    from app.cli.benchlib.synth_video import make_clip
 
     (tmp_path / "in").mkdir()
     clip = make_clip(tmp_path / "in" / "clip.mp4", 48, 32, fps=10, seconds=0.4, audio=None)

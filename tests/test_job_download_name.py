@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.routes.jobs import download_stem
+from app.cli.benchlib.synth_video import make_clip
 from app.jobs import JobRecord
 from app.main import create_app
-from app.video.synth import make_clip
 from tests.conftest import make_settings
 
 

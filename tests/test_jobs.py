@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.cli.benchlib.synth_video import make_clip
 from app.jobs.store import JobStore
 from app.main import create_app
-from app.video.synth import make_clip
 from tests.conftest import encoded, make_settings, natural
 
 

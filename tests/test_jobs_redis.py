@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from app.cli.benchlib.launch import Service, descendants, free_port, start_service, stop_service
+from app.cli.benchlib.synth_video import make_clip
 from app.jobs.store import JobRecord
-from app.video.synth import make_clip
 
 redis = pytest.importorskip("redis", reason="the redis client is missing: pip install -e '.[redis]' (make install-dev)")
 

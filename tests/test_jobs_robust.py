@@ -23,8 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.cli.benchlib.synth_video import make_clip
 from app.jobs.store import JobStore
-from app.video.synth import make_clip
 from tests.conftest import encoded, natural
 from tests.test_jobs import app_for, post, wait
 

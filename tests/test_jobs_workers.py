@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from app.cli.benchlib.launch import serving
+from app.cli.benchlib.synth_video import make_clip
 from app.observability import metrics
-from app.video.synth import make_clip
 from tests.test_drain import _answer
 
 ROOT = Path(__file__).resolve().parents[1]

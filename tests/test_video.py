@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from app.cli.benchlib.synth_video import make_clip
 from app.imaging.decode import DecodedImage
 from app.pipeline.build import build_pipeline
 from app.video import (
@@ -28,7 +29,6 @@ from app.video import (
     probe_video,
     upscale_video,
 )
-from app.video.synth import make_clip
 from tests.conftest import make_settings, natural
 
 

@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 
+from app.cli.benchlib.synth_video import make_clip, make_resizing_avi
 from app.video import (
     EncoderConfig,
     InvalidVideo,
@@ -29,7 +30,6 @@ from app.video import (
     upscale_video,
 )
 from app.video.encoders import x264_bytes
-from app.video.synth import make_clip, make_resizing_avi
 from app.video.transcode import frame_bytes, frames_in_flight
 from tests.conftest import make_settings
 from tests.test_video import with_pipeline

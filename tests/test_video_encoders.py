@@ -16,8 +16,8 @@ import av
 import pytest
 from av.video.frame import PictureType
 
+from app.cli.benchlib.synth_video import make_clip
 from app.video import EncoderConfig, encoders, upscale_video
-from app.video.synth import make_clip
 from tests.test_video import with_pipeline
 
 NVENC_HERE = encoders.refusal("h264_nvenc") is None

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 
 from app.cli.benchlib.common import SAMPLE
+from app.cli.benchlib.synth_video import make_clip
 from app.config import Settings
 from app.pipeline.build import build_pipeline
 from app.video import EncoderConfig, upscale_video
-from app.video.synth import make_clip
 
 
 @dataclass(frozen=True)
