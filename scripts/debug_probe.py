@@ -24,25 +24,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.cli.benchlib.launch import descendants, serving, status_kib  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    return status_kib(pid, "VmRSS") or 0
+from app.cli.benchlib.launch import rss_mb, serving, tree_rss_mb  # noqa: E402
 
 
 class Sampler:
-    """Peak RSS of one process and of its tree while a request runs."""
+    """Peak RSS (MiB) of one process and of its tree while a request runs."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak_main, self.peak_tree = pid, 0, 0
+        self.pid, self.peak_main, self.peak_tree = pid, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            main = rss_kib(self.pid)
-            tree = main + sum(rss_kib(c) for c in descendants(self.pid))
+            main, tree = rss_mb(self.pid), tree_rss_mb(self.pid)
             self.peak_main, self.peak_tree = max(self.peak_main, main), max(self.peak_tree, tree)
             time.sleep(0.01)
 
@@ -78,8 +73,7 @@ def main() -> None:
         results = []
         for fmt in ("json", "png", "json"):
             time.sleep(0.5)
-            baseline_main = rss_kib(server.pid)
-            baseline_tree = baseline_main + sum(rss_kib(c) for c in descendants(server.pid))
+            baseline_main, baseline_tree = rss_mb(server.pid), tree_rss_mb(server.pid)
             request = urllib.request.Request(f"{base}/debug/channels?scale={args.scale}&format={fmt}", data=data,
                                              headers={"Content-Type": "image/jpeg"}, method="POST")
             with Sampler(server.pid) as sampler:
@@ -92,9 +86,9 @@ def main() -> None:
                 elapsed = time.perf_counter() - started
             row = {"format": fmt, "status": status, "seconds": round(elapsed, 2), "bytes": len(body),
                    "analysed": analysed,
-                   "peak_rss_growth_mb_server": round((sampler.peak_main - baseline_main) / 1024, 1),
-                   "peak_rss_growth_mb_tree": round((sampler.peak_tree - baseline_tree) / 1024, 1),
-                   "baseline_rss_mb_server": round(baseline_main / 1024, 1)}
+                   "peak_rss_growth_mb_server": round(sampler.peak_main - baseline_main, 1),
+                   "peak_rss_growth_mb_tree": round(sampler.peak_tree - baseline_tree, 1),
+                   "baseline_rss_mb_server": round(baseline_main, 1)}
             results.append(row)
             print(json.dumps(row))
         ok = all(r["status"] in (200, 413) and r["seconds"] < 15 and r["peak_rss_growth_mb_tree"] < 1536

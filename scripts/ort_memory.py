@@ -17,19 +17,22 @@ process), through :func:`app.engine.onnx_backend.session`, prints:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import numpy as np
 
+from app.cli.benchlib.launch import status_kib
+
 VARIANTS = {"patterns on, own arenas": (True, False), "patterns off, own arenas": (False, False),
             "patterns off, shared arena (the service)": (False, True)}
 
 
 def anon_mb() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) // 1024
+    """This process's anonymous resident memory (its heap and arenas, not mapped files), MiB."""
+    return (status_kib(os.getpid(), "RssAnon") or 0) // 1024
 
 
 def measure(label: str) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import io
 import json
-import os
 import random
 import sys
 import time
@@ -35,7 +34,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.cli.benchlib.launch import serving  # noqa: E402
+from app.cli.benchlib.launch import open_files, rss_mb, serving, status_kib  # noqa: E402
 
 SERVER_ENV = {"SR_WORKERS": "1", "SR_MAX_BODY_BYTES": str(256 * 1024)}  # one process; "too_large" is 300 KB
 
@@ -56,10 +55,11 @@ BIG_PNG = _image(320, 256, "PNG", 3)
 
 
 def proc_figures(pid: int) -> dict[str, float]:
-    """RSS (MB), threads and open files of one process, from /proc."""
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "threads": int(status["Threads"]),
-            "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
+    """RSS (MB), threads and open files of one process, from /proc (``RuntimeError`` if it is gone)."""
+    threads, files = status_kib(pid, "Threads"), open_files(pid)
+    if threads is None or files is None:
+        raise RuntimeError(f"the server process {pid} is gone")
+    return {"rss_mb": rss_mb(pid), "threads": threads, "open_files": files}
 
 
 @dataclass

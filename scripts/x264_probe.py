@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from app.cli.benchlib.launch import status_kib  # noqa: E402
 
 PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
 # name → libx264 options beyond crf; "jobs" is what the jobs pipeline uses below the large-frame threshold
@@ -73,19 +75,12 @@ class Frames:
         return frame
 
 
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def one(width: int, height: int, frames: int, crf: int, options: dict[str, str], out: Path) -> dict[str, object]:
     """Encode ``frames`` frames with ``options``: peak RSS over the set-up, frames/s, bytes, Y-PSNR."""
     source = Frames(width, height)
     source.frame(0)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from here: what follows is the encoder's
-    base = _kib("VmRSS")
+    base = status_kib(os.getpid(), "VmRSS") or 0
     started, cpu = time.perf_counter(), time.process_time()
     with av.open(str(out), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=30)
@@ -96,7 +91,7 @@ def one(width: int, height: int, frames: int, crf: int, options: dict[str, str],
             container.mux(stream.encode(source.frame(i)))
         container.mux(stream.encode(None))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    peak = _kib("VmHWM") - base
+    peak = (status_kib(os.getpid(), "VmHWM") or 0) - base
     mse, n = 0.0, 0
     with av.open(str(out)) as container:
         for i, decoded in enumerate(container.decode(video=0)):

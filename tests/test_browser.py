@@ -18,8 +18,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,7 +28,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from app.cli.benchlib.launch import free_port, wait_ready
+from app.cli.benchlib.launch import spawn_service, stop_service, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,37 +64,28 @@ if MISSING is None:
 
 
 class Service:
-    """``uvicorn app.main:app`` in a child process, on the shipped models."""
+    """``python -m app.serve`` (one worker) in a child process, on the shipped models; its output in ``log``."""
 
-    def __init__(self, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "SR_DEVICE": "cpu", "SR_CODEC_THREADS": "2", **env}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
-            cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
+    def __init__(self, log: Path, **env: str) -> None:
+        self.log = log
+        self.served = spawn_service({"SR_WORKERS": "1", "SR_DEVICE": "cpu", "SR_CODEC_THREADS": "2", **env}, log=log)
+        self.port, self.url, self.process = self.served.port, self.served.url, self.served.process
 
     def wait_ready(self, timeout_s: float = 90) -> None:
         try:
             wait_ready(self.url, self.process, timeout_s)
         except RuntimeError as exc:
-            out = self.process.stdout.read().decode(errors="replace") if self.process.poll() is not None else ""
-            raise RuntimeError(f"{exc}:\n{out[-3000:]}") from None
+            raise RuntimeError(f"{exc}:\n{self.log.read_text(errors='replace')[-3000:]}") from None
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_service(self.served, timeout_s=15)
 
 
 @pytest.fixture(scope="module")
-def services() -> Iterator[dict[str, Service]]:
-    started = {"on": Service(), "off": Service(SR_DEBUG_ROUTES="false")}  # both boot at once
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Service]]:
+    logs = tmp_path_factory.mktemp("services")
+    started = {"on": Service(logs / "on.log"),  # both boot at once
+               "off": Service(logs / "off.log", SR_DEBUG_ROUTES="false")}
     try:
         for service in started.values():
             service.wait_ready()

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from app.cli.benchlib.launch import free_port, wait_ready
+from app.cli.benchlib.launch import start_service, stop_service
 from app.cli.upscale import main, parse_args
 from tests.conftest import encoded, natural
 from tests.test_animation import animation, panned
@@ -57,22 +54,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+def service(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("service") / "serve.log"
     try:
-        try:
-            wait_ready(url, proc, timeout_s=90)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}") from None
-        yield url
+        served = start_service({**env, "SR_WORKERS": "1"}, log=log, timeout_s=90)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: {log.read_text(errors='replace')[-2000:]}") from None
+    try:
+        yield served.url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_service(served, timeout_s=30)
 
 
 def files(folder: Path) -> dict[str, bytes]:

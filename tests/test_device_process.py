@@ -51,37 +51,19 @@ def service(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield served
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def device_pid(server: subprocess.Popen) -> int:
-    pids = [p for p in launch.descendants(server.pid) if "app.device_process" in cmdline(p)]
+    pids = [p for p in launch.descendants(server.pid) if "app.device_process" in launch.cmdline(p)]
     assert len(pids) == 1, pids
     return pids[0]
 
 
 def worker_pids(server: subprocess.Popen) -> list[int]:
-    return [p for p in launch.descendants(server.pid) if "spawn_main" in cmdline(p)]
+    return [p for p in launch.descendants(server.pid) if "spawn_main" in launch.cmdline(p)]
 
 
 def post(base: str, data: bytes, scale: int = 2, timeout: float = 120) -> httpx.Response:
     return httpx.post(f"{base}/upscale", params={"scale": scale},
                       files={"file": ("x.png", data, "image/png")}, timeout=timeout)
-
-
-def alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and "(Z)" not in _stat(pid) and " Z " not in _stat(pid)
-
-
-def _stat(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
 
 
 @pytest.mark.parametrize("size", [(70, 45), (90, 60)], ids=["luma", "planes"])
@@ -202,4 +184,4 @@ def test_sigterm_drains_the_workers_through_the_device_process(seeded_store: Pat
             answer = slow.result()
         assert answer.status_code == 200
         assert server.wait(timeout=60) == 0
-        assert not alive(device)
+        assert not launch.alive(device)

@@ -15,19 +15,17 @@ import io
 import logging
 import resource
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
 from app.api.http_protocol import TimedHttpToolsProtocol
-from app.cli.benchlib.launch import free_port, wait_ready
+from app.cli.benchlib.launch import serving_app
 from app.config import get_settings
 from app.imaging import icc
 from app.imaging.decode import decode
@@ -283,19 +281,11 @@ def live(seeded_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("SR_HEADER_TIMEOUT_S", "0.5")
     monkeypatch.setenv("SR_BODY_TIMEOUT_S", "0.5")
     get_settings.cache_clear()
-    port = free_port()
-    config = uvicorn.Config(create_app(make_settings(seeded_store)), host="127.0.0.1", port=port,
-                            log_level="info", http=TimedHttpToolsProtocol, limit_concurrency=64)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, timeout_s=10)
-        yield base
+        with serving_app(create_app(make_settings(seeded_store)), log_level="info", http=TimedHttpToolsProtocol,
+                         limit_concurrency=64) as base:
+            yield base
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         get_settings.cache_clear()
 
 

@@ -19,15 +19,15 @@ pytestmark = pytest.mark.skipif(not onnx_backend.available(), reason="onnxruntim
 ROOT = Path(__file__).resolve().parents[1]
 
 GROWTH = """
-import sys
+import os
 import torch
+from app.cli.benchlib.launch import status_kib
 from app.engine.onnx_backend import OrtModel
 from app.store import DEFAULT_STORE
 from app.store.registry import discover
 
 def anon():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) / 1024
+    return status_kib(os.getpid(), "RssAnon") / 1024
 
 model = discover(DEFAULT_STORE)[3].model
 ort_model = OrtModel(model, 1, 2)  # the narrow and the wide session of a worker

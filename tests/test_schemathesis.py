@@ -8,18 +8,16 @@ examples each, so the file runs in well under a minute.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from app.cli.benchlib.launch import free_port, wait_ready
+from app.cli.benchlib.launch import serving_app
 from app.main import create_app
 from tests.conftest import make_settings
 
@@ -32,15 +30,8 @@ MAX_EXAMPLES = 25
 def live_url(seeded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = create_app(make_settings(seeded_store, jobs_dir=tmp_path_factory.mktemp("jobs"), max_body_bytes=256 * 1024,
                                    request_timeout_s=10))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, timeout_s=60)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving_app(app, lifespan="on") as url:
+        yield url
 
 
 def _local_schema() -> dict:

@@ -1,7 +1,9 @@
 """The service as a child process: a free port, ``python -m app.serve`` started and ready, its process tree.
 
-The one way the benchmark, the tests and the probes in ``scripts/`` start the real service and read what
-its processes hold (Linux ``/proc``; no psutil). Light on purpose: it imports neither PyTorch nor the app.
+The one way the benchmark, the tests and the probes in ``scripts/`` start the real service (or, for tests,
+an app object under uvicorn in a thread: :func:`serving_app`) and read what its processes hold: RSS, CPU,
+threads, open files, command lines (Linux ``/proc``; no psutil). Light on purpose: it imports neither
+PyTorch nor the app.
 """
 
 from __future__ import annotations
@@ -59,13 +61,11 @@ class Service:
         return self.process.pid
 
 
-def start_service(env: Mapping[str, str | None] | None = None, *, log: Path | int | None = subprocess.DEVNULL,
-                  timeout_s: float = READY_TIMEOUT_S) -> Service:
-    """``python -m app.serve`` on 127.0.0.1 and a free port, returned once ``/readyz`` is 200.
+def spawn_service(env: Mapping[str, str | None] | None = None, *,
+                  log: Path | int | None = subprocess.DEVNULL) -> Service:
+    """``python -m app.serve`` on 127.0.0.1 and a free port, started but not waited for (see :func:`start_service`).
 
-    ``env`` (``SR_*``) goes over this process's environment, less ``PROMETHEUS_MULTIPROC_DIR``; a ``None``
-    value removes a variable. ``log``: a file for stdout and stderr, a ``subprocess`` constant, or ``None``
-    to inherit. The caller stops it with :func:`stop_service` (or uses :func:`serving`).
+    For a caller that boots several at once, then calls :func:`wait_ready` on each.
     """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV} | {"SR_HOST": HOST, "SR_PORT": str(port)}
@@ -81,9 +81,20 @@ def start_service(env: Mapping[str, str | None] | None = None, *, log: Path | in
     else:
         server = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=full, stdout=log,
                                   stderr=subprocess.STDOUT if log is not None else None)
-    service = Service(f"http://{HOST}:{port}", port, server)
+    return Service(f"http://{HOST}:{port}", port, server)
+
+
+def start_service(env: Mapping[str, str | None] | None = None, *, log: Path | int | None = subprocess.DEVNULL,
+                  timeout_s: float = READY_TIMEOUT_S) -> Service:
+    """``python -m app.serve`` on 127.0.0.1 and a free port, returned once ``/readyz`` is 200.
+
+    ``env`` (``SR_*``) goes over this process's environment, less ``PROMETHEUS_MULTIPROC_DIR``; a ``None``
+    value removes a variable. ``log``: a file for stdout and stderr, a ``subprocess`` constant, or ``None``
+    to inherit. The caller stops it with :func:`stop_service` (or uses :func:`serving`).
+    """
+    service = spawn_service(env, log=log)
     try:
-        wait_ready(service.url, server, timeout_s=timeout_s)
+        wait_ready(service.url, service.process, timeout_s=timeout_s)
     except BaseException:
         stop_service(service, timeout_s=10)
         raise
@@ -113,6 +124,30 @@ def serving(env: Mapping[str, str | None] | None = None, *, log: Path | int | No
         stop_service(service, stop_timeout_s)
 
 
+@contextmanager
+def serving_app(app: object, *, timeout_s: float = 60, **config: object) -> Iterator[str]:
+    """An ASGI ``app`` object under uvicorn in a thread of this process, on 127.0.0.1 and a free port.
+
+    Yields its base URL once ``/readyz`` is 200; ``config`` goes to ``uvicorn.Config`` (``log_level``
+    defaults to ``warning``). For tests that need a real socket but the app's objects at hand.
+    """
+    import threading
+
+    import uvicorn  # here: the rest of this module needs no server
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, **{"log_level": "warning", **config}))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    base = f"http://{HOST}:{port}"
+    try:
+        wait_ready(base, timeout_s=timeout_s)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
 # -- the process tree -----------------------------------------------------------------------------
 
 
@@ -138,7 +173,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def status_kib(pid: int, field: str) -> int | None:
-    """A ``kB`` line of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``…); None when the process is gone."""
+    """The number on a line of ``/proc/PID/status``: kB for ``VmRSS``, ``VmHWM``, ``RssAnon``…, a count for
+    ``Threads``; None when the process is gone (or has no such line)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
@@ -146,6 +182,28 @@ def status_kib(pid: int, field: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def open_files(pid: int) -> int | None:
+    """File descriptors ``pid`` holds open; None when it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ("" when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (exited, not yet reaped)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def rss_mb(pid: int) -> float:
