@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.imaging import animation
 from app.imaging.animation import Stopped, animation_bytes, decode_animation
 from app.imaging.errors import ImageTooLarge, InvalidImage
 from app.imaging.limits import BudgetBusy, ImageLimits, MemoryBudget
 from app.main import create_app
+from app.pipeline import animated
 from app.pipeline.animated import animation_budget, upscale_animated
 from app.pipeline.build import build_pipeline
 from app.pipeline.options import OutputOptions
@@ -39,14 +41,25 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def test_the_one_pixel_animation_is_refused_before_a_frame_is_decoded(client: TestClient, pixel_gif: bytes) -> None:
+def test_the_one_pixel_animation_is_refused_before_a_frame_is_decoded(client: TestClient, pixel_gif: bytes,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(pixel_gif) < 64_000
+    frame_loops: list[int] = []
+    real_frames = animation._decode_frames
+
+    def counted(im, frames, *args, **kwargs):  # the frame loop, observed
+        frame_loops.append(frames)
+        return real_frames(im, frames, *args, **kwargs)
+
+    monkeypatch.setattr(animation, "_decode_frames", counted)
     peak = _peak_mb()
-    start = time.perf_counter()
     r = client.post("/upscale?scale=4&format=same", content=pixel_gif, headers={"content-type": "image/gif"})
     assert (r.status_code, r.json()["code"]) == (413, "image_too_large"), r.text[:300]
-    assert time.perf_counter() - start < 1.0
+    assert frame_loops == []  # refused from the header: no frame was decoded
     assert _peak_mb() - peak < 100  # it took +780 MB before
+    small = H.gif_one_pixel_frames(3, 16)  # the spy sees the frames of an animation that is served
+    assert client.post("/upscale?scale=2&format=same", content=small, headers={"content-type": "image/gif"}).status_code == 200
+    assert frame_loops == [3]
 
 
 def test_the_budget_holds_the_whole_animation_and_is_shared() -> None:
@@ -103,29 +116,57 @@ def test_busy_budget_is_503_with_retry_after(seeded_store: Path) -> None:
         assert r.status_code == 200 and budget.used == 0
 
 
-def test_a_client_gone_mid_decode_stops_it_and_frees_the_budget(seeded_store: Path, pixel_gif: bytes) -> None:
-    async def main() -> tuple[int, float, float]:
+def test_a_client_gone_mid_decode_stops_it_and_frees_the_budget(seeded_store: Path, pixel_gif: bytes,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode's stop flag is held at its first look until the request is cancelled: the decode then ends
+    at that frame (not after all 1,000) and its reservation is freed, however fast or slow the machine."""
+    looked, cancelled = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    class HeldStop:  # the decode's own flag; its first look waits until the client has gone
+        def __init__(self, stop: threading.Event) -> None:
+            self.stop = stop
+
+        def is_set(self) -> bool:
+            looked.set()
+            cancelled.wait(60)
+            return self.stop.is_set()
+
+    real_decode = animated.decode_animation
+
+    def observed(*args, stop: threading.Event, **kwargs):
+        try:
+            result = real_decode(*args, stop=HeldStop(stop), **kwargs)
+        except BaseException as e:
+            outcome.append(e)
+            raise
+        outcome.append(None)
+        return result
+
+    monkeypatch.setattr(animated, "decode_animation", observed)
+
+    async def main() -> int:
         pipeline = build_pipeline(make_settings(seeded_store))
         await pipeline.start()
         try:
-            started = time.perf_counter()
-            await upscale_animated(pipeline, H.gif_one_pixel_frames(1000, 32), 2, OutputOptions("same"))
-            whole = time.perf_counter() - started
             budget = animation_budget(pipeline)
             task = asyncio.ensure_future(upscale_animated(pipeline, pixel_gif, 2, OutputOptions("same")))
-            while budget.used == 0:
-                await asyncio.sleep(0.001)
-            held = budget.used
+            assert await asyncio.to_thread(looked.wait, 30), "the decode never reached its first frame"
+            held = budget.used  # reserved before the first frame
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            gone = time.perf_counter()
-            while budget.used and time.perf_counter() - gone < 10:
+            cancelled.set()
+            deadline = time.monotonic() + 30
+            while budget.used and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
-            return held, time.perf_counter() - gone, whole
+            assert budget.used == 0, "the reservation was not freed"
+            return held
         finally:
+            cancelled.set()
             await pipeline.close()
 
-    held, freed_after, whole = asyncio.run(main())
+    held = asyncio.run(main())
     assert held == animation_bytes(90, 90, 1000, 2)
-    assert freed_after < max(0.5, whole / 4)  # stopped at the next frame, not after decoding all 1,000
+    assert len(outcome) == 1 and isinstance(outcome[0], Stopped), outcome
+    assert "abandoned at frame 1 of 1000" in str(outcome[0])  # at the next frame, not after decoding all 1,000

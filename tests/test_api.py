@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import struct
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from app.imaging.limits import ImageLimits
 from app.main import create_app
 from app.store.registry import discover
 from tests.conftest import as_array, encoded, make_settings, natural, open_bytes
+from tests.gates import WAIT_S, GatedRunner, gated, wait_until
 
 SCALES = (2, 3, 4)
 
@@ -264,32 +264,45 @@ def test_limits_body_bytes_and_pixels(seeded_store: Path) -> None:
 # -- back-pressure and deadlines ------------------------------------------------------------------
 
 
+def _queue_held_full(c: TestClient, gate: GatedRunner, answers: list[int]) -> list[threading.Thread]:
+    """A one-tile request held at the gated model call, and 4 tiles queued behind it: the 4-tile queue is full."""
+    engine = c.app.state.service.pipeline.engine
+    threads = [threading.Thread(target=lambda d=d: answers.append(post(c, d).status_code))
+               for d in (encoded(natural((20, 20))), encoded(natural((64, 64))))]
+    threads[0].start()
+    assert gate.entered.wait(WAIT_S), "the first request never reached the model"
+    threads[1].start()
+    wait_until(lambda: engine.queue_depth == 4, "the second request's 4 tiles queued")
+    return threads
+
+
 def test_queue_full_answers_503_with_retry_after(seeded_store: Path) -> None:
-    # the worker waits up to 1.5 s for a fuller batch, so the first request's 4 tiles sit in the queue
-    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, max_delay_ms=1500, retry_after_s=2)
+    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, retry_after_s=2)
     with TestClient(create_app(settings)) as c:
-        first: dict[str, int] = {}
-        thread = threading.Thread(target=lambda: first.update(status=post(c, encoded(natural((64, 64)))).status_code))
-        thread.start()
-        time.sleep(0.5)
-        r = post(c, encoded(natural((20, 20))))
-        body = assert_error(r, 503)
-        assert body["code"] == "queue_full" and r.headers["retry-after"] == "2"
-        # an image larger than the whole queue can never be admitted: 413, not 503
-        assert_error(post(c, encoded(natural((100, 100)))), 413)
-        thread.join()
-        assert first["status"] == 200
+        answers: list[int] = []
+        with gated(c.app.state.service.pipeline.engine, 3) as gate:
+            threads = _queue_held_full(c, gate, answers)
+            r = post(c, encoded(natural((20, 20))))
+            body = assert_error(r, 503)
+            assert body["code"] == "queue_full" and r.headers["retry-after"] == "2"
+            # an image larger than the whole queue can never be admitted: 413, not 503
+            assert_error(post(c, encoded(natural((100, 100)))), 413)
+        for thread in threads:
+            thread.join()
+        assert answers == [200, 200]
         assert post(c, encoded(natural((20, 20)))).status_code == 200
 
 
 def test_overload_status_can_be_429(seeded_store: Path) -> None:
-    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, max_delay_ms=1500, overload_status=429)
+    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, overload_status=429)
     with TestClient(create_app(settings)) as c:
-        thread = threading.Thread(target=lambda: post(c, encoded(natural((64, 64)))))
-        thread.start()
-        time.sleep(0.5)
-        assert_error(post(c, encoded(natural((20, 20)))), 429)
-        thread.join()
+        answers: list[int] = []
+        with gated(c.app.state.service.pipeline.engine, 3) as gate:
+            threads = _queue_held_full(c, gate, answers)
+            assert_error(post(c, encoded(natural((20, 20)))), 429)
+        for thread in threads:
+            thread.join()
+        assert answers == [200, 200]
 
 
 def test_deadline_answers_504(seeded_store: Path) -> None:

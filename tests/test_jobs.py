@@ -20,6 +20,7 @@ from app.cli.benchlib.synth_video import make_clip
 from app.jobs.store import JobStore
 from app.main import create_app
 from tests.conftest import encoded, make_settings, natural
+from tests.gates import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,7 @@ def test_result_before_done_is_409_and_cancel_frees_the_files(seeded_store: Path
         assert r.status_code == 409 and r.json()["code"] == "not_done"
         assert c.delete(f"/jobs/{queued}").status_code == 204  # cancelled before it ran
         wait(c, running, until=("running",))
-        while c.get(f"/jobs/{running}").json()["frames_done"] == 0:
-            time.sleep(0.01)
+        wait_until(lambda: c.get(f"/jobs/{running}").json()["frames_done"] > 0, "the first frame done")
         assert c.delete(f"/jobs/{running}").status_code == 204  # cancelled mid-job
         assert c.get(f"/jobs/{running}").status_code == 404
         assert c.delete(f"/jobs/{running}").status_code == 404

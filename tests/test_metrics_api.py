@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from app.observability import metrics
 from app.observability.adapters import PrometheusObserver
 from app.store.registry import discover
 from tests.conftest import encoded, make_settings, natural
+from tests.gates import WAIT_S, gated, wait_until
 
 TILE = 32  # make_settings' tile_size
 
@@ -163,42 +163,36 @@ def test_unknown_paths_share_one_endpoint_label(client: TestClient) -> None:
 # -- back-pressure ------------------------------------------------------------------------------
 
 
-def _wait_for_depth(client: TestClient, tiles: int, timeout_s: float = 10.0) -> str:
-    end = time.monotonic() + timeout_s
-    while True:
-        text = scrape(client)
-        if sample(text, "sr_queue_depth") >= tiles or time.monotonic() > end:
-            return text
-        time.sleep(0.02)
-
-
 def test_queue_depth_and_queue_full(seeded_store: Path) -> None:
-    # the worker waits up to 2 s for a fuller batch, so the first request's tiles sit in the queue
-    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, max_delay_ms=2000)
+    # a one-tile request is held at the (gated) model call; the next one's 4 tiles wait behind it, filling the queue
+    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64)
     tiles = len(plan_tiles(64, 64, TILE))
-    assert tiles == 4
+    assert tiles == 4 and len(plan_tiles(20, 20, TILE)) == 1
     with TestClient(create_app(settings)) as c:
         before = scrape(c)
-        first: dict[str, int] = {}
-        thread = threading.Thread(target=lambda: first.update(status=post(c, encoded(natural((64, 64)))).status_code))
-        thread.start()
-        try:
-            waiting = _wait_for_depth(c, tiles)
-            assert sample(waiting, "sr_queue_depth") == tiles
+        answers: list[int] = []
+        threads = [threading.Thread(target=lambda d=d: answers.append(post(c, d).status_code))
+                   for d in (encoded(natural((20, 20))), encoded(natural((64, 64))))]
+        with gated(c.app.state.service.pipeline.engine, 3) as gate:
+            threads[0].start()
+            assert gate.entered.wait(WAIT_S), "the first request never reached the model"
+            threads[1].start()
+            wait_until(lambda: sample(scrape(c), "sr_queue_depth") == tiles, "sr_queue_depth at 4")
             r = post(c, encoded(natural((20, 20))))
             assert r.status_code == 503, r.text
             during = scrape(c)
-        finally:
+        for thread in threads:
             thread.join()
         after = scrape(c)
-    assert first["status"] == 200
+    assert answers == [200, 200]
     d = delta(before, during)
     assert d("sr_rejected_total", reason="queue_full") == 1
     assert d("sr_rejected_total") == 1
     assert d("sr_requests_total", endpoint="/upscale", scale="3", status="503") == 1
+    assert sample(during, "sr_queue_depth") == tiles
     d = delta(before, after)
-    assert d("sr_requests_total", endpoint="/upscale", scale="3", status="200") == 1
-    assert d("sr_queue_wait_seconds_count") == tiles
+    assert d("sr_requests_total", endpoint="/upscale", scale="3", status="200") == 2
+    assert d("sr_queue_wait_seconds_count") == 1 + tiles
     assert sample(after, "sr_queue_depth") == 0
 
 

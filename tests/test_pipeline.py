@@ -178,33 +178,38 @@ def test_a_decoded_frame_goes_the_same_way_as_an_upload(seeded_store: Path) -> N
 
 
 def test_admission_from_the_header_refuses_at_once_while_the_codec_pool_is_busy(seeded_store: Path) -> None:
-    """The queue's room is checked from the header, before the decode waits for a codec thread."""
+    """The queue's room is checked from the header, before the decode waits for a codec thread.
+
+    Every codec thread is held until after the refusal: a refusal that needed one would never come
+    (the 30 s only stops such a regression from hanging the test)."""
     import threading
-    import time
 
     from app.engine.errors import QueueFull
 
     data = encoded(natural((64, 64)))  # 4 tiles of 32²
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def hold() -> None:
+        entered.release()
+        release.wait(60)
 
     async def work(pipeline):
         held = pipeline.engine.reserve(2, 64, 64)  # another request's room, still decoding
-        blockers = [pipeline.in_pool(release.wait) for _ in range(2)]  # every codec thread busy
-        tasks = [asyncio.ensure_future(b) for b in blockers]
-        await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        with pytest.raises(QueueFull):
-            await pipeline.upscale(data, 2)
-        refused_in = time.perf_counter() - started
-        held.release()
-        release.set()
-        await asyncio.gather(*tasks)
-        ok = await pipeline.upscale(data, 2)  # the room came back
-        return refused_in, ok
+        tasks = [asyncio.ensure_future(pipeline.in_pool(hold)) for _ in range(2)]  # every codec thread busy
+        try:
+            for _ in range(2):
+                assert await asyncio.to_thread(entered.acquire, True, 30), "a codec thread never took its job"
+            with pytest.raises(QueueFull):
+                await asyncio.wait_for(pipeline.upscale(data, 2), 30)
+        finally:
+            held.release()
+            release.set()
+            await asyncio.gather(*tasks)
+        return await pipeline.upscale(data, 2)  # the room came back
 
     settings = make_settings(seeded_store, max_queue_tiles=4, codec_threads=2, whole_image_max_pixels=0)
-    refused_in, ok = run(_with_pipeline(settings, work))
-    assert refused_in < 0.5 and ok.output_size == (128, 128)
+    ok = run(_with_pipeline(settings, work))
+    assert ok.output_size == (128, 128)
 
 
 def test_a_failed_decode_gives_its_reserved_room_back(seeded_store: Path) -> None:

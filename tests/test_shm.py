@@ -55,7 +55,9 @@ def test_clients_hanging_up_mid_write_leave_no_pixel_file(rgba_4096: bytes) -> N
                 task.cancel()
                 with pytest.raises((asyncio.CancelledError, Exception)):
                     await task
-            await asyncio.sleep(1.0)  # the killed workers are reaped by their waiter threads
+            deadline = time.monotonic() + 30  # the killed workers are reaped by their waiter threads
+            while time.monotonic() < deadline and (sandbox.shm.used or _ours() - before):
+                await asyncio.sleep(0.01)
             return hits, _ours() - before, sandbox.shm.used
         finally:
             sandbox.close()
