@@ -26,6 +26,7 @@ import pytest
 from app.cli.benchlib.launch import Service, descendants, free_port, start_service, stop_service
 from app.cli.benchlib.synth_video import make_clip
 from app.jobs.store import JobRecord
+from tests.gates import wait_until
 
 redis = pytest.importorskip("redis", reason="the redis client is missing: pip install -e '.[redis]' (make install-dev)")
 
@@ -217,8 +218,7 @@ def test_two_stores_share_the_quota_the_queue_and_the_leases(redis_server: Redis
     taken, lease = asyncio.run(two.next_job())
     assert taken == ids[0] and two.owner_alive(ids[0]) and two.counts()["queued"] == 0
     assert one.renew([lease]) == [] and one.renew([(ids[0], "stale")]) == [(ids[0], "stale")]
-    time.sleep(2.3)  # the lease lapses without a heartbeat
-    assert not one.owner_alive(ids[0])
+    wait_until(lambda: not one.owner_alive(ids[0]), "the lease lapsed without a heartbeat", 2.0 + 10)
     orphan = one.claim_orphan(ids[0])
     assert orphan is not None and two.renew([lease]) == [lease]  # the old owner learns it lost the job
     one.unlock(orphan)
@@ -262,9 +262,9 @@ def test_a_job_made_on_one_replica_is_followed_downloaded_and_cancelled_on_the_o
         time.sleep(0.05)
     assert {status(b, i)["state"] for i in (first, second)} == {"running"}
     assert metric(b, "sr_jobs_total", 'kind="video",state="running"') == ran_b + 1
-    time.sleep(LEASE_S / 3 + 0.5)  # a heartbeat has counted them
-    for base in (a, b):
-        assert metric(base, "sr_jobs_backend", 'state="running"') == 2
+    for base in (a, b):  # a heartbeat (every LEASE_S / 3) counts them
+        wait_until(lambda base=base: metric(base, "sr_jobs_backend", 'state="running"') == 2,
+                   f"{base} counting both running jobs", LEASE_S + 10, 0.05)
     # Cancelled on the other replica from the one that admitted them, whoever runs them.
     for job_id in (first, second):
         assert httpx.delete(f"{b}/jobs/{job_id}", timeout=30).status_code == 204

@@ -18,6 +18,7 @@ import pytest
 
 from app.cli.benchlib.launch import start_service
 from tests.conftest import encoded, natural
+from tests.gates import wait_until
 
 DRAIN_S = 10
 CLIENTS = 24
@@ -56,7 +57,13 @@ def test_sigterm_drains_admitted_work_and_exits_in_time(seeded_store: Path, tmp_
     signalled = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
 
-    time.sleep(0.2)
+    def closed_or_draining() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).status_code != 200
+        except httpx.ConnectError:
+            return True
+
+    wait_until(closed_or_draining, "the listener closed (or /readyz 503) after SIGTERM", 5.0)  # promptly
     late: list[int | str] = []
     for _ in range(5):
         try:
