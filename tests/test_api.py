@@ -8,6 +8,7 @@ import threading
 import zlib
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,11 +26,49 @@ from tests.gates import WAIT_S, GatedRunner, gated, wait_until
 SCALES = (2, 3, 4)
 
 
-def post(client: TestClient, data: bytes, *, raw: bool = False, content_type: str = "image/png", **params: object):
+def post_upload(client: TestClient, path: str, data: bytes, *, raw: bool = False, content_type: str = "image/png",
+                **params: object) -> httpx.Response:
+    """An image to ``path`` (``/upscale``, ``/debug/channels``) as a multipart file, or as the raw body."""
     query = {"scale": 3, **params}
     if raw:
-        return client.post("/upscale", params=query, content=data, headers={"content-type": content_type})
-    return client.post("/upscale", params=query, files={"file": ("x.png", data, content_type)})
+        return client.post(path, params=query, content=data, headers={"content-type": content_type})
+    return client.post(path, params=query, files={"file": ("x.png", data, content_type)})
+
+
+def post(client: TestClient, data: bytes, **kwargs: object) -> httpx.Response:
+    return post_upload(client, "/upscale", data, **kwargs)  # type: ignore[arg-type]
+
+
+# Bad uploads that every image route answers alike: kind → status.
+BAD_UPLOADS = {
+    "not an image": 400,
+    "empty": 400,
+    "truncated": 400,
+    "text/plain raw": 415,
+    "text/plain file": 415,
+    "json raw": 415,
+    "scale 5": 422,
+    "no scale": 422,
+    "no file field": 422,
+    "no body": 422,
+}
+
+
+def post_bad(client: TestClient, path: str, kind: str, good: bytes) -> httpx.Response:
+    """One of :data:`BAD_UPLOADS` to ``path``; ``good`` is a valid PNG the bad ones are made from."""
+    uploads = {
+        "not an image": lambda: post_upload(client, path, b"hello, this is text and not an image"),
+        "empty": lambda: post_upload(client, path, b""),
+        "truncated": lambda: post_upload(client, path, good[: len(good) // 2]),
+        "text/plain raw": lambda: post_upload(client, path, b"abc", raw=True, content_type="text/plain"),
+        "text/plain file": lambda: post_upload(client, path, good, content_type="text/plain"),
+        "json raw": lambda: client.post(f"{path}?scale=3", json={"image": "x"}),
+        "scale 5": lambda: post_upload(client, path, good, scale=5),
+        "no scale": lambda: client.post(path, files={"file": ("x.png", good, "image/png")}),
+        "no file field": lambda: client.post(f"{path}?scale=3", files={"other": ("x.png", good, "image/png")}),
+        "no body": lambda: client.post(f"{path}?scale=3"),
+    }
+    return uploads[kind]()
 
 
 def reference(store: Path, data: bytes, scale: int) -> Image.Image:
@@ -199,47 +238,20 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("kind", "status"),
-    [
-        ("not an image", 400),
-        ("empty", 400),
-        ("truncated", 400),
-        ("bomb", 413),
-        ("text/plain raw", 415),
-        ("json raw", 415),
-        ("scale 5", 422),
-        ("format exe", 422),
-        ("quality 0", 422),
-        ("lossless jpeg", 422),
-        ("no file field", 422),
-        ("no body", 422),
-    ],
+    [*BAD_UPLOADS.items(), ("bomb", 413), ("format exe", 422), ("quality 0", 422), ("lossless jpeg", 422)],
 )
 def test_bad_input_gets_a_clear_4xx(client: TestClient, kind: str, status: int) -> None:
     good = encoded(natural())
-    if kind == "not an image":
-        r = post(client, b"hello, this is text and not an image")
-    elif kind == "empty":
-        r = post(client, b"")
-    elif kind == "truncated":
-        r = post(client, good[: len(good) // 2])
-    elif kind == "bomb":
+    if kind == "bomb":
         r = post(client, _png_claiming(60000, 60000))
-    elif kind == "text/plain raw":
-        r = post(client, b"abc", raw=True, content_type="text/plain")
-    elif kind == "json raw":
-        r = client.post("/upscale?scale=3", json={"image": "x"})
-    elif kind == "scale 5":
-        r = post(client, good, scale=5)
     elif kind == "format exe":
         r = post(client, good, format="exe")
     elif kind == "quality 0":
         r = post(client, good, format="jpeg", quality=0)
     elif kind == "lossless jpeg":
         r = post(client, good, format="jpeg", lossless=True)
-    elif kind == "no file field":
-        r = client.post("/upscale?scale=3", files={"other": ("x.png", good, "image/png")})
     else:
-        r = client.post("/upscale?scale=3")
+        r = post_bad(client, "/upscale", kind, good)
     assert_error(r, status)
     assert post(client, good).status_code == 200  # and the service keeps serving
 
@@ -276,33 +288,22 @@ def _queue_held_full(c: TestClient, gate: GatedRunner, answers: list[int]) -> li
     return threads
 
 
-def test_queue_full_answers_503_with_retry_after(seeded_store: Path) -> None:
-    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, retry_after_s=2)
+@pytest.mark.parametrize("status", [503, 429])
+def test_queue_full_answers_the_overload_status_with_retry_after(seeded_store: Path, status: int) -> None:
+    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, retry_after_s=2, overload_status=status)
     with TestClient(create_app(settings)) as c:
         answers: list[int] = []
         with gated(c.app.state.service.pipeline.engine, 3) as gate:
             threads = _queue_held_full(c, gate, answers)
             r = post(c, encoded(natural((20, 20))))
-            body = assert_error(r, 503)
+            body = assert_error(r, status)
             assert body["code"] == "queue_full" and r.headers["retry-after"] == "2"
-            # an image larger than the whole queue can never be admitted: 413, not 503
+            # an image larger than the whole queue can never be admitted: 413, not an overload
             assert_error(post(c, encoded(natural((100, 100)))), 413)
         for thread in threads:
             thread.join()
         assert answers == [200, 200]
         assert post(c, encoded(natural((20, 20)))).status_code == 200
-
-
-def test_overload_status_can_be_429(seeded_store: Path) -> None:
-    settings = make_settings(seeded_store, max_queue_tiles=4, max_batch=64, overload_status=429)
-    with TestClient(create_app(settings)) as c:
-        answers: list[int] = []
-        with gated(c.app.state.service.pipeline.engine, 3) as gate:
-            threads = _queue_held_full(c, gate, answers)
-            assert_error(post(c, encoded(natural((20, 20)))), 429)
-        for thread in threads:
-            thread.join()
-        assert answers == [200, 200]
 
 
 def test_deadline_answers_504(seeded_store: Path) -> None:

@@ -6,6 +6,7 @@ import io
 import math
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -26,7 +27,7 @@ from app.viz import kernels as kn
 from app.viz.colormap import diverging
 from app.viz.drawing import LINE_H, MARGIN
 from tests.conftest import encoded, make_settings, natural, open_bytes
-from tests.test_api import assert_error
+from tests.test_api import BAD_UPLOADS, assert_error, post_bad, post_upload
 
 SCALES = (2, 3, 4)
 DEBUG_GETS = ("/kernels/deconv", "/kernels/deconv.png", "/debug/channels")
@@ -48,12 +49,8 @@ def f64(values: object) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def post_channels(client: TestClient, data: bytes, *, raw: bool = False, content_type: str = "image/png",
-                  **params: object):
-    query = {"scale": 3, **params}
-    if raw:
-        return client.post("/debug/channels", params=query, content=data, headers={"content-type": content_type})
-    return client.post("/debug/channels", params=query, files={"file": ("x.png", data, content_type)})
+def post_channels(client: TestClient, data: bytes, **kwargs: object) -> httpx.Response:
+    return post_upload(client, "/debug/channels", data, **kwargs)  # type: ignore[arg-type]
 
 
 # -- /kernels/deconv: the served layer and its deconvolution ---------------------------------------
@@ -257,46 +254,13 @@ def test_debug_routes_can_be_switched_off(seeded_store: Path) -> None:
         assert up.status_code == 200 and open_bytes(up.content).size == (144, 120)
 
 
-@pytest.mark.parametrize(
-    ("kind", "status"),
-    [
-        ("not an image", 400),
-        ("empty", 400),
-        ("truncated", 400),
-        ("text/plain raw", 415),
-        ("text/plain file", 415),
-        ("json raw", 415),
-        ("scale 5", 422),
-        ("no scale", 422),
-        ("format gif", 422),
-        ("no file field", 422),
-        ("no body", 422),
-    ],
-)
+@pytest.mark.parametrize(("kind", "status"), [*BAD_UPLOADS.items(), ("format gif", 422)])
 def test_bad_channel_uploads_get_the_upscale_errors(client: TestClient, kind: str, status: int) -> None:
     good = encoded(natural())
-    if kind == "not an image":
-        r = post_channels(client, b"hello, this is text and not an image")
-    elif kind == "empty":
-        r = post_channels(client, b"")
-    elif kind == "truncated":
-        r = post_channels(client, good[: len(good) // 2])
-    elif kind == "text/plain raw":
-        r = post_channels(client, b"abc", raw=True, content_type="text/plain")
-    elif kind == "text/plain file":
-        r = post_channels(client, good, content_type="text/plain")
-    elif kind == "json raw":
-        r = client.post("/debug/channels?scale=3", json={"image": "x"})
-    elif kind == "scale 5":
-        r = post_channels(client, good, scale=5)
-    elif kind == "no scale":
-        r = client.post("/debug/channels", files={"file": ("x.png", good, "image/png")})
-    elif kind == "format gif":
+    if kind == "format gif":
         r = post_channels(client, good, format="gif")
-    elif kind == "no file field":
-        r = client.post("/debug/channels?scale=3", files={"other": ("x.png", good, "image/png")})
     else:
-        r = client.post("/debug/channels?scale=3")
+        r = post_bad(client, "/debug/channels", kind, good)
     assert_error(r, status)
 
 

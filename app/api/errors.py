@@ -23,16 +23,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.engine.errors import (
-    DeadlineExceeded,
-    EngineClosed,
-    EngineError,
-    ModelError,
-    QueueFull,
-    TooManyTiles,
-    UnknownScale,
-    WorkerRestarted,
-)
+from app.engine import errors as engine
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.pipeline.options import InvalidOptions
 
@@ -165,23 +156,23 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
         return ApiError(422, "image_too_complex", str(exc))
     if isinstance(exc, InvalidImage | ImageError):
         return ApiError(400, "invalid_image", str(exc))
-    if isinstance(exc, TooManyTiles):
+    if isinstance(exc, engine.TooManyTiles):
         return ApiError(413, "image_too_large", str(exc))
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, engine.QueueFull):
         return ApiError(overload_status, "queue_full", str(exc), {"Retry-After": str(round(exc.retry_after_s))})
-    if isinstance(exc, DeadlineExceeded):
+    if isinstance(exc, engine.DeadlineExceeded):
         return ApiError(504, "timeout", str(exc))
-    if isinstance(exc, EngineClosed):
+    if isinstance(exc, engine.EngineClosed):
         return ApiError(503, "shutting_down", str(exc), {"Retry-After": "1"})
-    if isinstance(exc, UnknownScale):
+    if isinstance(exc, engine.UnknownScale):
         return ApiError(422, "unknown_scale", str(exc))
     if isinstance(exc, InvalidOptions):
         return ApiError(422, "invalid_parameters", str(exc))
-    if isinstance(exc, ModelError):  # our fault, not the client's: the one deliberate 500
+    if isinstance(exc, engine.ModelError):  # our fault, not the client's: the one deliberate 500
         return ApiError(500, "model_error", str(exc))
-    if isinstance(exc, WorkerRestarted):
+    if isinstance(exc, engine.WorkerRestarted):
         return ApiError(503, "worker_restarted", str(exc), {"Retry-After": "1"})
-    if isinstance(exc, EngineError):
+    if isinstance(exc, engine.EngineError):
         return ApiError(503, "engine_error", str(exc))
     raise TypeError(f"unclassified exception {type(exc).__name__}") from exc
 

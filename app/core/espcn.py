@@ -26,7 +26,38 @@ from app.core.subpixel import Deconv, SubPixelConv, conv_to_deconv
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "prelu": nn.PReLU}
 
 
-class ESPCN(nn.Module):
+class ConvStack(nn.Module):
+    """What ESPCN and its HR-space twin (:mod:`app.experiments.hr_space`) share: the hyper-parameters, checked,
+    and the hidden layers, an unpadded conv + activation each (``features``); a subclass adds its last layer."""
+
+    def __init__(self, scale: int, channels: int, widths: Sequence[int], kernel_sizes: Sequence[int],
+                 activation: str, *, last_layer: str) -> None:
+        super().__init__()
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        if len(kernel_sizes) != len(widths) + 1:
+            raise ValueError(f"need one kernel size per hidden layer plus one for the {last_layer}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.scale = scale
+        self.channels = channels
+        self.widths = tuple(widths)
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.activation = activation
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for width, k in zip(widths, kernel_sizes[:-1], strict=True):
+            layers += [nn.Conv2d(in_ch, width, k), ACTIVATIONS[activation]()]
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+
+    @property
+    def last_width(self) -> int:
+        """Maps into the last layer: the last hidden width (``channels`` with no hidden layer)."""
+        return self.widths[-1] if self.widths else self.channels
+
+
+class ESPCN(ConvStack):
     """Feature extraction in LR space, then a sub-pixel convolution layer.
 
     Args:
@@ -47,22 +78,10 @@ class ESPCN(nn.Module):
         kernel_sizes: Sequence[int] = (5, 3, 3),
         activation: str = "tanh",
     ) -> None:
-        super().__init__()
-        if scale < 1:
-            raise ValueError(f"scale must be >= 1, got {scale}")
-        if len(kernel_sizes) != len(widths) + 1:
-            raise ValueError("need one kernel size per hidden layer plus one for the sub-pixel layer")
         if any(k % 2 == 0 for k in kernel_sizes):
             raise ValueError(f"kernel sizes must be odd, got {tuple(kernel_sizes)}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.scale = scale
-        self.channels = channels
-        self.widths = tuple(widths)
-        self.kernel_sizes = tuple(kernel_sizes)
-        self.activation = activation
-        self.features = feature_layers(channels, widths, kernel_sizes[:-1], activation)
-        self.subpixel = nn.Conv2d(self.widths[-1] if self.widths else channels, channels * scale**2, kernel_sizes[-1])
+        super().__init__(scale, channels, widths, kernel_sizes, activation, last_layer="sub-pixel layer")
+        self.subpixel = nn.Conv2d(self.last_width, channels * scale**2, kernel_sizes[-1])
 
     @property
     def radius(self) -> int:
@@ -111,16 +130,6 @@ class ESPCN(nn.Module):
             "kernel_sizes": list(self.kernel_sizes),
             "activation": self.activation,
         }
-
-
-def feature_layers(channels: int, widths: Sequence[int], kernel_sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Unpadded conv + activation per hidden layer (the part ESPCN and its HR-space twin share)."""
-    layers: list[nn.Module] = []
-    in_ch = channels
-    for width, k in zip(widths, kernel_sizes, strict=True):
-        layers += [nn.Conv2d(in_ch, width, k), ACTIVATIONS[activation]()]
-        in_ch = width
-    return nn.Sequential(*layers)
 
 
 def pad_for(model: ESPCN, x: Tensor) -> Tensor:

@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.core.espcn import ACTIVATIONS, ESPCN, feature_layers
+from app.core.espcn import ESPCN, ConvStack
 
 BICUBIC_SUPPORT = 2  # LR pixels either side that torch's bicubic kernel reads
 
 
-class HRSpaceNet(nn.Module):
+class HRSpaceNet(ConvStack):
     """Bicubic ×r, then ``depth`` unpadded convolutions in HR space (SRCNN-style, no residual).
 
     Args:
@@ -70,18 +70,8 @@ class HRSpaceNet(nn.Module):
         kernel_sizes: tuple[int, ...] = (3, 6, 6),
         activation: str = "tanh",
     ) -> None:
-        super().__init__()
-        if len(kernel_sizes) != len(widths) + 1:
-            raise ValueError("need one kernel size per hidden layer plus one for the output layer")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.scale = scale
-        self.channels = channels
-        self.widths = tuple(widths)
-        self.kernel_sizes = tuple(kernel_sizes)
-        self.activation = activation
-        self.features = feature_layers(channels, widths, kernel_sizes[:-1], activation)
-        self.output = nn.Conv2d(self.widths[-1] if self.widths else channels, channels, kernel_sizes[-1])
+        super().__init__(scale, channels, widths, kernel_sizes, activation, last_layer="output layer")
+        self.output = nn.Conv2d(self.last_width, channels, kernel_sizes[-1])
 
     @property
     def shrink(self) -> int:
