@@ -1,13 +1,16 @@
 # ESPCN super-resolution service — CPU image by default.
 #   docker build -t espcn-sr:cpu .
-# CUDA variant (any CUDA wheel index of the same torch release; see docker-compose.gpu.yml):
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t espcn-sr:cuda .
+# CUDA variant (any CUDA wheel index of the same torch release; see docker-compose.gpu.yml), with
+# torchvision for nvJPEG (SR_DEVICE_JPEG; the release made for that torch, from the same index):
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#     --build-arg TORCHVISION_VERSION=0.28.0 -t espcn-sr:cuda .
 # The CUDA wheels bundle their CUDA libraries, so the slim base works; the host needs the
 # NVIDIA driver and container toolkit.
 FROM python:3.11-slim
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCHVISION_VERSION=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv
 
 # torch first, from its own index: the largest layer, rebuilt only when the ARGs change.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+RUN pip install "torch==${TORCH_VERSION}" ${TORCHVISION_VERSION:+"torchvision==${TORCHVISION_VERSION}"} \
+    --index-url "${TORCH_INDEX}"
 
 # Dependencies next, cached until pyproject.toml changes: building with no app/ yet yields
 # an empty distribution whose only effect is installing the requirements (torch is satisfied).

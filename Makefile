@@ -1,6 +1,7 @@
 # Two commands do all the set-up (see README): `make serve` and `make test` (`make test-fast` leaves out the slow tier).
 # TORCH picks the PyTorch build: the default is the CPU wheel these machines carry;
-# GPU users run e.g. `make serve TORCH="torch --index-url https://download.pytorch.org/whl/cu128"`.
+# GPU users run e.g. `make serve TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu128"`
+# (torchvision: JPEG on the GPU, SR_DEVICE_JPEG).
 VENV   ?= .venv
 PYTHON ?= python3
 TORCH  ?= torch==2.13.0
@@ -8,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PY      = $(VENV)/bin/python
 
-.PHONY: serve test test-fast lint settings-doc bench install install-dev clean device-wheels
+.PHONY: serve test test-fast test-device-jpeg lint settings-doc bench install install-dev clean device-wheels
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,21 @@ test-fast: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -rs -m "not slow"
 
+# The device JPEG path with torchvision (the gpu extra), which `make test` covers only as its fallback.
+# PyPI's torchvision needs its own build of torch (a CUDA one, which runs on the CPU): a second environment,
+# about 7 GB. .ci/run runs it after `make test`; there torchvision's CPU codec stands in for nvJPEG.
+TV_VENV ?= .venv-tv
+TV_TORCH ?= torch==2.14.1 torchvision==0.29.1
+$(TV_VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TV_VENV)/bin/python -m pip install -q $(TV_TORCH)
+	$(TV_VENV)/bin/python -m pip install -q -e ".[dev,gpu]"
+	touch $@
+
+test-device-jpeg: $(TV_VENV)/.dev
+	$(TV_VENV)/bin/python -m pytest -rs tests/test_device_jpeg.py
+
 # Benchmarks beside the OpenCV peers (needs ../shared/peers/opencv; installs the bench extra).
 bench: $(VENV)/.dev
 	$(PY) -m pip install -q -e ".[bench]"
@@ -64,4 +80,4 @@ device-wheels: $(VENV)/.runtime
 		cp deb/usr/bin/wrk bin/ && cp -L deb/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2 lib/ && rm -rf deb *.deb
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TV_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -177,6 +177,13 @@ class Settings(BaseSettings):
         "4–9 Pillow's adaptive filters + zlib at that level (smaller, much slower: "
         "docs/benchmarks.md#before-the-pipeline-layer-session-4-2026-11-26)"
     )
+    device_jpeg: Literal["auto", "on", "off"] = Field(
+        "auto", description="JPEG uploads answered as JPEG decode and encode on the models' device, with "
+        "torchvision (the `gpu` extra: nvJPEG on a GPU), so the frame crosses the bus as compressed bytes each way; "
+        "what it cannot take as the CPU path would (progressive, greyscale, CMYK…: `app/engine/jpeg.py`) goes to "
+        "Pillow as before. `auto`: on where the models run on CUDA and nvJPEG works; `on`: wherever torchvision's "
+        "codec works (on a CPU its libjpeg-turbo writes Pillow's bytes: for tests); `off`: Pillow always"
+    )
     max_jpeg_scans: int = Field(
         100, ge=1, description="most scans in a JPEG (progressive encoders write about 10; each scan is a pass over "
         "the image); beyond: 422 `image_too_complex`"
@@ -408,8 +415,9 @@ SETTING_GROUPS: tuple[SettingGroup, ...] = (
         "Codecs", "Decoding uploads and encoding answers. A decode is bounded twice: structural limits checked "
         "before any pixel is decoded (`app/imaging/guards.py`), and a killable sandbox process for large images "
         "(`app/imaging/sandbox.py`).",
-        ("codec_threads", "png_compress_level", "max_jpeg_scans", "max_image_chunks", "max_frames",
-         "max_metadata_bytes", "decode_sandbox_min_pixels", "decode_timeout_s", "decode_memory_mb", "decode_workers"),
+        ("codec_threads", "png_compress_level", "device_jpeg", "max_jpeg_scans", "max_image_chunks", "max_frames",
+         "max_metadata_bytes", "decode_sandbox_min_pixels", "decode_timeout_s", "decode_memory_mb",
+         "decode_workers"),
     ),
     SettingGroup(
         "Jobs", "`POST /jobs`: videos and large images processed in the background, their files in a folder, their "

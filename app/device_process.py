@@ -135,7 +135,7 @@ def _die_with_parent() -> None:
 async def serve(socket_path: str, device_setting: str) -> None:
     """Build the engine on the device, warm it up, then serve workers until SIGTERM/SIGINT and their drain."""
     from app.config import get_settings
-    from app.engine import channel
+    from app.engine import channel, jpeg
     from app.engine.device import configure_threads, describe, resolve_device
     from app.engine.device_server import DeviceServer
     from app.engine.pixels import PixelEngine
@@ -147,12 +147,13 @@ async def serve(socket_path: str, device_setting: str) -> None:
     device = resolve_device(device_setting)
     started = time.perf_counter()
     models, engine = build_engine(settings, device, engine_observer=PrometheusObserver())
-    pixels = PixelEngine(engine, device, ThreadPoolExecutor(max(2, settings.codec_threads), thread_name_prefix="pixels"))
+    pixels = PixelEngine(engine, device, ThreadPoolExecutor(max(2, settings.codec_threads), thread_name_prefix="pixels"),
+                         jpeg=jpeg.enabled(settings.device_jpeg, device))
     await engine.start()
     server = DeviceServer(pixels, info={
         "device": describe(device), "pid": os.getpid(), "tile": engine.tile, "max_batch": engine.max_batch,
         "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": engine.retry_after_s,
-        "backends": {str(s): engine.backend(s) for s in models},
+        "backends": {str(s): engine.backend(s) for s in models}, "jpeg": pixels.jpeg_ready,
     })
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,8 @@
 # 2. runs the CUDA tests and every test of the GPU's code path (tests.log);
 # 3. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
 #    process on a GPU host), a model per worker, and a model per worker under CUDA MPS: one ×3
-#    640×360 JPEG→JPEG request, 16 clients of such frames, 64 clients of 96² PNGs, with GPU busy,
+#    640×360 JPEG→JPEG request (nvJPEG where torchvision is there: SR_DEVICE_JPEG=auto), 16 clients of
+#    such frames, 64 clients of 96² PNGs, with GPU busy,
 #    CPU busy and the server's core-ms per request beside each (probe/probe.json, the table last);
 #    in the default layout only, a 10-s 640×360 clip as a ×3 video job: output frames/s of 1080p
 #    (issue 28's ≥ 60) and the encoder it used (NVENC where it opens, else libx264 and why).
@@ -28,9 +29,10 @@ export PYTHONUNBUFFERED=1
 date -u +"device check %Y-%m-%d %H:%M UTC, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+python3 -c "from app.engine import jpeg; import torch; print('device JPEG (torchvision nvJPEG):', jpeg.available(torch.device('cuda')))"
 
 timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_device_paths.py \
-    tests/test_device_process.py tests/test_planes.py \
+    tests/test_device_process.py tests/test_planes.py tests/test_device_jpeg.py \
     tests/test_video_encoders.py::test_with_nvenc_a_job_encodes_h264_on_the_gpu \
     tests/test_video_encoders.py::test_without_nvenc_the_fallback_is_libx264_probed_once_and_said 2>&1 | tee "$out/tests.log" | tail -15
 

@@ -15,17 +15,26 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
 from app.engine import jpeg
+from app.engine.channel import listen
+from app.engine.device_server import DeviceServer
+from app.engine.pixels import PixelEngine
 from app.imaging.decode import decode as cpu_decode
+from app.main import create_app
 from app.pipeline import OutputOptions
-from app.pipeline.build import build_pipeline
+from app.pipeline.build import build_engine, build_pipeline
+from app.pipeline.observer import PipelineObserver
 from tests import hostile_corpus
 from tests.conftest import encoded, make_settings, natural
 
@@ -246,3 +255,134 @@ def test_batches_answer_as_single_calls_and_refuse_one_by_one(device: str) -> No
     assert jpeg.encode_batch(planes, 80, [SRGB, None]) == [jpeg.encode(planes[0], 80, SRGB), jpeg.encode(planes[1], 80)]
     with pytest.raises(ValueError, match="quality"):
         jpeg.encode(planes[0], 0)
+
+
+# -- the request path: SR_DEVICE_JPEG, in-process and through the device process -------------
+
+
+class Codecs(PipelineObserver):
+    """Which codec answered each JPEG → JPEG request (the pipeline's own report, as the metrics get it)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def jpeg_codec(self, codec: str) -> None:
+        self.seen.append(codec)
+
+
+def test_the_setting_resolves_to_what_the_device_can_do() -> None:
+    cpu = torch.device("cpu")
+    assert not jpeg.enabled("off", cpu) and not jpeg.enabled("auto", cpu)  # auto: CUDA only
+    assert jpeg.enabled("on", cpu) == TORCHVISION
+
+
+def test_without_torchvision_the_setting_changes_nothing(seeded_store: Path) -> None:
+    """``SR_DEVICE_JPEG=on`` where the codec does not work: no device path, the same answers as ``off``."""
+    uploads = [photo(), photo((96, 64), icc_profile=SRGB, exif=exif(6))]
+
+    async def work():
+        on = build_pipeline(make_settings(seeded_store, device_jpeg="on", compose="tensor"))
+        off = build_pipeline(make_settings(seeded_store, device_jpeg="off"))
+        await on.start()
+        await off.start()
+        try:
+            assert (on.device_jpeg is not None) == TORCHVISION and off.device_jpeg is None
+            return [((await on.upscale(d, 2, OutputOptions("jpeg"))).body,
+                     (await off.upscale(d, 2, OutputOptions("jpeg"))).body) for d in uploads]
+        finally:
+            await on.close(5)
+            await off.close(5)
+
+    for got, expected in run(work()):
+        assert got == expected
+
+
+def test_jpeg_requests_through_the_device_process_answer_as_pillow(seeded_store: Path, tmp_path: Path) -> None:
+    """A real device server on a socket, its PixelEngine told it does JPEG, and a worker pipeline connected to it.
+
+    With torchvision the device decodes and encodes the baseline uploads (its libjpeg-turbo: Pillow's bytes);
+    without it the device refuses each one (``NotEligible`` over the wire), and the worker takes its queue
+    room again and answers with Pillow. The progressive upload never leaves the worker (its header says
+    no). Either way every answer is the CPU pipeline's bytes, and no queue room is left held.
+    """
+    uploads = [  # (upload, scale, options)
+        (photo((160, 120)), 2, OutputOptions("jpeg")),
+        (photo((96, 64), icc_profile=SRGB, exif=exif(6)), 3, OutputOptions("same", quality=75)),
+        (photo((64, 48), progressive=True), 2, OutputOptions("jpeg")),
+    ]
+    settings = make_settings(seeded_store, device_jpeg="on", device="cpu")
+    cpu = torch.device("cpu")
+    socket_path = str(tmp_path / "device.sock")
+
+    async def work():
+        models, engine = build_engine(settings, cpu)
+        device_pixels = PixelEngine(engine, cpu, ThreadPoolExecutor(2), jpeg=True)
+        server = DeviceServer(device_pixels, info={
+            "device": "cpu", "tile": engine.tile, "max_batch": engine.max_batch,
+            "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": 1.0,
+            "backends": {str(s): engine.backend(s) for s in models}, "jpeg": device_pixels.jpeg_ready})
+        await engine.start()
+        accepting = asyncio.create_task(server.serve(listen(socket_path)))
+        codecs = Codecs()
+        worker = build_pipeline(settings.model_copy(update={"device_socket": socket_path}), observer=codecs)
+        reference = build_pipeline(make_settings(seeded_store, device_jpeg="off"))
+        await worker.start()
+        await reference.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not worker.ready:
+                assert time.monotonic() < deadline, "the worker never connected to the device server"
+                await asyncio.sleep(0.01)
+            assert worker.device_jpeg is worker.engine and worker.device_jpeg.jpeg_ready
+            answers = [((await worker.upscale(d, s, o)).body, (await reference.upscale(d, s, o)).body)
+                       for d, s, o in uploads]
+            assert worker.engine._reserved == 0 and engine.queue_depth == 0
+            return answers, codecs.seen
+        finally:
+            await worker.close(5)
+            await reference.close(5)
+            accepting.cancel()
+            await server.drain(5)
+
+    answers, seen = run(work())
+    for got, expected in answers:
+        assert got == expected
+    assert seen == (["device", "device", "pillow"] if TORCHVISION else ["pillow"] * 3)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", DEVICES)
+def test_post_upscale_takes_the_device_path_and_counts_it(seeded_store: Path, device: str) -> None:
+    """Over HTTP, in-process (``SR_DEVICE_JPEG=on``; on CUDA what ``auto`` gives): Pillow's answer (its bytes on
+    the CPU, within a grey level on a GPU, upright, the profile kept), the stages timed, and
+    ``sr_jpeg_codec_total`` counting the device answers and the fallback."""
+    on = make_settings(seeded_store, device_jpeg="on", device=device)
+    off = make_settings(seeded_store, device_jpeg="off")
+
+    def counted(client: TestClient, codec: str) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f'sr_jpeg_codec_total{{codec="{codec}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def post(client: TestClient, data: bytes, fmt: str) -> httpx.Response:
+        return client.post("/upscale", params={"scale": 2, "format": fmt}, files={"file": ("x.jpg", data, "image/jpeg")})
+
+    with TestClient(create_app(on)) as client, TestClient(create_app(off)) as pillow:
+        before = counted(client, "device"), counted(client, "pillow")
+        for data in (photo(), photo((90, 70), exif=exif(8), icc_profile=SRGB)):
+            for fmt in ("jpeg", "same"):
+                r, expected = post(client, data, fmt), post(pillow, data, fmt).content
+                assert r.status_code == 200
+                if device == "cpu":
+                    assert r.content == expected
+                got, want = Image.open(io.BytesIO(r.content)), Image.open(io.BytesIO(expected))
+                assert got.size == want.size and got.info.get("icc_profile") == want.info.get("icc_profile")
+                assert np.abs(pixels(r.content) - pixels(expected)).mean() <= GREY_LEVEL
+                assert {"decode", "model", "compose", "encode"} <= {
+                    part.split(";")[0].strip() for part in r.headers["server-timing"].split(",")}
+        progressive = photo(progressive=True)
+        assert post(client, progressive, "jpeg").content == post(pillow, progressive, "jpeg").content
+        png = post(client, photo(), "png")  # a PNG answer is Pillow's business: not counted
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert (counted(client, "device") - before[0], counted(client, "pillow") - before[1]) == (4, 1)

@@ -1,4 +1,6 @@
-"""The serving engine: device handling, the model runner, and the tile-batching worker.
+"""The serving engine: device handling, the model runner, the tile-batching worker, and the device process's wire.
 
-Tensors in, tensors out: nothing here decodes images or speaks HTTP.
+Tensors and 8-bit planes in and out; nothing here speaks HTTP. The one codec is
+:mod:`app.engine.jpeg`, JPEG on the models' device (nvJPEG), since there the bytes
+must meet the model where it runs; every other decode and encode is :mod:`app.imaging`'s.
 """

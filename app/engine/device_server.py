@@ -13,6 +13,10 @@ Messages (JSON, one datagram each):
   → ``ok`` with timings, or ``error`` naming the engine's refusal (``QueueFull``…);
 - ``luma``: the same for the model alone, float32 luma in and out (small images, whose colour
   work is cheaper on the worker's CPU than as some fifty kernel launches on this process's GIL);
+- ``jpeg`` (+ a memfd holding the upload's bytes and the ICC profile the answer keeps) → ``ok``
+  with the answer's JPEG bytes in a memfd of their own (their size is known only once encoded),
+  decoded and encoded on the device (:meth:`PixelEngine.upscale_jpeg`); or ``error``
+  ``NotEligible`` when the device codec refused them and the worker's Pillow must answer;
 - ``cancel``: the worker's client has gone; its tiles are dropped unrun.
 
 Every reply carries the queue depth, which the workers use for early admission.
@@ -26,13 +30,13 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.engine import errors
+from app.engine import errors, jpeg
 from app.engine.batcher import Engine
 from app.engine.channel import Channel, SharedBuffer
 from app.engine.pixels import PixelEngine, PixelTimings, output_shape
@@ -49,6 +53,8 @@ WIRE_ERRORS: dict[str, type[errors.EngineError]] = {
 
 def error_message(exc: BaseException) -> dict[str, Any]:
     """An exception as the wire's ``error`` fields (what :func:`app.engine.remote.raise_error` rebuilds)."""
+    if isinstance(exc, jpeg.NotEligible):  # not a failure: the worker's Pillow answers instead
+        return {"error": "NotEligible", "message": exc.reason}
     known = type(exc).__name__ in WIRE_ERRORS
     message: dict[str, Any] = {"error": type(exc).__name__ if known else "ModelError",
                                "message": str(exc) if known else f"{type(exc).__name__}: {exc}"}
@@ -88,6 +94,12 @@ def wire_layout(op: str, h: int, w: int, c: int, alpha: bool, scale: int) -> Wir
     u8 = np.dtype(np.uint8)
     parts = [("color", u8, (h, w, c))] + ([("alpha", u8, (h, w))] if alpha else [])
     return WireLayout((*parts, ("out", u8, output_shape(h, w, c, alpha, scale))))
+
+
+def jpeg_layout(size: int, icc_size: int) -> WireLayout:
+    """``jpeg``: the upload's ``size`` bytes, then the ``icc_size`` bytes of the profile the answer keeps."""
+    u8 = np.dtype(np.uint8)
+    return WireLayout((("data", u8, (size,)), ("icc", u8, (icc_size,))))
 
 
 class DeviceServer:
@@ -132,7 +144,7 @@ class DeviceServer:
             while (received := await channel.receive()) is not None:
                 message, fd = received
                 op = message.get("op")
-                if op in ("planes", "luma") and fd is not None:
+                if op in ("planes", "luma", "jpeg") and fd is not None:
                     task = asyncio.create_task(self._upscale(channel, message, fd))
                     mine[message["id"]] = task
                     task.add_done_callback(lambda _t, i=message["id"]: mine.pop(i, None))
@@ -156,17 +168,25 @@ class DeviceServer:
 
     async def _upscale(self, channel: Channel, message: dict[str, Any], fd: int) -> None:
         reply: dict[str, Any] = {"id": message["id"]}
+        answer: SharedBuffer | None = None  # a ``jpeg`` answer's bytes, passed back with the reply
         try:
             try:
-                h, w, c, scale = (int(message[k]) for k in ("h", "w", "c", "scale"))
-                alpha = bool(message.get("alpha"))
-                layout = wire_layout(message["op"], h, w, c, alpha, scale)
+                scale = int(message["scale"])
+                if message["op"] == "jpeg":
+                    layout = jpeg_layout(int(message["size"]), int(message.get("icc_size", 0)))
+                else:
+                    h, w, c = (int(message[k]) for k in ("h", "w", "c"))
+                    alpha = bool(message.get("alpha"))
+                    layout = wire_layout(message["op"], h, w, c, alpha, scale)
             except BaseException:
                 os.close(fd)
                 raise
             buffer = SharedBuffer(layout.size, fd)  # maps, then closes the descriptor
             deadline = message.get("deadline")
-            if message["op"] == "luma":
+            if message["op"] == "jpeg":
+                answer, timings = await self._jpeg(layout, buffer, message, scale, deadline)
+                reply["size"] = answer.size
+            elif message["op"] == "luma":
                 luma = torch.from_numpy(layout.view(buffer, "luma"))
                 started = time.perf_counter()
                 sr = await self.engine.upscale(luma, scale, deadline=deadline)
@@ -176,15 +196,32 @@ class DeviceServer:
                 plane = layout.view(buffer, "alpha") if alpha else None
                 timings = await self.pixels.upscale_into(layout.view(buffer, "color"), plane, scale,
                                                          layout.view(buffer, "out"), deadline=deadline)
-            reply.update(ok=True, model_s=timings.model_s, compose_s=timings.compose_s)
+            reply.update(ok=True, **{f.name: getattr(timings, f.name) for f in fields(timings)})
         except asyncio.CancelledError:
             return  # the worker asked, or went: nobody waits for an answer
         except Exception as exc:  # one request's failure answers that request alone
-            if not isinstance(exc, errors.EngineError):
+            if not isinstance(exc, errors.EngineError | jpeg.NotEligible):
                 log.exception("device server: request failed")
             reply.update(error_message(exc))
         reply["depth"] = self.engine.queue_depth
         try:
-            await channel.send(reply)
+            await channel.send(reply, answer.fd if answer is not None else None)
         except OSError:
             pass  # the worker went while we computed
+        finally:
+            if answer is not None:
+                answer.close()  # the worker maps its own copy of the descriptor
+
+    async def _jpeg(
+        self, layout: WireLayout, buffer: SharedBuffer, message: dict[str, Any], scale: int, deadline: float | None
+    ) -> tuple[SharedBuffer, PixelTimings]:
+        """JPEG bytes in, the answer's JPEG bytes in a fresh shared buffer out (see ``jpeg`` above)."""
+        data = layout.view(buffer, "data").tobytes()
+        icc_profile = layout.view(buffer, "icc").tobytes() or None
+        max_pixels = message.get("max_pixels")
+        body, timings = await self.pixels.upscale_jpeg(
+            data, scale, quality=int(message["quality"]), icc_profile=icc_profile,
+            max_pixels=int(max_pixels) if max_pixels is not None else None, deadline=deadline)
+        answer = SharedBuffer(len(body))
+        answer.map[:] = body
+        return answer, timings

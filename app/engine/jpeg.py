@@ -294,6 +294,14 @@ def available(device: torch.device | str = "cpu") -> bool:
     return works
 
 
+def enabled(mode: str, device: torch.device) -> bool:
+    """``SR_DEVICE_JPEG`` resolved for the models' ``device``: ``auto`` means on CUDA only, ``on`` anywhere the
+    codec works, ``off`` never. Checks the codec (starting nvJPEG): call it at start-up."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return False
+    return available(device)
+
+
 def _tvio() -> ModuleType:
     tvio = _io()
     if tvio is None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +30,8 @@ from app.core import planes
 from app.engine import jpeg
 from app.engine.batcher import Engine, Reservation
 from app.engine.device import transfer
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,15 @@ class PixelEngine:
     """8-bit planes → luma → :class:`Engine` (batched with every other request) → composed 8-bit planes.
 
     ``executor`` runs the tensor work before and after the model (copies and kernel
-    launches), off the event loop.
+    launches), off the event loop. ``jpeg``: whether the pipeline sends it JPEG→JPEG
+    requests (:meth:`upscale_jpeg`; ``SR_DEVICE_JPEG`` resolved by :func:`app.engine.jpeg.enabled`).
     """
 
-    def __init__(self, engine: Engine, device: torch.device, executor: Executor) -> None:
+    def __init__(self, engine: Engine, device: torch.device, executor: Executor, *, jpeg: bool = False) -> None:
         self.engine = engine
         self.device = device
         self.executor = executor
+        self.jpeg_ready = jpeg
 
     async def upscale_planes(
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
@@ -89,17 +95,24 @@ class PixelEngine:
         """As :meth:`upscale_planes`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        try:
-            c, a, luma = await loop.run_in_executor(self.executor, self._before, color, alpha)
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            raise
+        c, a, luma = await self._first_step(reservation, self._before, color, alpha)
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
         await loop.run_in_executor(self.executor, self._after, c, a, sr, scale, out)
         return PixelTimings(model_s=modelled - prepared, compose_s=(prepared - started) + (time.perf_counter() - modelled))
+
+    async def _first_step(self, reservation: Reservation | None, step: Callable[..., _T], *args: object) -> _T:
+        """``step(*args)`` off the event loop, before the model: when it fails the request ends there, so its
+        reservation is released; except :class:`~app.engine.jpeg.NotEligible`, where the CPU path takes it on."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, step, *args)
+        except jpeg.NotEligible:
+            raise
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
 
     def _before(self, color: np.ndarray, alpha: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
         c, a = _device_planes(color, alpha, self.device)
@@ -128,14 +141,7 @@ class PixelEngine:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        try:
-            c, luma, decoded = await loop.run_in_executor(self.executor, self._decode_jpeg, data, max_pixels)
-        except jpeg.NotEligible:
-            raise
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            raise
+        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg, data, max_pixels)
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from typing import Any
 
@@ -27,11 +28,11 @@ import torch
 from torch import Tensor
 
 from app.core.tiling import count_tiles
-from app.engine import errors
+from app.engine import errors, jpeg
 from app.engine.batcher import Reservation
 from app.engine.channel import Channel, SharedBuffer, connect
-from app.engine.device_server import WIRE_ERRORS, WireLayout, wire_layout
-from app.engine.pixels import PixelTimings
+from app.engine.device_server import WIRE_ERRORS, WireLayout, jpeg_layout, wire_layout
+from app.engine.pixels import JpegTimings, PixelTimings
 
 log = logging.getLogger(__name__)
 RECONNECT_S = 0.2  # between attempts while the device process is away
@@ -43,8 +44,10 @@ class DeviceUnavailable(errors.WorkerRestarted):
 
 def raise_error(reply: dict[str, Any]) -> None:
     """Rebuild the engine refusal a device reply names (see :func:`app.engine.device_server.error_message`)."""
-    cls = WIRE_ERRORS.get(reply["error"], errors.ModelError)
     message = reply.get("message", "")
+    if reply["error"] == "NotEligible":
+        raise jpeg.NotEligible(message)
+    cls = WIRE_ERRORS.get(reply["error"], errors.ModelError)
     if cls is errors.QueueFull:
         raise errors.QueueFull(message, float(reply.get("retry_after_s", 1.0)))
     if cls is errors.UnknownScale:
@@ -99,6 +102,11 @@ class RemoteEngine:
     def backend(self, scale: int) -> str:
         return str(self.info.get("backends", {}).get(str(scale), "unknown"))
 
+    @property
+    def jpeg_ready(self) -> bool:
+        """Whether the device process decodes and encodes JPEG itself (its ``SR_DEVICE_JPEG``, its torchvision)."""
+        return bool(self.info.get("jpeg"))
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, wait_s: float = 0.0) -> None:
@@ -149,14 +157,16 @@ class RemoteEngine:
 
     async def _read(self, channel: Channel) -> None:
         while (received := await channel.receive()) is not None:
-            reply, _fd = received
+            reply, fd = received
             if "depth" in reply:
                 self._depth = int(reply["depth"])
             if reply.get("op") == "hello":
                 self.info = reply
             future = self._pending.pop(reply.get("id", -1), None)
             if future is not None and not future.done():
-                future.set_result(reply)
+                future.set_result(reply | ({"fd": fd} if fd is not None else {}))
+            elif fd is not None:
+                os.close(fd)  # an answer nobody waits for any more
         raise ConnectionError("the device process closed the connection")
 
     def _fail_pending(self, exc: Exception) -> None:
@@ -197,8 +207,8 @@ class RemoteEngine:
         """As :meth:`app.engine.batcher.Engine.upscale` (float32 luma in and out), computed by the device process."""
         c, h, w = luma.shape
         layout = wire_layout("luma", h, w, c, False, scale)
-        buffer, _ = await self._call("luma", layout, {"luma": luma.numpy()}, scale, h, w, c, False, deadline,
-                                     reservation)
+        buffer, _ = await self._call("luma", layout, {"luma": luma.numpy()},
+                                     {"scale": scale, "h": h, "w": w, "c": c, "alpha": False}, deadline, reservation)
         return torch.from_numpy(layout.view(buffer, "out"))
 
     async def upscale_planes(
@@ -209,16 +219,48 @@ class RemoteEngine:
         h, w, c = color.shape
         layout = wire_layout("planes", h, w, c, alpha is not None, scale)
         arrays = {"color": color} | ({"alpha": alpha} if alpha is not None else {})
-        buffer, reply = await self._call("planes", layout, arrays, scale, h, w, c, alpha is not None, deadline,
-                                         reservation)
+        buffer, reply = await self._call("planes", layout, arrays,
+                                         {"scale": scale, "h": h, "w": w, "c": c, "alpha": alpha is not None},
+                                         deadline, reservation)
         return layout.view(buffer, "out"), PixelTimings(model_s=float(reply.get("model_s", 0.0)),
                                                         compose_s=float(reply.get("compose_s", 0.0)))
 
+    async def upscale_jpeg(
+        self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
+        max_pixels: int | None = None, deadline: float | None = None, reservation: Reservation | None = None,
+    ) -> tuple[bytes, JpegTimings]:
+        """As :meth:`app.engine.pixels.PixelEngine.upscale_jpeg`, computed by the device process.
+
+        The upload goes over as its bytes and the answer comes back as JPEG bytes: the device
+        process decodes and encodes. ``reservation`` is released when the request is sent (the
+        device process admits it), so after :class:`~app.engine.jpeg.NotEligible` the caller
+        reserves again for the Pillow path.
+        """
+        profile = icc_profile or b""
+        layout = jpeg_layout(len(data), len(profile))
+        inputs = {"data": np.frombuffer(data, np.uint8), "icc": np.frombuffer(profile, np.uint8)}
+        fields = {"scale": scale, "size": len(data), "icc_size": len(profile), "quality": quality,
+                  "max_pixels": max_pixels}
+        _, reply = await self._call("jpeg", layout, inputs, fields, deadline, reservation)
+        fd, size = reply.get("fd"), int(reply.get("size", 0))
+        if fd is None or size <= 0:
+            if fd is not None:
+                os.close(fd)
+            raise errors.ModelError("the device process answered a JPEG request without its bytes")
+        answer = SharedBuffer(size, fd)  # maps, then closes the descriptor
+        try:
+            body = answer.map[:size]
+        finally:
+            answer.map.close()
+        times = {k: float(reply.get(k, 0.0)) for k in ("model_s", "compose_s", "decode_s", "encode_s")}
+        return body, JpegTimings(**times)
+
     async def _call(
-        self, op: str, layout: WireLayout, inputs: dict[str, np.ndarray], scale: int, h: int, w: int, c: int,
-        alpha: bool, deadline: float | None, reservation: Reservation | None,
+        self, op: str, layout: WireLayout, inputs: dict[str, np.ndarray], fields: dict[str, Any],
+        deadline: float | None, reservation: Reservation | None,
     ) -> tuple[SharedBuffer, dict[str, Any]]:
-        """Write ``inputs`` into a fresh shared buffer, send it, wait for the answer; the buffer then holds the output."""
+        """Write ``inputs`` into a fresh shared buffer, send it with ``fields``, wait for the answer; the buffer then
+        holds the output (``planes``, ``luma``), or the reply's ``fd`` does (``jpeg``)."""
         if reservation is not None:
             reservation.release()  # the device process admits it now, against its own queue
         channel = self._channel
@@ -232,8 +274,7 @@ class RemoteEngine:
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
             try:
-                await channel.send({"op": op, "id": request_id, "scale": scale, "h": h, "w": w, "c": c,
-                                    "alpha": alpha, "deadline": deadline}, buffer.fd)
+                await channel.send({"op": op, "id": request_id, **fields, "deadline": deadline}, buffer.fd)
             except OSError as exc:
                 self._pending.pop(request_id, None)
                 raise DeviceUnavailable(f"the device process could not be reached ({exc}); retry") from None
@@ -243,6 +284,8 @@ class RemoteEngine:
                 reply = await future
             except asyncio.CancelledError:
                 self._pending.pop(request_id, None)
+                if future.done() and not future.cancelled() and "fd" in future.result():
+                    os.close(future.result()["fd"])  # answered just before the cancel: its JPEG is not wanted
                 with contextlib.suppress(OSError):
                     await asyncio.shield(channel.send({"op": "cancel", "id": request_id}))
                 raise

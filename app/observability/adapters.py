@@ -50,6 +50,9 @@ class PipelineMetrics(PipelineObserver):
     def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
         metrics.count_pixels(scale, input_pixels, output_pixels)
 
+    def jpeg_codec(self, codec: str) -> None:
+        metrics.count_jpeg_codec(codec)
+
 
 class JobsMetrics(JobsObserver):
     """Job events → ``sr_jobs_*`` and ``sr_video_frames_total``."""

@@ -28,6 +28,8 @@ sr_jobs_backend                    state                       (gauge) jobs queu
                                                                backend, every replica (same value on each)
 sr_video_frames_total              scale                       video frame super-resolved and encoded
 sr_worker_restarts_total           —                           batching worker restarted after it died
+sr_jpeg_codec_total                codec                       JPEG → JPEG answer with device JPEG on: ``device``
+                                                               or ``pillow`` (the fallback, see ``JPEG_CODECS``)
 =================================  ==========================  =============================================
 
 Labels stay bounded: ``scale`` is ``"1"``…``"8"`` (the manifests' range) or ``""`` (invalid),
@@ -80,6 +82,9 @@ TIMEOUT = "timeout"
 BAD_INPUT = "bad_input"
 CLIENT_GONE = "client_gone"
 REJECT_REASONS = (QUEUE_FULL, TOO_LARGE, TIMEOUT, BAD_INPUT, CLIENT_GONE)
+
+# Who answered a JPEG → JPEG request with device JPEG on (label values of sr_jpeg_codec_total).
+JPEG_CODECS = ("device", "pillow")
 
 # Stages (label values of sr_stage_duration_seconds).
 STAGE_DECODE = "decode"
@@ -154,6 +159,9 @@ METRIC_DOCS: dict[str, str] = {
     "every process of the host without), by state: each replica exports the same value, so aggregate with max.",
     "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
     "sr_worker_restarts_total": "Times the batching worker died and its supervisor restarted it (0 when healthy).",
+    "sr_jpeg_codec_total": "JPEG uploads answered as JPEG while device JPEG is on (SR_DEVICE_JPEG), by the codec that "
+    "did it: device (decode and encode beside the model), or pillow (the upload needed the CPU path: progressive, "
+    "greyscale, CMYK...).",
 }
 
 REQUESTS = _metric(Counter, "sr_requests_total", METRIC_DOCS["sr_requests_total"], ("endpoint", "scale", "status"))
@@ -201,6 +209,7 @@ JOBS_BACKEND = _metric(Gauge, "sr_jobs_backend", METRIC_DOCS["sr_jobs_backend"],
                        multiprocess_mode="livemax")
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
 WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
+JPEG_CODEC = _metric(Counter, "sr_jpeg_codec_total", METRIC_DOCS["sr_jpeg_codec_total"], ("codec",))
 # Every job series exists from the start at 0, so rate() and absent() need no first event.
 for _kind in JOB_KINDS:
     for _state in JOB_STATES:
@@ -210,6 +219,8 @@ for _state in JOB_ACTIVE_STATES:
     JOBS_BACKEND.labels(_state)
 for _scale in KNOWN_SCALES:
     VIDEO_FRAMES.labels(_scale)
+for _codec in JPEG_CODECS:
+    JPEG_CODEC.labels(_codec)
 
 ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     REQUESTS,
@@ -230,6 +241,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     JOBS_BACKEND,
     VIDEO_FRAMES,
     WORKER_RESTARTS,
+    JPEG_CODEC,
 )
 
 
@@ -283,6 +295,13 @@ def observe_batch(*, scale: int | str, device: str, tiles: int, max_batch: int, 
     STAGE_DURATION.labels(STAGE_INFERENCE).observe(seconds)
     BATCH_SIZE.observe(tiles)
     BATCH_FILL_RATIO.observe(min(tiles / max_batch, 1.0) if max_batch > 0 else 0.0)
+
+
+def count_jpeg_codec(codec: str) -> None:
+    """One JPEG → JPEG answer, by the codec that made it (one of :data:`JPEG_CODECS`)."""
+    if codec not in JPEG_CODECS:
+        raise ValueError(f"unknown JPEG codec {codec!r}; expected one of {JPEG_CODECS}")
+    JPEG_CODEC.labels(codec).inc()
 
 
 def count_pixels(scale: int | str, input_pixels: int, output_pixels: int) -> None:

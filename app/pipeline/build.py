@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from app.config import Settings
+from app.engine import jpeg
 from app.engine.batcher import Engine
 from app.engine.core_tokens import CoreTokens
 from app.engine.device import configure_threads, max_batch_for, resolve_device
@@ -92,11 +93,14 @@ def build_pipeline(
         remote = RemoteEngine(device_socket_for(settings.device_socket), retry_after_s=settings.retry_after_s)
         engine: Engine | RemoteEngine = remote
         pixels = remote if settings.compose != "pillow" else None
+        device_jpeg: PixelEngine | RemoteEngine | None = remote  # the device process says whether it does JPEG
     else:
         device = resolve_device(settings.device)
         models, engine = build_engine(settings, device, engine_observer=engine_observer)
         tensor = {"auto": device.type == "cuda", "tensor": True, "pillow": False}[settings.compose]
-        pixels = PixelEngine(engine, device, codec_pool) if tensor else None
+        on_device = PixelEngine(engine, device, codec_pool, jpeg=jpeg.enabled(settings.device_jpeg, device))
+        pixels = on_device if tensor else None
+        device_jpeg = on_device if on_device.jpeg_ready else None
     compose_threads = codec_threads_for(settings.compose_threads)
     return Pipeline(
         models,
@@ -113,6 +117,7 @@ def build_pipeline(
         decode_budget=DecodeBudget(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mb << 20),
         device=device,
         pixels=pixels,
+        device_jpeg=device_jpeg,
         pixels_min_pixels=settings.gpu_compose_min_pixels if settings.compose == "auto" else 0,
         png_compress_level=settings.png_compress_level,
         request_timeout_s=settings.request_timeout_s,

@@ -9,3 +9,6 @@ class PipelineObserver:
 
     def pixels(self, scale: int, input_pixels: int, output_pixels: int) -> None:
         """A request was answered."""
+
+    def jpeg_codec(self, codec: str) -> None:
+        """A JPEG → JPEG request, with device JPEG on, was answered by ``device`` or ``pillow`` (the fallback)."""

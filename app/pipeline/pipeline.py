@@ -6,7 +6,12 @@ work runs depends on the device: on CUDA the decoded frame goes to the GPU
 once as 8-bit planes and luma, bicubic chroma, alpha and the luma swap run
 there beside the model (:mod:`app.core.planes`), coming back as 8-bit planes
 for the encoder; on the CPU the banded Pillow/NumPy compose
-(:mod:`app.imaging.compose`) is faster and gives the same bytes.
+(:mod:`app.imaging.compose`) is faster and gives the same bytes. A JPEG answered
+as JPEG, where the device has a JPEG codec (``SR_DEVICE_JPEG``), goes over as
+its bytes and comes back as JPEG bytes: decode and encode run beside the model
+(:meth:`Pipeline._on_device`). Such a JPEG has one baseline scan, so its decode
+is linear in the pixels the header check has already bounded, and it skips the
+decode sandbox; anything else takes the Pillow path.
 
 Admission comes from the header: the structural checks and the header's size
 (:func:`app.imaging.decode.peek`, no pixel decoded) refuse what is too large
@@ -28,6 +33,8 @@ to statuses is the caller's business.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -39,16 +46,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from app.engine import jpeg
 from app.engine.batcher import Engine, Reservation
 from app.engine.device import describe
 from app.engine.errors import DeadlineExceeded, UnknownScale
 from app.engine.pixels import PixelEngine
 from app.engine.remote import RemoteEngine
+from app.imaging import icc
 from app.imaging.animation import ANIMATED_FORMATS, DEFAULT_MAX_ANIMATION_PIXELS
 from app.imaging.compose import compose, luma_tensor
 from app.imaging.compose import warm_up as warm_up_compose
 from app.imaging.decode import DecodedImage, Header, decode, load_codecs, peek, peek_prefix
-from app.imaging.encode import WEBP_MAX_SIDE, encode
+from app.imaging.encode import DEFAULT_QUALITY, WEBP_MAX_SIDE, encode
 from app.imaging.errors import ImageTooComplex, ImageTooLarge
 from app.imaging.limits import DEFAULT_LIMITS, ImageLimits
 from app.imaging.sandbox import DEFAULT_BUDGET, DecodeBudget, DecodeSandbox
@@ -60,6 +69,7 @@ from app.pipeline.timings import Timings
 from app.store.registry import LoadedModel
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 INLINE_PEEK_BYTES = 1 << 20  # headers of smaller uploads are checked on the event loop (≈ 0.3 ms at most)
 
 
@@ -90,6 +100,7 @@ class Pipeline:
         limits: ImageLimits = DEFAULT_LIMITS,
         device: torch.device | None = None,
         pixels: PixelEngine | RemoteEngine | None = None,
+        device_jpeg: PixelEngine | RemoteEngine | None = None,
         pixels_min_pixels: int = 0,
         png_compress_level: int = 1,
         request_timeout_s: float | None = None,
@@ -107,6 +118,7 @@ class Pipeline:
         self.device = device or torch.device("cpu")
         self.pixels = pixels  # the colour work beside the model (a GPU, the device process); None: the CPU compose
         self.pixels_min_pixels = pixels_min_pixels  # smaller images compose on this CPU: see _beside_model
+        self.device_jpeg = device_jpeg  # JPEG → JPEG decoded and encoded on the models' device: see _on_device
         self.png_compress_level = png_compress_level
         self.request_timeout_s = request_timeout_s
         self.observer = observer or PipelineObserver()
@@ -238,23 +250,69 @@ class Pipeline:
             if early is not None:
                 early.release()
             reservation = self.engine.reserve(scale, header.height, header.width)  # queue room, or 503 now
+        answered: tuple[bytes, tuple[int, int]] | None = None
         try:
-            if self._sandboxed(header):
-                started = time.perf_counter()
-                image = await self._sandbox_decode(data, scale, deadline)
-                prepared = await self.in_pool(self._prepare, image)
-                timings.decode = time.perf_counter() - started
-                self.observer.stage("decode", timings.decode)
-            else:
-                prepared = await self.in_pool(self._decode_and_prepare, data, scale, timings)
-            sr = await self._model(prepared, scale, deadline, timings, reservation)
+            if fmt == "jpeg" and header.format in ("JPEG", "MPO") and self._jpeg_on_device():
+                answered = await self._on_device(data, scale, options, deadline, timings, reservation)
+                if answered is None and not reservation.covers(scale, header.height, header.width):
+                    reservation = self.engine.reserve(scale, header.height, header.width)  # the device let it go
+            if answered is None:
+                if self._sandboxed(header):
+                    started = time.perf_counter()
+                    image = await self._sandbox_decode(data, scale, deadline)
+                    prepared = await self.in_pool(self._prepare, image)
+                    timings.decode = time.perf_counter() - started
+                    self.observer.stage("decode", timings.decode)
+                else:
+                    prepared = await self.in_pool(self._decode_and_prepare, data, scale, timings)
+                sr = await self._model(prepared, scale, deadline, timings, reservation)
         finally:
             reservation.release()
-        image = prepared.image
-        body = await self.in_pool(self._compose_and_encode, prepared, sr, scale, fmt, options, timings)
+        if answered is None:
+            body = await self.in_pool(self._compose_and_encode, prepared, sr, scale, fmt, options, timings)
+            size = (prepared.image.width, prepared.image.height)
+        else:
+            body, size = answered
         return UpscaleResult(body=body, format=fmt, model=self.models[scale].manifest.name, scale=scale,
-                             input_size=(image.width, image.height),
-                             output_size=(image.width * scale, image.height * scale), timings=timings)
+                             input_size=size, output_size=(size[0] * scale, size[1] * scale), timings=timings)
+
+    def _jpeg_on_device(self) -> bool:
+        return self.device_jpeg is not None and self.device_jpeg.jpeg_ready
+
+    async def _on_device(
+        self, data: bytes, scale: int, options: OutputOptions, deadline: float | None, timings: Timings,
+        reservation: Reservation,
+    ) -> tuple[bytes, tuple[int, int]] | None:
+        """A JPEG answered as JPEG with decode, model, compose and encode on the models' device: the body and the
+        upright input size; None when the bytes must take the Pillow path (:func:`app.engine.jpeg.probe` says why).
+
+        The header is probed here first, so ineligible uploads never leave this process; the answer
+        keeps the ICC profile the Pillow path keeps, and gives its pixels within the bound
+        :mod:`app.engine.jpeg` states (its very bytes where the device is a CPU).
+        """
+        assert self.device_jpeg is not None
+        found = await self.in_pool(functools.partial(jpeg.probe, data, max_pixels=self.limits.max_input_pixels))
+        if not found.eligible:
+            self.observer.jpeg_codec("pillow")
+            return None
+        profile = found.icc_profile if icc.fits(found.icc_profile, "RGB") else None
+        quality = DEFAULT_QUALITY if options.quality is None else options.quality
+        try:
+            body, spent = await self.device_jpeg.upscale_jpeg(
+                data, scale, quality=quality, icc_profile=profile, max_pixels=self.limits.max_input_pixels,
+                deadline=deadline, reservation=reservation)
+        except jpeg.NotEligible as exc:
+            log.info("the device's JPEG codec refused an upload (%s): Pillow answers it", exc.reason)
+            self.observer.jpeg_codec("pillow")
+            return None
+        timings.decode, timings.model, timings.compose, timings.encode = (
+            spent.decode_s, spent.model_s, spent.compose_s, spent.encode_s)
+        for stage in ("decode", "compose", "encode"):
+            self.observer.stage(stage, getattr(timings, stage))
+        self.observer.jpeg_codec("device")
+        w, h = found.width, found.height
+        self.observer.pixels(scale, w * h, w * h * scale * scale)
+        return body, (w, h)
 
     async def upscale_image(
         self, image: DecodedImage, scale: int, *, deadline: float | None = None, timings: Timings | None = None
