@@ -307,10 +307,11 @@ def test_jpeg_requests_through_the_device_process_answer_as_pillow(seeded_store:
     """
     uploads = [  # (upload, scale, options)
         (photo((160, 120)), 2, OutputOptions("jpeg")),
-        (photo((96, 64), icc_profile=SRGB, exif=exif(6)), 3, OutputOptions("same", quality=75)),
-        (photo((64, 48), progressive=True), 2, OutputOptions("jpeg")),
+        (photo((128, 96), icc_profile=SRGB, exif=exif(6)), 3, OutputOptions("same", quality=75)),
+        (photo((160, 120), progressive=True), 2, OutputOptions("jpeg")),
+        (photo((96, 64)), 2, OutputOptions("jpeg")),  # under SR_GPU_COMPOSE_MIN_PIXELS: this CPU's, as its compose
     ]
-    settings = make_settings(seeded_store, device_jpeg="on", device="cpu")
+    settings = make_settings(seeded_store, device_jpeg="on", device="cpu", gpu_compose_min_pixels=10_000)
     cpu = torch.device("cpu")
     socket_path = str(tmp_path / "device.sock")
 
@@ -347,7 +348,7 @@ def test_jpeg_requests_through_the_device_process_answer_as_pillow(seeded_store:
     answers, seen = run(work())
     for got, expected in answers:
         assert got == expected
-    assert seen == (["device", "device", "pillow"] if TORCHVISION else ["pillow"] * 3)
+    assert seen == (["device", "device", "pillow", "pillow"] if TORCHVISION else ["pillow"] * 4)
 
 
 @needs_torchvision
@@ -356,7 +357,7 @@ def test_post_upscale_takes_the_device_path_and_counts_it(seeded_store: Path, de
     """Over HTTP, in-process (``SR_DEVICE_JPEG=on``; on CUDA what ``auto`` gives): Pillow's answer (its bytes on
     the CPU, within a grey level on a GPU, upright, the profile kept), the stages timed, and
     ``sr_jpeg_codec_total`` counting the device answers and the fallback."""
-    on = make_settings(seeded_store, device_jpeg="on", device=device)
+    on = make_settings(seeded_store, device_jpeg="on", device=device, gpu_compose_min_pixels=0)
     off = make_settings(seeded_store, device_jpeg="off")
 
     def counted(client: TestClient, codec: str) -> float:

@@ -253,7 +253,7 @@ class Pipeline:
         answered: tuple[bytes, tuple[int, int]] | None = None
         try:
             if fmt == "jpeg" and header.format in ("JPEG", "MPO") and self._jpeg_on_device():
-                answered = await self._on_device(data, scale, options, deadline, timings, reservation)
+                answered = await self._on_device(data, header, scale, options, deadline, timings, reservation)
                 if answered is None and not reservation.covers(scale, header.height, header.width):
                     reservation = self.engine.reserve(scale, header.height, header.width)  # the device let it go
             if answered is None:
@@ -280,17 +280,21 @@ class Pipeline:
         return self.device_jpeg is not None and self.device_jpeg.jpeg_ready
 
     async def _on_device(
-        self, data: bytes, scale: int, options: OutputOptions, deadline: float | None, timings: Timings,
-        reservation: Reservation,
+        self, data: bytes, header: Header, scale: int, options: OutputOptions, deadline: float | None,
+        timings: Timings, reservation: Reservation,
     ) -> tuple[bytes, tuple[int, int]] | None:
         """A JPEG answered as JPEG with decode, model, compose and encode on the models' device: the body and the
         upright input size; None when the bytes must take the Pillow path (:func:`app.engine.jpeg.probe` says why).
 
         The header is probed here first, so ineligible uploads never leave this process; the answer
         keeps the ICC profile the Pillow path keeps, and gives its pixels within the bound
-        :mod:`app.engine.jpeg` states (its very bytes where the device is a CPU).
+        :mod:`app.engine.jpeg` states (its very bytes where the device is a CPU). Images under
+        ``pixels_min_pixels`` stay on this CPU, as their compose does (see :meth:`_beside_model`).
         """
         assert self.device_jpeg is not None
+        if header.width * header.height < self.pixels_min_pixels:
+            self.observer.jpeg_codec("pillow")
+            return None
         found = await self.in_pool(functools.partial(jpeg.probe, data, max_pixels=self.limits.max_input_pixels))
         if not found.eligible:
             self.observer.jpeg_codec("pillow")
