@@ -256,7 +256,9 @@ def test_a_small_audio_budget_paces_the_decode_without_failing(
 
     What an ordinary file holds before its first frame (a few packets, and the decoder's frame delay, which
     grows with the cores) is measured first; the budget is then set between that and what the decode held
-    running ahead of the encoder.
+    running ahead of the encoder. In the paced run the model is held shut until the audio has had to wait
+    (the decode then runs as far ahead as its frames in flight let it, past the budget), so the wait does
+    not depend on how the threads happened to be scheduled.
     """
     monkeypatch.setattr(transcode, "_AudioRoom", RecordedRoom)
     for codec in ("pcm_s16le", "aac"):
@@ -265,9 +267,22 @@ def test_a_small_audio_budget_paces_the_decode_without_failing(
         free = RecordedRoom.last
         assert free is not None and free.peak > free.preroll, (free.peak, free.preroll)
         budget = (free.preroll + free.peak) // 2
-        result = upscale(seeded_store, src, tmp_path / "o.mp4", audio_buffer_bytes=budget)
+        RecordedRoom.last = None
+
+        async def paced_run(pipeline, budget=budget, src=src):
+            with gated(pipeline.engine, 2) as gate:
+                task = asyncio.create_task(upscale_video(pipeline, src, tmp_path / "o.mp4", 2, "mp4",
+                                                         config=EncoderConfig(audio_buffer_bytes=budget)))
+                deadline = asyncio.get_running_loop().time() + 30
+                while not (RecordedRoom.last and RecordedRoom.last.waits) and not task.done():
+                    assert asyncio.get_running_loop().time() < deadline, "the audio never had to wait"
+                    await asyncio.sleep(0.005)
+                gate.open()  # the encoder goes on, gives the audio room back: no deadlock
+                return await asyncio.wait_for(task, 60)
+
+        result = run(with_pipeline(seeded_store, paced_run))
         paced = RecordedRoom.last
-        assert result.frames == 30 and paced is not free
+        assert result.frames == 30 and paced is not None and paced is not free
         assert paced.waits > 0 and paced.peak <= budget
         assert abs(audio_of(tmp_path / "o.mp4")[1] - 3.0) < 0.1
 
