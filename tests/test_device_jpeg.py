@@ -387,3 +387,34 @@ def test_post_upscale_takes_the_device_path_and_counts_it(seeded_store: Path, de
         png = post(client, photo(), "png")  # a PNG answer is Pillow's business: not counted
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert (counted(client, "device") - before[0], counted(client, "pillow") - before[1]) == (4, 1)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", DEVICES)
+def test_uploads_that_arrive_together_decode_in_one_call_with_the_answers_of_single_calls(
+    seeded_store: Path, device: str
+) -> None:
+    """Group commit (app/engine/group_call.py): concurrent uploads share one device decode call, a progressive one
+    among them is refused alone, and every answer is the one its upload gets on its own."""
+    uploads = [photo((80 + 8 * i, 60 + 4 * i)) for i in range(6)] + [photo((80, 60), progressive=True)]
+
+    async def work():
+        dev = build_pipeline(make_settings(seeded_store, device=device, compose="tensor", device_jpeg="on"))
+        await dev.start()
+        try:
+            alone = [(await dev.pixels.upscale_jpeg(d, 2, quality=90))[0] for d in uploads[:-1]]
+            before = dev.pixels.jpeg_decodes.batches
+            together = await asyncio.gather(*(dev.pixels.upscale_jpeg(d, 2, quality=90) for d in uploads),
+                                            return_exceptions=True)
+            return alone, together, dev.pixels.jpeg_decodes.batches - before
+        finally:
+            await dev.close(5)
+
+    alone, together, batches = run(work())
+    assert batches == 1
+    for (body, _), single in zip(together[:-1], alone, strict=True):
+        if device == "cpu":
+            assert body == single
+        else:  # nvJPEG may take another decoder for a batch than for one picture
+            assert np.abs(pixels(body) - pixels(single)).mean() <= GREY_LEVEL
+    assert isinstance(together[-1], jpeg.NotEligible) and "progressive" in together[-1].reason

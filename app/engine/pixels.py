@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,8 +30,11 @@ from app.core import planes
 from app.engine import jpeg
 from app.engine.batcher import Engine, Reservation
 from app.engine.device import transfer
+from app.engine.group_call import GroupCall
 
 _T = TypeVar("_T")
+_Decoded = tuple[Tensor, Tensor, float]  # an upload's upright (3, H, W) uint8 planes, its luma, when it was decoded
+JPEG_DECODE_BATCH = 16  # uploads per device decode call at most (nvJPEG's batched decode: docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class PixelEngine:
         self.device = device
         self.executor = executor
         self.jpeg_ready = jpeg
+        # uploads that arrive while a decode runs are decoded together next (one nvJPEG batch call)
+        self.jpeg_decodes: GroupCall[tuple[bytes, int | None], _Decoded | jpeg.NotEligible] = GroupCall(
+            self._decode_jpegs, executor, max_batch=JPEG_DECODE_BATCH)
 
     async def upscale_planes(
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
@@ -95,18 +101,19 @@ class PixelEngine:
         """As :meth:`upscale_planes`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        c, a, luma = await self._first_step(reservation, self._before, color, alpha)
+        c, a, luma = await self._first_step(reservation, loop.run_in_executor(self.executor, self._before, color, alpha))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
         await loop.run_in_executor(self.executor, self._after, c, a, sr, scale, out)
         return PixelTimings(model_s=modelled - prepared, compose_s=(prepared - started) + (time.perf_counter() - modelled))
 
-    async def _first_step(self, reservation: Reservation | None, step: Callable[..., _T], *args: object) -> _T:
-        """``step(*args)`` off the event loop, before the model: when it fails the request ends there, so its
-        reservation is released; except :class:`~app.engine.jpeg.NotEligible`, where the CPU path takes it on."""
+    @staticmethod
+    async def _first_step(reservation: Reservation | None, step: Awaitable[_T]) -> _T:
+        """The step before the model: when it fails the request ends there, so its reservation is released;
+        except :class:`~app.engine.jpeg.NotEligible`, where the CPU path takes it on."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, step, *args)
+            return await step
         except jpeg.NotEligible:
             raise
         except BaseException:
@@ -141,7 +148,7 @@ class PixelEngine:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg, data, max_pixels)
+        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg(data, max_pixels))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
@@ -151,13 +158,25 @@ class PixelEngine:
         return body, JpegTimings(model_s=modelled - prepared, compose_s=(prepared - decoded) + (composed - modelled),
                                  decode_s=decoded - started, encode_s=done - composed)
 
-    def _decode_jpeg(self, data: bytes, max_pixels: int | None) -> tuple[Tensor, Tensor, float]:
-        """Probe, device decode (upright), luma; and when the decode ended (``perf_counter``)."""
+    async def _decode_jpeg(self, data: bytes, max_pixels: int | None) -> _Decoded:
+        decoded = await self.jpeg_decodes((data, max_pixels))
+        if isinstance(decoded, jpeg.NotEligible):
+            raise decoded
+        return decoded
+
+    def _decode_jpegs(self, uploads: list[tuple[bytes, int | None]]) -> list[_Decoded | jpeg.NotEligible]:
+        """Probe, device decode (upright) and luma of several uploads, one codec call per pixel limit (in practice
+        one); each upload's planes, luma and when the decode ended (``perf_counter``), or why it must take Pillow."""
         if not jpeg.available(self.device):
-            raise jpeg.NotEligible(f"torchvision's JPEG codec is not available on {self.device}")
-        c = jpeg.decode(data, self.device, max_pixels=max_pixels)
-        decoded = time.perf_counter()
-        return c, planes.luma(c), decoded
+            return [jpeg.NotEligible(f"torchvision's JPEG codec is not available on {self.device}") for _ in uploads]
+        results: list[_Decoded | jpeg.NotEligible] = [jpeg.NotEligible("not decoded")] * len(uploads)
+        for limit in dict.fromkeys(m for _, m in uploads):
+            at = [i for i, (_, m) in enumerate(uploads) if m == limit]
+            decoded = jpeg.decode_batch([uploads[i][0] for i in at], self.device, max_pixels=limit)
+            ended = time.perf_counter()
+            for i, c in zip(at, decoded, strict=True):
+                results[i] = c if isinstance(c, jpeg.NotEligible) else (c, planes.luma(c), ended)
+        return results
 
     @staticmethod
     def _encode_jpeg(c: Tensor, sr: Tensor, scale: int, quality: int, icc_profile: bytes | None) -> tuple[bytes, float]:
