@@ -37,13 +37,14 @@ class GroupCall(Generic[A, R]):
         self.items = 0  # items they took
         self._waiting: list[tuple[A, asyncio.Future[R]]] = []
         self._running = False
+        self._task: asyncio.Task[None] | None = None  # the batches' runner, held so it cannot be collected
 
     async def __call__(self, item: A) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="group-call")
         return await future
 
     async def _run(self) -> None:
