@@ -6,6 +6,8 @@ For each layout of ``python -m app.serve`` (default settings otherwise):
 - ``off``: a model per HTTP worker, each with its own CUDA context;
 - ``off+mps``: the same under CUDA MPS (``nvidia-cuda-mps-control -d``), which merges the contexts;
 - ``on``: a device process forced (on a CPU host too);
+- ``+cpujpeg`` after any of them: JPEG decoded and encoded by Pillow (``SR_DEVICE_JPEG=off``), to
+  compare with nvJPEG on the request path (on where torchvision is, by default);
 
 it measures one ×3 640×360 JPEG→JPEG request (p50 of 40 after 8 warm-ups, with its
 ``Server-Timing``), then with wrk: 16 clients posting such frames, and 64 clients posting
@@ -16,7 +18,7 @@ here with PyAV) as a ×3 job and reports output frames/s (issue 28's ≥ 60 of 1
 ``fps`` (output frames per second of wall time since it started) and the frames over the time from
 the upload's start to ``done``, with the encoder the job used.
 
-    python scripts/gpu_probe.py --layouts default,off,off+mps --load-s 8 --video-s 10 --out device_out/probe
+    python scripts/gpu_probe.py --layouts default,default+cpujpeg,off+mps --load-s 8 --video-s 10 --out device_out/probe
 
 ``WRK`` names the wrk binary (``make device-wheels`` carries Debian's in ``.whl/bin``);
 without one the loads are skipped and only the lone request is measured.
@@ -106,9 +108,12 @@ class Busy:
 @contextlib.contextmanager
 def served(layout: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     env = {}
-    if layout.split("+")[0] in ("on", "off"):
-        env["SR_DEVICE_PROCESS"] = layout.split("+")[0]
-    mps = layout.endswith("+mps")
+    base, *flags = layout.split("+")
+    if base in ("on", "off"):
+        env["SR_DEVICE_PROCESS"] = base
+    if "cpujpeg" in flags:
+        env["SR_DEVICE_JPEG"] = "off"
+    mps = "mps" in flags
     if mps and subprocess.run(["nvidia-cuda-mps-control", "-d"], check=False).returncode != 0:
         raise RuntimeError("nvidia-cuda-mps-control -d failed: MPS is not available here")
     try:
@@ -185,7 +190,7 @@ def video_job(base: str, clip: Path, timeout_s: float) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layouts", default="default,off,off+mps")
+    parser.add_argument("--layouts", default="default,default+cpujpeg,off+mps")
     parser.add_argument("--load-s", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("probe_out"))
     parser.add_argument("--video-s", type=float, default=0.0, help="seconds of 640×360 video as a ×3 job (0: none)")
@@ -197,7 +202,7 @@ def main() -> None:
     clip = video_clip(args.video_s, args.out) if args.video_s > 0 else None
     results = []
     for layout in args.layouts.split(","):
-        if layout.endswith("+mps") and not shutil.which("nvidia-cuda-mps-control"):
+        if "mps" in layout.split("+")[1:] and not shutil.which("nvidia-cuda-mps-control"):
             continue
         row: dict[str, object] = {"layout": layout}
         try:
