@@ -6,7 +6,8 @@
 #
 # 1. installs the carried wheels beside the image's own PyTorch;
 # 2. runs the CUDA tests and every test of the GPU's code path (tests.log);
-# 3. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
+# 3. times nvJPEG alone (decode and encode, one picture and batches of 16: jpeg_codec.log);
+# 4. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
 #    process on a GPU host, nvJPEG on where torchvision is), the same with Pillow's JPEG, and a model per
 #    worker under CUDA MPS (the no-MPS layout was measured on 2026-12-04: ../shared/gpu): one ×3
 #    640×360 JPEG→JPEG request (nvJPEG where torchvision is there: SR_DEVICE_JPEG=auto), 16 clients of
@@ -36,6 +37,9 @@ timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -rs test
     tests/test_device_process.py tests/test_planes.py tests/test_device_jpeg.py \
     tests/test_video_encoders.py::test_with_nvenc_a_job_encodes_h264_on_the_gpu \
     tests/test_video_encoders.py::test_without_nvenc_the_fallback_is_libx264_probed_once_and_said 2>&1 | tee "$out/tests.log" | tail -15
+
+# nvJPEG alone, one picture and batches of 16: whether batching the encode across requests would pay too
+timeout 45 python3 scripts/jpeg_codec_probe.py --repeat 20 --batch 16 2>&1 | tee "$out/jpeg_codec.log" | tail -16
 
 timeout "${PROBE_TIMEOUT:-220}" python3 scripts/gpu_probe.py --layouts "${LAYOUTS:-default,default+cpujpeg,off+mps}" \
     --load-s "${LOAD_S:-6}" --video-s "${VIDEO_S:-10}" --video-layouts default --out "$out/probe" 2>&1 | tee "$out/probe.log" | tail -12
