@@ -181,8 +181,8 @@ class Settings(BaseSettings):
         "auto", description="JPEG uploads answered as JPEG decode and encode on the models' device, with "
         "torchvision (the `gpu` extra: nvJPEG on a GPU), so the frame crosses the bus as compressed bytes each way; "
         "what it cannot take as the CPU path would (progressive, greyscale, CMYK…: `app/engine/jpeg.py`), and "
-        "images under `SR_GPU_COMPOSE_MIN_PIXELS`, go to Pillow as before. `auto`: on where the models run on CUDA and nvJPEG works; `on`: wherever torchvision's "
-        "codec works (on a CPU its libjpeg-turbo writes Pillow's bytes: for tests); `off`: Pillow always"
+        "images under `SR_GPU_COMPOSE_MIN_PIXELS`, go to Pillow as before. `auto`: on where the models run on "
+        "CUDA and nvJPEG works; `on`: wherever torchvision's codec works (on a CPU its libjpeg-turbo writes Pillow's bytes: for tests); `off`: Pillow always"
     )
     max_jpeg_scans: int = Field(
         100, ge=1, description="most scans in a JPEG (progressive encoders write about 10; each scan is a pass over "

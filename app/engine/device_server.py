@@ -102,6 +102,15 @@ def jpeg_layout(size: int, icc_size: int) -> WireLayout:
     return WireLayout((("data", u8, (size,)), ("icc", u8, (icc_size,))))
 
 
+# what the device's decode needs of a worker's header read (app.engine.jpeg.probe), so it is not read twice
+_PROBE_FIELDS = ("width", "height", "orientation", "size")
+
+
+def probe_fields(found: jpeg.JpegProbe) -> dict[str, int]:
+    """An eligible upload's :class:`~app.engine.jpeg.JpegProbe` as the ``jpeg`` message carries it."""
+    return {name: int(getattr(found, name)) for name in _PROBE_FIELDS}
+
+
 class DeviceServer:
     """Serves :class:`PixelEngine` calls to HTTP workers over a Unix ``SOCK_SEQPACKET`` socket."""
 
@@ -218,10 +227,11 @@ class DeviceServer:
         """JPEG bytes in, the answer's JPEG bytes in a fresh shared buffer out (see ``jpeg`` above)."""
         data = layout.view(buffer, "data").tobytes()
         icc_profile = layout.view(buffer, "icc").tobytes() or None
-        max_pixels = message.get("max_pixels")
+        max_pixels, read = message.get("max_pixels"), message.get("probe")
+        found = jpeg.JpegProbe(None, **{k: int(read[k]) for k in _PROBE_FIELDS}) if read else None
         body, timings = await self.pixels.upscale_jpeg(
             data, scale, quality=int(message["quality"]), icc_profile=icc_profile,
-            max_pixels=int(max_pixels) if max_pixels is not None else None, deadline=deadline)
+            max_pixels=int(max_pixels) if max_pixels is not None else None, probe=found, deadline=deadline)
         answer = SharedBuffer(len(body))
         answer.map[:] = body
         return answer, timings

@@ -331,14 +331,17 @@ def decode(data: bytes, device: torch.device, *, max_pixels: int | None = None) 
 
 
 def decode_batch(
-    datas: Sequence[bytes], device: torch.device, *, max_pixels: int | None = None
+    datas: Sequence[bytes], device: torch.device, *, max_pixels: int | None = None,
+    probes: Sequence[JpegProbe | None] | None = None,
 ) -> list[Tensor | NotEligible]:
     """Several JPEGs in one device call (nvJPEG decodes a batch at once): planes, or why each must take Pillow.
 
-    A batch that the device codec refuses is retried one by one, so one bad bitstream
-    sends only itself to Pillow.
+    ``probes``: what :func:`probe` already said of each (None where it has not been read), so a
+    caller that checked the header first does not read it twice. A batch that the device codec
+    refuses is retried one by one, so one bad bitstream sends only itself to Pillow.
     """
-    probes = [probe(d, max_pixels=max_pixels) for d in datas]
+    given = list(probes) if probes is not None else [None] * len(datas)
+    probes = [p if p is not None else probe(d, max_pixels=max_pixels) for d, p in zip(datas, given, strict=True)]
     results: list[Tensor | NotEligible] = [NotEligible(p.reason or "") for p in probes]
     todo = [i for i, p in enumerate(probes) if p.reason is None]
     encoded = [_as_tensor(memoryview(datas[i])[: probes[i].size]) for i in todo]
@@ -353,7 +356,7 @@ def decode_batch(
             results[todo[0]] = NotEligible(f"the device codec refused it: {e}")
         else:
             for i in todo:
-                results[i] = decode_batch([datas[i]], device, max_pixels=max_pixels)[0]
+                results[i] = decode_batch([datas[i]], device, probes=[probes[i]])[0]
     return results
 
 

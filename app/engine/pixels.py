@@ -33,6 +33,7 @@ from app.engine.device import transfer
 from app.engine.group_call import GroupCall
 
 _T = TypeVar("_T")
+_Upload = tuple[bytes, int | None, jpeg.JpegProbe | None]  # JPEG bytes, the pixel limit, its header if read already
 _Decoded = tuple[Tensor, Tensor, float]  # an upload's upright (3, H, W) uint8 planes, its luma, when it was decoded
 JPEG_DECODE_BATCH = 16  # uploads per device decode call at most (nvJPEG's batched decode: docs/benchmarks.md)
 
@@ -81,7 +82,7 @@ class PixelEngine:
         self.executor = executor
         self.jpeg_ready = jpeg
         # uploads that arrive while a decode runs are decoded together next (one nvJPEG batch call)
-        self.jpeg_decodes: GroupCall[tuple[bytes, int | None], _Decoded | jpeg.NotEligible] = GroupCall(
+        self.jpeg_decodes: GroupCall[_Upload, _Decoded | jpeg.NotEligible] = GroupCall(
             self._decode_jpegs, executor, max_batch=JPEG_DECODE_BATCH)
 
     async def upscale_planes(
@@ -132,13 +133,15 @@ class PixelEngine:
 
     async def upscale_jpeg(
         self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
-        max_pixels: int | None = None, deadline: float | None = None, reservation: Reservation | None = None,
+        max_pixels: int | None = None, probe: jpeg.JpegProbe | None = None, deadline: float | None = None,
+        reservation: Reservation | None = None,
     ) -> tuple[bytes, JpegTimings]:
         """JPEG bytes → the ×``scale`` answer as JPEG bytes, decode to encode on the device (:mod:`app.engine.jpeg`).
 
         The steps of :meth:`upscale_planes` between the device codec's decode and encode,
         so the frame crosses the bus as compressed bytes each way. ``icc_profile`` is what
         the answer carries: the profile the CPU path keeps (the probe's, where it fits RGB).
+        ``probe``: :func:`app.engine.jpeg.probe` of ``data``, where the caller has read it already.
 
         Raises :class:`~app.engine.jpeg.NotEligible` before the model runs when the bytes
         must take the CPU path (torchvision missing, a progressive JPEG, ...: see
@@ -148,7 +151,7 @@ class PixelEngine:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg(data, max_pixels))
+        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg((data, max_pixels, probe)))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
@@ -158,25 +161,21 @@ class PixelEngine:
         return body, JpegTimings(model_s=modelled - prepared, compose_s=(prepared - decoded) + (composed - modelled),
                                  decode_s=decoded - started, encode_s=done - composed)
 
-    async def _decode_jpeg(self, data: bytes, max_pixels: int | None) -> _Decoded:
-        decoded = await self.jpeg_decodes((data, max_pixels))
+    async def _decode_jpeg(self, upload: _Upload) -> _Decoded:
+        decoded = await self.jpeg_decodes(upload)
         if isinstance(decoded, jpeg.NotEligible):
             raise decoded
         return decoded
 
-    def _decode_jpegs(self, uploads: list[tuple[bytes, int | None]]) -> list[_Decoded | jpeg.NotEligible]:
-        """Probe, device decode (upright) and luma of several uploads, one codec call per pixel limit (in practice
-        one); each upload's planes, luma and when the decode ended (``perf_counter``), or why it must take Pillow."""
+    def _decode_jpegs(self, uploads: list[_Upload]) -> list[_Decoded | jpeg.NotEligible]:
+        """Device decode (upright) and luma of several uploads in one codec call, each probed unless it was; each
+        upload's planes, luma and when the decode ended (``perf_counter``), or why it must take Pillow."""
         if not jpeg.available(self.device):
             return [jpeg.NotEligible(f"torchvision's JPEG codec is not available on {self.device}") for _ in uploads]
-        results: list[_Decoded | jpeg.NotEligible] = [jpeg.NotEligible("not decoded")] * len(uploads)
-        for limit in dict.fromkeys(m for _, m in uploads):
-            at = [i for i, (_, m) in enumerate(uploads) if m == limit]
-            decoded = jpeg.decode_batch([uploads[i][0] for i in at], self.device, max_pixels=limit)
-            ended = time.perf_counter()
-            for i, c in zip(at, decoded, strict=True):
-                results[i] = c if isinstance(c, jpeg.NotEligible) else (c, planes.luma(c), ended)
-        return results
+        probes = [found or jpeg.probe(data, max_pixels=limit) for data, limit, found in uploads]
+        decoded = jpeg.decode_batch([data for data, _, _ in uploads], self.device, probes=probes)
+        ended = time.perf_counter()
+        return [c if isinstance(c, jpeg.NotEligible) else (c, planes.luma(c), ended) for c in decoded]
 
     @staticmethod
     def _encode_jpeg(c: Tensor, sr: Tensor, scale: int, quality: int, icc_profile: bytes | None) -> tuple[bytes, float]:

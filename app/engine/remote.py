@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import time
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from app.core.tiling import count_tiles
 from app.engine import errors, jpeg
 from app.engine.batcher import Reservation
 from app.engine.channel import Channel, SharedBuffer, connect
-from app.engine.device_server import WIRE_ERRORS, WireLayout, jpeg_layout, wire_layout
+from app.engine.device_server import WIRE_ERRORS, WireLayout, jpeg_layout, probe_fields, wire_layout
 from app.engine.pixels import JpegTimings, PixelTimings
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,8 @@ class RemoteEngine:
 
     async def upscale_jpeg(
         self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
-        max_pixels: int | None = None, deadline: float | None = None, reservation: Reservation | None = None,
+        max_pixels: int | None = None, probe: jpeg.JpegProbe | None = None, deadline: float | None = None,
+        reservation: Reservation | None = None,
     ) -> tuple[bytes, JpegTimings]:
         """As :meth:`app.engine.pixels.PixelEngine.upscale_jpeg`, computed by the device process.
 
@@ -239,9 +241,9 @@ class RemoteEngine:
         profile = icc_profile or b""
         layout = jpeg_layout(len(data), len(profile))
         inputs = {"data": np.frombuffer(data, np.uint8), "icc": np.frombuffer(profile, np.uint8)}
-        fields = {"scale": scale, "size": len(data), "icc_size": len(profile), "quality": quality,
-                  "max_pixels": max_pixels}
-        _, reply = await self._call("jpeg", layout, inputs, fields, deadline, reservation)
+        message = {"scale": scale, "size": len(data), "icc_size": len(profile), "quality": quality,
+                   "max_pixels": max_pixels, "probe": probe_fields(probe) if probe is not None else None}
+        _, reply = await self._call("jpeg", layout, inputs, message, deadline, reservation)
         fd, size = reply.get("fd"), int(reply.get("size", 0))
         if fd is None or size <= 0:
             if fd is not None:
@@ -252,8 +254,7 @@ class RemoteEngine:
             body = answer.map[:size]
         finally:
             answer.map.close()
-        times = {k: float(reply.get(k, 0.0)) for k in ("model_s", "compose_s", "decode_s", "encode_s")}
-        return body, JpegTimings(**times)
+        return body, JpegTimings(**{f.name: float(reply.get(f.name, 0.0)) for f in fields(JpegTimings)})
 
     async def _call(
         self, op: str, layout: WireLayout, inputs: dict[str, np.ndarray], fields: dict[str, Any],

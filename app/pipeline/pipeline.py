@@ -292,7 +292,7 @@ class Pipeline:
         ``pixels_min_pixels`` stay on this CPU, as their compose does (see :meth:`_beside_model`).
         """
         assert self.device_jpeg is not None
-        if header.width * header.height < self.pixels_min_pixels:
+        if not self._worth_the_device(header.width * header.height):
             self.observer.jpeg_codec("pillow")
             return None
         found = await self.in_pool(functools.partial(jpeg.probe, data, max_pixels=self.limits.max_input_pixels))
@@ -304,7 +304,7 @@ class Pipeline:
         try:
             body, spent = await self.device_jpeg.upscale_jpeg(
                 data, scale, quality=quality, icc_profile=profile, max_pixels=self.limits.max_input_pixels,
-                deadline=deadline, reservation=reservation)
+                probe=found, deadline=deadline, reservation=reservation)
         except jpeg.NotEligible as exc:
             log.info("the device's JPEG codec refused an upload (%s): Pillow answers it", exc.reason)
             self.observer.jpeg_codec("pillow")
@@ -386,7 +386,10 @@ class Pipeline:
         device process that CPU time is one GIL's, shared by every worker. So images under
         ``pixels_min_pixels`` send only their luma, and compose here, spread over the workers.
         """
-        return self.pixels is not None and image.width * image.height >= self.pixels_min_pixels
+        return self.pixels is not None and self._worth_the_device(image.width * image.height)
+
+    def _worth_the_device(self, pixels: int) -> bool:
+        return pixels >= self.pixels_min_pixels
 
     def _prepare(self, image: DecodedImage) -> _Prepared:
         """The model's luma for the CPU compose, or the 8-bit planes for the pixel engine."""
