@@ -227,9 +227,15 @@ def main() -> None:
         f, s, v = r.get("frames_16", {}), r.get("small_64", {}), r.get("video", {})
         video = v.get("error") or (f"{v['job_fps']}, {v['end_to_end_fps']} ({v['frames']} frames, {v['encoder']})"
                                    if v else "")
-        print(f"| {r['layout']} | {r.get('lone', {}).get('p50_ms')} ms | {f.get('req_per_s')} ({f.get('gpu_busy_pct')} %, "
-              f"{f.get('cpu_busy_pct')} %) | {s.get('req_per_s')} ({s.get('gpu_busy_pct')} %, {s.get('cpu_busy_pct')} %) "
-              f"| {s.get('server_core_ms_per_request')} | {video} |")
+        print(f"| {r['layout']} | {_cell(r.get('lone', {}).get('p50_ms'), ' ms')} | {_cell(f.get('req_per_s'))} "
+              f"({_cell(f.get('gpu_busy_pct'), ' %')}, {_cell(f.get('cpu_busy_pct'), ' %')}) | {_cell(s.get('req_per_s'))} "
+              f"({_cell(s.get('gpu_busy_pct'), ' %')}, {_cell(s.get('cpu_busy_pct'), ' %')}) "
+              f"| {_cell(s.get('server_core_ms_per_request'))} | {video} |")
+
+
+def _cell(value: object, unit: str = "") -> str:
+    """A table cell: the value with its unit, or — where it was not measured (no GPU, no wrk, a failed step)."""
+    return "—" if value is None else f"{value}{unit}"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""The device JPEG codec (app/engine/jpeg.py) against Pillow, per picture: decode, encode, and the header probe.
+"""The device JPEG codec (app/engine/jpeg.py) against Pillow, per picture: decode, encode, the header probe;
+and on a GPU the tensor compose around the model (app/core/planes.py) of a 1080p answer, alone and stacked.
 
 Issue 28 moves JPEG work to the model's device. This prints, for a 640×360 upload
 and a 1920×1080 answer-sized picture (scikit-image's astronaut, quality 90, 4:2:0),
 the median of ``--repeat`` calls of: Pillow's decode and encode (what the CPU path
 runs), torchvision's on the CPU, and on each CUDA device with nvJPEG where there
 is one (decode of a batch of ``--batch`` too), plus :func:`app.engine.jpeg.probe`.
-Needs torchvision (the ``gpu`` extra); without it only Pillow and the probe run.
+Needs torchvision (the ``gpu`` extra); without it only Pillow and the probe run. On each
+CUDA device it also times the compose of the ×3 answer of the 640×360 picture, one and
+``--batch`` stacked (:func:`app.core.planes.compose_many`): issue 28 holds the compose
+inside a request to what it costs alone, under 2 ms for 1080p.
 
     python scripts/jpeg_codec_probe.py --repeat 50
 """
@@ -26,6 +30,7 @@ from PIL import Image
 from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.core import planes as tensor_planes
 from app.engine import jpeg
 
 SIZES = ((640, 360), (1920, 1080))
@@ -86,6 +91,14 @@ def main() -> None:
                                       args.repeat, sync) / args.batch
                 print(f"  ... in batches of {args.batch:<3}    {batch_dec:8.3f} ms decode, {batch_enc:.3f} ms encode "
                       "per picture")
+    for device in devices[1:]:  # the tensor compose serves on GPUs only (the CPU has the compiled one)
+        colour = torch.from_numpy(np.asarray(photo.resize(SIZES[0]))).permute(2, 0, 1).contiguous().to(device)
+        luma = torch.rand((1, 3 * SIZES[0][1], 3 * SIZES[0][0]), device=device)
+        one = median_ms(lambda c=colour, y=luma: tensor_planes.compose(c, None, y, 3), args.repeat, sync=True)
+        many = median_ms(lambda c=colour, y=luma: tensor_planes.compose_many([(c, y, 3)] * args.batch),
+                         args.repeat, sync=True) / max(1, args.batch)
+        print(f"\ncompose ×3 {SIZES[0][0]}×{SIZES[0][1]} → 1080p on {device}: {one:.3f} ms alone, {many:.3f} ms per "
+              f"picture stacked by {args.batch}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
+from app.core import planes
 from app.engine import jpeg
 from app.engine.channel import listen
 from app.engine.device_server import DeviceServer
@@ -387,6 +388,30 @@ def test_post_upscale_takes_the_device_path_and_counts_it(seeded_store: Path, de
         png = post(client, photo(), "png")  # a PNG answer is Pillow's business: not counted
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert (counted(client, "device") - before[0], counted(client, "pillow") - before[1]) == (4, 1)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", DEVICES)
+def test_answers_encoded_together_are_each_encoded_alone_and_a_bad_one_fails_alone(device: str) -> None:
+    """PixelEngine._encode_jpegs, the batch for answers back from the model together: same-size ones compose as one
+    stack, each quality is one encode call, a profile stays with its answer, and a bad answer fails on its own."""
+    gen = torch.Generator().manual_seed(5)
+    frames = [jpeg.decode(photo((64, 48), quality=q), torch.device(device)) for q in (70, 80, 90)]
+    other = jpeg.decode(photo((40, 32)), torch.device(device))
+    lumas = [torch.rand((1, 3 * c.shape[1], 3 * c.shape[2]), generator=gen).to(device) for c in [*frames, other]]
+    answers = [(c, y, 3, quality, profile) for c, y, quality, profile in
+               zip([*frames, other], lumas, (90, 75, 90, 90), (None, None, SRGB, None), strict=True)]
+    alone = [jpeg.encode(planes.compose(c, None, y, s), q, icc) for c, y, s, q, icc in answers]
+    bad = (frames[0], lumas[3], 3, 90, None)  # another picture's luma
+    for batch in (answers, [*answers, bad]):  # stacked, then redone one by one around the bad one
+        results = PixelEngine._encode_jpegs(batch)
+        for (body, _), want in zip(results[: len(answers)], alone, strict=True):
+            if device == "cpu":
+                assert body == want
+            else:  # nvJPEG may encode a batch with another path than one picture
+                assert np.abs(pixels(body) - pixels(want)).mean() <= GREY_LEVEL
+        assert Image.open(io.BytesIO(results[2][0])).info.get("icc_profile") == SRGB
+    assert isinstance(results[-1], ValueError)
 
 
 @needs_torchvision

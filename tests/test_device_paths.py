@@ -97,3 +97,30 @@ def test_luma_divides_by_a_tensor_on_its_own_device() -> None:
     assert (y - exact).abs().max() <= 2e-7
     assert torch.equal(y, rgb_to_y(rgb.float()) / 255.0)
     assert not torch.equal(y, as_reciprocal)  # the GPU's old rounding differs on this image
+
+
+def test_answers_composed_together_are_each_composed_alone_and_a_bad_one_fails_alone() -> None:
+    """PixelEngine._compose_into, the batch the device process runs for answers back from the model together:
+    same-size opaque answers stack, one with alpha does not, and one that cannot compose fails on its own."""
+    from app.engine.pixels import PixelEngine, output_shape
+
+    gen = torch.Generator().manual_seed(3)
+    colour = [torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    alpha = torch.randint(0, 256, (24, 32), dtype=torch.uint8, generator=gen)
+    items = [(c, None, torch.rand((1, 72, 96), generator=gen), 3) for c in colour]
+    items.append((colour[0], alpha, torch.rand((1, 72, 96), generator=gen), 3))
+    bad = (colour[1], None, torch.rand((1, 96, 72), generator=gen), 3)  # the model's luma the wrong way round
+
+    def outs(batch: list) -> list[np.ndarray]:
+        return [np.zeros(output_shape(24, 32, 3, a is not None, 3), np.uint8) for _, a, _, _ in batch]
+
+    expected = [planes.compose(c, a, sr, scale).permute(1, 2, 0).numpy() for c, a, sr, scale in items]
+    together = [(*item, out) for item, out in zip(items, outs(items), strict=True)]
+    assert PixelEngine._compose_into(together) == [None] * len(items)
+    for (*_, out), want in zip(together, expected, strict=True):
+        assert np.array_equal(out, want)
+    with_bad = [(*item, out) for item, out in zip([*items, bad], outs([*items, bad]), strict=True)]
+    results = PixelEngine._compose_into(with_bad)
+    assert results[:-1] == [None] * len(items) and isinstance(results[-1], ValueError)
+    for (*_, out), want in zip(with_bad[:-1], expected, strict=True):
+        assert np.array_equal(out, want)

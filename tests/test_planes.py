@@ -148,3 +148,22 @@ def test_swap_keeps_chroma_and_takes_the_models_luma() -> None:
     assert float((y - 127.5)[inside].abs().max()) < 1.0
     cb = lambda p: 128 + (-37.797 * p[0] - 74.203 * p[1] + 112.0 * p[2]) / 255  # noqa: E731
     assert float((cb(out) - cb(rgb.to(torch.float64)))[inside].abs().max()) < 1.0
+
+
+def test_stacked_composes_give_each_pictures_own_bytes() -> None:
+    """compose_many: frames of one size and scale go through one stack; every answer is compose's for it alone,
+    whatever else is in the call (other sizes, scales, a grey picture) and wherever the pixel budget cuts."""
+    gen = torch.Generator().manual_seed(7)
+    frames = [chw(PHOTO.rotate(angle)) for angle in (0, 180, 7, 13)]  # four 100×80 frames, different content
+    small = chw(PHOTO.resize((40, 30)))
+    items = [(f, torch.rand((1, 240, 300), generator=gen), 3) for f in frames]
+    items += [(small, torch.rand((1, 60, 80), generator=gen), 2), (frames[0], torch.rand((1, 160, 200), generator=gen), 2),
+              (chw(PHOTO.convert("L")), torch.rand((1, 240, 300), generator=gen), 3)]
+    alone = [planes.compose(c, None, sr, scale) for c, sr, scale in items]
+    for budget in (planes.STACK_PIXELS, 2 * 240 * 300):  # all four ×3 frames in one stack, then two per stack
+        together = planes.compose_many(items, stack_pixels=budget)
+        assert len(together) == len(items)
+        for got, want in zip(together, alone, strict=True):
+            assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="sr_luma"):
+        planes.compose_many([(frames[0], torch.rand((1, 300, 240)), 3)])

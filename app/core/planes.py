@@ -22,6 +22,8 @@ sees the colour hidden there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +36,7 @@ Y_TO_RGB = 255.0 / 219.0  # the Y column of BT.601 studio-swing YCbCr → RGB, e
 _F32 = torch.float32
 _GREY_TO_Y = torch.tensor(219.0 / 255.0, dtype=_F32)  # float32 constants: the NumPy path's exact roundings
 _Y_TO_RGB32 = torch.tensor(Y_TO_RGB, dtype=_F32)
+_WR, _WG, _WB = (torch.tensor(w, dtype=_F32) for w in Y_WEIGHTS)
 
 
 def _over_255(x: Tensor) -> Tensor:
@@ -92,17 +95,24 @@ def grey_from_luma(y: Tensor) -> Tensor:
 
 
 def swap_luma(rgb: Tensor, y: Tensor) -> Tensor:
-    """Give (3, h, w) uint8 RGB the luma ``y`` ((1, h, w) or (h, w) in [0, 1]), keeping its Cb/Cr; uint8 out."""
-    wr, wg, wb = (torch.tensor(w, dtype=_F32) for w in Y_WEIGHTS)
-    planes = rgb.to(torch.float32)
-    shift = planes[0] * wr
-    shift += planes[1] * wg
-    shift += planes[2] * wb
+    """Give (…, 3, h, w) uint8 RGB the luma ``y`` ((…, 1, h, w) or (…, h, w) in [0, 1]), keeping its Cb/Cr; uint8 out."""
+    r, g, b = rgb.to(torch.float32).unbind(-3)
+    shift = r * _WR
+    shift += g * _WG
+    shift += b * _WB
     shift += Y_OFFSET
     shift = y.reshape(shift.shape).to(torch.float32) * 255.0 - shift
     shift *= _Y_TO_RGB32
-    moved = rgb.to(torch.int16) + torch.round(shift).to(torch.int16)[None]
+    moved = rgb.to(torch.int16) + torch.round(shift).to(torch.int16).unsqueeze(-3)
     return moved.clamp_(0, 255).to(torch.uint8)
+
+
+def _output_luma(color: Tensor, sr_luma: Tensor, scale: int) -> Tensor:
+    """``sr_luma`` as the (r·H, r·W) plane of ``color`` (C, H, W) at ×``scale``; ValueError when it is not that."""
+    h, w = color.shape[-2:]
+    if tuple(sr_luma.shape[-2:]) != (h * scale, w * scale) or sr_luma.numel() != h * w * scale * scale:
+        raise ValueError(f"sr_luma must be (1, {h * scale}, {w * scale}), got {tuple(sr_luma.shape)}")
+    return sr_luma.reshape(h * scale, w * scale)
 
 
 def compose(color: Tensor, alpha: Tensor | None, sr_luma: Tensor, scale: int) -> Tensor:
@@ -113,10 +123,8 @@ def compose(color: Tensor, alpha: Tensor | None, sr_luma: Tensor, scale: int) ->
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
-    c, h, w = color.shape
-    if tuple(sr_luma.shape[-2:]) != (h * scale, w * scale) or sr_luma.numel() != h * w * scale * scale:
-        raise ValueError(f"sr_luma must be (1, {h * scale}, {w * scale}), got {tuple(sr_luma.shape)}")
-    y = sr_luma.reshape(h * scale, w * scale)
+    c = color.shape[0]
+    y = _output_luma(color, sr_luma, scale)
     if c == 1:
         planes = [grey_from_luma(y)[None]]
         if alpha is not None:
@@ -126,3 +134,33 @@ def compose(color: Tensor, alpha: Tensor | None, sr_luma: Tensor, scale: int) ->
         return swap_luma(bicubic_upscale(color, scale), y)
     rgb, a = bicubic_upscale_rgba(color, alpha, scale)
     return torch.cat([swap_luma(rgb, y), a[None]])
+
+
+STACK_PIXELS = 1 << 25  # output pixels per stacked call of compose_many: bounds its scratch (about 40 bytes a pixel)
+
+
+def compose_many(items: Sequence[tuple[Tensor, Tensor, int]], *, stack_pixels: int = STACK_PIXELS) -> list[Tensor]:
+    """:func:`compose` of several opaque pictures ``(color, sr_luma, scale)``, in order, the same bytes each.
+
+    Why: on a GPU one compose is about 25 small kernels whatever the picture's size, so
+    launching them is most of its host time. Pictures of one size and scale (frames of one
+    video, one camera) go through them as one stack, up to ``stack_pixels`` output pixels a call.
+    """
+    out: list[Tensor | None] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, (color, sr_luma, scale) in enumerate(items):
+        _output_luma(color, sr_luma, scale)
+        groups.setdefault((tuple(color.shape), scale, color.device), []).append(i)
+    for (shape, scale, _), members in groups.items():
+        step = max(1, stack_pixels // (shape[1] * shape[2] * scale * scale))
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            if shape[0] != 3 or len(chunk) == 1:
+                for i in chunk:
+                    out[i] = compose(items[i][0], None, items[i][1], scale)
+                continue
+            colors = torch.stack([items[i][0] for i in chunk])
+            lumas = torch.stack([_output_luma(*items[i]) for i in chunk])
+            for i, planes in zip(chunk, swap_luma(bicubic_upscale(colors, scale), lumas), strict=True):
+                out[i] = planes
+    return out  # type: ignore[return-value]  # every index was filled

@@ -70,23 +70,37 @@ def axis_coefficients(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarr
     return starts, weights
 
 
-def _tables(size_in: int, size_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(out, taps) source indices and int32 weights; taps past a border weigh 0, their index clamped into the image."""
+@lru_cache(maxsize=256)
+def _taps(size_in: int, size_out: int, device: torch.device, from_end: int) -> tuple[tuple[Tensor, Tensor], ...]:
+    """Per tap, on ``device``: each output index's source index ``(out,)`` (past a border clamped into the
+    image, where its weight is 0) and its int32 weight, shaped to broadcast along the axis ``from_end``
+    places from the last (1: columns, 2: rows).
+
+    Cached per device, so a request of a size seen before builds nothing and copies nothing to a GPU;
+    contiguous per tap, so each tap is one gather and one multiply-add.
+    """
     starts, weights = axis_coefficients(size_in, size_out)
-    index = (torch.from_numpy(starts.astype(np.int64))[:, None] + torch.arange(weights.shape[1])).clamp_(max=size_in - 1)
-    return index.to(device), torch.from_numpy(weights.copy()).to(device)
+    shape = (size_out,) + (1,) * (from_end - 1)
+    taps = []
+    for t in range(weights.shape[1]):
+        index = torch.from_numpy(np.minimum(starts.astype(np.int64) + t, size_in - 1))
+        weight = torch.from_numpy(weights[:, t].copy()).reshape(shape)
+        taps.append((index.to(device), weight.to(device)))
+    return tuple(taps)
 
 
 def _pass(x: Tensor, dim: int, size_out: int) -> Tensor:
-    """One 8-bit resampling pass along ``dim`` of an int32 tensor holding 0..255."""
-    index, kernel = _tables(x.shape[dim], size_out, x.device)
-    shape = [1] * x.dim()
-    shape[dim] = size_out
-    acc = torch.full((*x.shape[:dim], size_out, *x.shape[dim + 1 :]), 1 << (PRECISION_BITS - 1),
-                     dtype=torch.int32, device=x.device)
-    for t in range(index.shape[1]):
-        acc += x.index_select(dim, index[:, t]) * kernel[:, t].view(shape)
-    return (acc >> PRECISION_BITS).clamp_(0, 255)
+    """One 8-bit resampling pass along ``dim`` of an int32 tensor holding 0..255: Σ taps, + 2²¹, >> 22, clip.
+
+    Integer sums are exact in any order, so summing the taps first and rounding after is Pillow's result.
+    """
+    (index, weight), *rest = _taps(x.shape[dim], size_out, x.device, x.dim() - dim)
+    acc = x.index_select(dim, index) * weight
+    for index, weight in rest:
+        acc.addcmul_(x.index_select(dim, index), weight)
+    acc += 1 << (PRECISION_BITS - 1)
+    acc >>= PRECISION_BITS
+    return acc.clamp_(0, 255)
 
 
 def bicubic_upscale(image: Tensor, scale: int) -> Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,9 +33,13 @@ from app.engine.device import transfer
 from app.engine.group_call import GroupCall
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 _Upload = tuple[bytes, int | None, jpeg.JpegProbe | None]  # JPEG bytes, the pixel limit, its header if read already
 _Decoded = tuple[Tensor, Tensor, float]  # an upload's upright (3, H, W) uint8 planes, its luma, when it was decoded
+_Composition = tuple[Tensor, Tensor | None, Tensor, int, np.ndarray]  # planes, alpha, model luma, scale, answer's home
+_Answer = tuple[Tensor, Tensor, int, int, bytes | None]  # upright planes, model luma, scale, JPEG quality, ICC profile
 JPEG_DECODE_BATCH = 16  # uploads per device decode call at most (nvJPEG's batched decode: docs/benchmarks.md)
+COMPOSE_BATCH = 16  # answers per compose (and JPEG encode) call at most; same-size ones stack (planes.compose_many)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,11 @@ class PixelEngine:
         # uploads that arrive while a decode runs are decoded together next (one nvJPEG batch call)
         self.jpeg_decodes: GroupCall[_Upload, _Decoded | jpeg.NotEligible] = GroupCall(
             self._decode_jpegs, executor, max_batch=JPEG_DECODE_BATCH)
+        # and the answers that come back from the model while a compose runs are composed (and encoded) together next
+        self.composes: GroupCall[_Composition, None | Exception] = GroupCall(
+            self._compose_into, executor, max_batch=COMPOSE_BATCH)
+        self.jpeg_encodes: GroupCall[_Answer, tuple[bytes, float] | Exception] = GroupCall(
+            self._encode_jpegs, executor, max_batch=COMPOSE_BATCH)
 
     async def upscale_planes(
         self, color: np.ndarray, alpha: np.ndarray | None, scale: int, *, deadline: float | None = None,
@@ -106,7 +115,7 @@ class PixelEngine:
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
-        await loop.run_in_executor(self.executor, self._after, c, a, sr, scale, out)
+        _raise_if_failed(await self.composes((c, a, sr, scale, out)))
         return PixelTimings(model_s=modelled - prepared, compose_s=(prepared - started) + (time.perf_counter() - modelled))
 
     @staticmethod
@@ -127,9 +136,21 @@ class PixelEngine:
         return c, a, planes.luma(c, a)
 
     @staticmethod
-    def _after(c: Tensor, a: Tensor | None, sr: Tensor, scale: int, out: np.ndarray) -> None:
-        composed = planes.compose(c, a, sr, scale).permute(1, 2, 0)
-        torch.from_numpy(out).copy_(composed)
+    def _compose_into(items: list[_Composition]) -> list[None | Exception]:
+        """Compose several answers on the device (those of one size stacked: :func:`app.core.planes.compose_many`)
+        into their ``out`` arrays. A batch that fails is redone one answer at a time, so a failure stays its own."""
+        try:
+            opaque = [i for i, item in enumerate(items) if item[1] is None]
+            stacked = planes.compose_many([(items[i][0], items[i][2], items[i][3]) for i in opaque])
+            composed = dict(zip(opaque, stacked, strict=True))
+            for i, (c, a, sr, scale, out) in enumerate(items):
+                answer = composed[i] if i in composed else planes.compose(c, a, sr, scale)
+                torch.from_numpy(out).copy_(answer.permute(1, 2, 0))
+            return [None] * len(items)
+        except Exception:
+            if len(items) == 1:
+                raise
+            return _each_alone(PixelEngine._compose_into, items)
 
     async def upscale_jpeg(
         self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
@@ -149,14 +170,12 @@ class PixelEngine:
         """
         if not 1 <= quality <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         c, luma, decoded = await self._first_step(reservation, self._decode_jpeg((data, max_pixels, probe)))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
-        body, composed = await loop.run_in_executor(self.executor, self._encode_jpeg, c, sr, scale, quality,
-                                                    icc_profile)
+        body, composed = _raise_if_failed(await self.jpeg_encodes((c, sr, scale, quality, icc_profile)))
         done = time.perf_counter()
         return body, JpegTimings(model_s=modelled - prepared, compose_s=(prepared - decoded) + (composed - modelled),
                                  decode_s=decoded - started, encode_s=done - composed)
@@ -178,8 +197,37 @@ class PixelEngine:
         return [c if isinstance(c, jpeg.NotEligible) else (c, planes.luma(c), ended) for c in decoded]
 
     @staticmethod
-    def _encode_jpeg(c: Tensor, sr: Tensor, scale: int, quality: int, icc_profile: bytes | None) -> tuple[bytes, float]:
-        """Compose on the device, then encode there; the bytes and when the compose ended."""
-        composed = planes.compose(c, None, sr, scale)
-        ended = time.perf_counter()
-        return jpeg.encode(composed, quality, icc_profile), ended
+    def _encode_jpegs(answers: list[_Answer]) -> list[tuple[bytes, float] | Exception]:
+        """Compose several answers on the device (those of one size stacked), then encode those of one quality in
+        one device call; each answer's bytes and when the composes ended. A batch that fails is redone one answer
+        at a time, so a failure stays its answer's own."""
+        try:
+            composed = planes.compose_many([(c, sr, scale) for c, sr, scale, _, _ in answers])
+            ended = time.perf_counter()
+            bodies: dict[int, bytes] = {}
+            for quality in dict.fromkeys(quality for _, _, _, quality, _ in answers):
+                members = [i for i, answer in enumerate(answers) if answer[3] == quality]
+                encoded = jpeg.encode_batch([composed[i] for i in members], quality, [answers[i][4] for i in members])
+                bodies.update(zip(members, encoded, strict=True))
+            return [(bodies[i], ended) for i in range(len(answers))]
+        except Exception:
+            if len(answers) == 1:
+                raise
+            return _each_alone(PixelEngine._encode_jpegs, answers)
+
+
+def _each_alone(batch: Callable[[list[_T]], list[_R]], items: list[_T]) -> list[_R | Exception]:
+    """``batch`` called on each item alone: its result, or the exception it raised, for each."""
+    results: list[_R | Exception] = []
+    for item in items:
+        try:
+            results.extend(batch([item]))
+        except Exception as e:
+            results.append(e)
+    return results
+
+
+def _raise_if_failed(result: _R | Exception) -> _R:
+    if isinstance(result, Exception):
+        raise result
+    return result
