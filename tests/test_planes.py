@@ -167,3 +167,13 @@ def test_stacked_composes_give_each_pictures_own_bytes() -> None:
             assert torch.equal(got, want)
     with pytest.raises(ValueError, match="sr_luma"):
         planes.compose_many([(frames[0], torch.rand((1, 300, 240)), 3)])
+
+
+def test_stacked_lumas_are_each_pictures_own() -> None:
+    """luma_many, for uploads decoded together: same-size RGB pictures as one stack, each its own call's values."""
+    pictures = [chw(PHOTO.rotate(angle)) for angle in (0, 180, 7)] + [chw(PHOTO.resize((40, 30))),
+                                                                       chw(PHOTO.convert("L"))]
+    alone = [planes.luma(c) for c in pictures]
+    for budget in (planes.STACK_PIXELS, 2 * PHOTO.width * PHOTO.height):
+        for got, want in zip(planes.luma_many(pictures, stack_pixels=budget), alone, strict=True):
+            assert got.shape == want.shape and got.is_contiguous() and torch.equal(got, want)

@@ -139,6 +139,34 @@ def compose(color: Tensor, alpha: Tensor | None, sr_luma: Tensor, scale: int) ->
 STACK_PIXELS = 1 << 25  # output pixels per stacked call of compose_many: bounds its scratch (about 40 bytes a pixel)
 
 
+def _stacks(keys: Sequence[tuple], pixels: Sequence[int], stack_pixels: int) -> list[list[int]]:
+    """Indices grouped by equal key, in order, each group cut into stacks of at most ``stack_pixels`` pixels."""
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    stacks = []
+    for members in groups.values():
+        step = max(1, stack_pixels // max(1, pixels[members[0]]))
+        stacks += [members[start : start + step] for start in range(0, len(members), step)]
+    return stacks
+
+
+def luma_many(colors: Sequence[Tensor], *, stack_pixels: int = STACK_PIXELS) -> list[Tensor]:
+    """:func:`luma` of several opaque pictures, in order, the same values each; RGB ones of one size as one stack
+    (uploads decoded together, :mod:`app.engine.pixels`), for the reason :func:`compose_many` gives."""
+    out: list[Tensor | None] = [None] * len(colors)
+    keys = [(tuple(c.shape), c.dtype, c.device) for c in colors]
+    for stack in _stacks(keys, [c.shape[-2] * c.shape[-1] for c in colors], stack_pixels):
+        if colors[stack[0]].shape[0] != 3 or len(stack) == 1:
+            for i in stack:
+                out[i] = luma(colors[i])
+            continue
+        values = torch.stack([colors[i] for i in stack]).to(torch.float32)
+        for i, y in zip(stack, _over_255(rgb_to_y(values)), strict=True):
+            out[i] = y
+    return out  # type: ignore[return-value]  # every index was filled
+
+
 def compose_many(items: Sequence[tuple[Tensor, Tensor, int]], *, stack_pixels: int = STACK_PIXELS) -> list[Tensor]:
     """:func:`compose` of several opaque pictures ``(color, sr_luma, scale)``, in order, the same bytes each.
 
@@ -147,20 +175,18 @@ def compose_many(items: Sequence[tuple[Tensor, Tensor, int]], *, stack_pixels: i
     video, one camera) go through them as one stack, up to ``stack_pixels`` output pixels a call.
     """
     out: list[Tensor | None] = [None] * len(items)
-    groups: dict[tuple, list[int]] = {}
-    for i, (color, sr_luma, scale) in enumerate(items):
+    keys = [(tuple(color.shape), scale, color.device) for color, _, scale in items]
+    for color, sr_luma, scale in items:
         _output_luma(color, sr_luma, scale)
-        groups.setdefault((tuple(color.shape), scale, color.device), []).append(i)
-    for (shape, scale, _), members in groups.items():
-        step = max(1, stack_pixels // (shape[1] * shape[2] * scale * scale))
-        for start in range(0, len(members), step):
-            chunk = members[start : start + step]
-            if shape[0] != 3 or len(chunk) == 1:
-                for i in chunk:
-                    out[i] = compose(items[i][0], None, items[i][1], scale)
-                continue
-            colors = torch.stack([items[i][0] for i in chunk])
-            lumas = torch.stack([_output_luma(*items[i]) for i in chunk])
-            for i, planes in zip(chunk, swap_luma(bicubic_upscale(colors, scale), lumas), strict=True):
-                out[i] = planes
+    pixels = [color.shape[-2] * color.shape[-1] * scale * scale for color, _, scale in items]
+    for stack in _stacks(keys, pixels, stack_pixels):
+        if items[stack[0]][0].shape[0] != 3 or len(stack) == 1:
+            for i in stack:
+                out[i] = compose(items[i][0], None, items[i][1], items[i][2])
+            continue
+        scale = items[stack[0]][2]
+        colors = torch.stack([items[i][0] for i in stack])
+        lumas = torch.stack([_output_luma(*items[i]) for i in stack])
+        for i, planes in zip(stack, swap_luma(bicubic_upscale(colors, scale), lumas), strict=True):
+            out[i] = planes
     return out  # type: ignore[return-value]  # every index was filled

@@ -194,7 +194,9 @@ class PixelEngine:
         probes = [found or jpeg.probe(data, max_pixels=limit) for data, limit, found in uploads]
         decoded = jpeg.decode_batch([data for data, _, _ in uploads], self.device, probes=probes)
         ended = time.perf_counter()
-        return [c if isinstance(c, jpeg.NotEligible) else (c, planes.luma(c), ended) for c in decoded]
+        pictures = [i for i, c in enumerate(decoded) if not isinstance(c, jpeg.NotEligible)]
+        lumas = dict(zip(pictures, planes.luma_many([decoded[i] for i in pictures]), strict=True))
+        return [(c, lumas[i], ended) if i in lumas else c for i, c in enumerate(decoded)]
 
     @staticmethod
     def _encode_jpegs(answers: list[_Answer]) -> list[tuple[bytes, float] | Exception]:
