@@ -139,6 +139,7 @@ async def serve(socket_path: str, device_setting: str) -> None:
     from app.engine.device import configure_threads, describe, resolve_device
     from app.engine.device_server import DeviceServer
     from app.engine.pixels import PixelEngine
+    from app.observability import memory
     from app.observability.adapters import PrometheusObserver
     from app.pipeline.build import build_engine
 
@@ -161,10 +162,12 @@ async def serve(socket_path: str, device_setting: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     sock = channel.listen(socket_path)
     accepting = asyncio.create_task(server.serve(sock), name="device-accept")
+    sampler = asyncio.create_task(memory.sample_forever("device", device), name="memory-gauges")
     log.info("device process ready in %.1f s: scales %s on %s at %s", time.perf_counter() - started,
              sorted(models), describe(device), socket_path)
     await stop.wait()
     accepting.cancel()
+    sampler.cancel()
     sock.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)

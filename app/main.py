@@ -7,6 +7,7 @@ and tools build an app with their own settings.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from app.api.telemetry import RequestMetricsMiddleware
 from app.api.upload import upload_problems
 from app.config import Settings, get_settings
 from app.jobs import JobManager, from_settings
-from app.observability import metrics
+from app.observability import memory, metrics
 from app.observability.adapters import JobsMetrics, PipelineMetrics, PrometheusObserver
 from app.pipeline.build import build_pipeline
 
@@ -133,10 +134,12 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         if freeze_gc:
             gc.collect()
             gc.freeze()  # see create_app
+        sampler = asyncio.create_task(memory.sample_forever("worker", state.pipeline.device), name="memory-gauges")
         log.info("ready: scales %s on %s", list(state.pipeline.scales), state.device_name)
         try:
             yield
         finally:
+            sampler.cancel()
             await app.state.jobs.close(state.settings.drain_timeout_s)  # jobs first: they need the engine
             await state.pipeline.close(state.settings.drain_timeout_s)
 

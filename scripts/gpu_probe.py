@@ -12,7 +12,8 @@ For each layout of ``python -m app.serve`` (default settings otherwise):
 it measures one ×3 640×360 JPEG→JPEG request (p50 of 40 after 8 warm-ups, with its
 ``Server-Timing``), then with wrk: 16 clients posting such frames, and 64 clients posting
 96² PNGs at ×3, ``--load-s`` seconds each, with GPU busy (nvidia-smi every 250 ms), CPU
-busy (/proc/stat) and the server's core-ms per request beside each. With ``--video-s N``, in the
+busy (/proc/stat) and the server's core-ms per request beside each, then the memory it holds
+(RSS of every process, GPU memory reserved and used: the memory gauges of ``/metrics``). With ``--video-s N``, in the
 ``--video-layouts`` (default: ``default`` only), it also posts an N-second 640×360 30 fps clip (made
 here with PyAV) as a ×3 job and reports output frames/s (issue 28's ≥ 60 of 1080p): the job's own
 ``fps`` (output frames per second of wall time since it started) and the frames over the time from
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.cli.benchlib.launch import serving, tree_cpu_s  # noqa: E402
 from app.cli.benchlib.synth_video import make_clip  # noqa: E402
+from app.observability.memory import exposed_totals  # noqa: E402
 
 WRK_SCRIPT = """
 local f = io.open(os.getenv("SR_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
@@ -213,6 +215,7 @@ def main() -> None:
                     row["frames_16"] = load(base, server, wrk, frame, "image/jpeg", "/upscale?scale=3&format=jpeg",
                                             16, args.load_s)
                     row["small_64"] = load(base, server, wrk, small, "image/png", "/upscale?scale=3", 64, args.load_s)
+                row["memory"] = exposed_totals(httpx.get(f"{base}/metrics").text)  # after the loads
                 if clip is not None and layout in args.video_layouts.split(","):
                     row["video"] = video_job(base, clip, timeout_s=max(60.0, 6 * args.video_s))
         except (RuntimeError, httpx.HTTPError) as exc:  # one layout failing must not cost the others' figures
@@ -222,7 +225,7 @@ def main() -> None:
     (args.out / "probe.json").write_text(json.dumps(results, indent=2))
     print("\n| layout | lone ×3 640×360 JPEG p50 | 16 clients frames/s (GPU, CPU busy) | 64 clients 96² req/s "
           "(GPU, CPU busy) | server core-ms / 96² request | video ×3 → 1080p output frames/s (job, end to end) "
-          "|\n|---|---|---|---|---|---|")
+          "| MiB after the loads: RSS of workers + device process, GPU reserved, GPU used |\n|---|---|---|---|---|---|---|")
     for r in results:
         f, s, v = r.get("frames_16", {}), r.get("small_64", {}), r.get("video", {})
         video = v.get("error") or (f"{v['job_fps']}, {v['end_to_end_fps']} ({v['frames']} frames, {v['encoder']})"
@@ -230,7 +233,13 @@ def main() -> None:
         print(f"| {r['layout']} | {_cell(r.get('lone', {}).get('p50_ms'), ' ms')} | {_cell(f.get('req_per_s'))} "
               f"({_cell(f.get('gpu_busy_pct'), ' %')}, {_cell(f.get('cpu_busy_pct'), ' %')}) | {_cell(s.get('req_per_s'))} "
               f"({_cell(s.get('gpu_busy_pct'), ' %')}, {_cell(s.get('cpu_busy_pct'), ' %')}) "
-              f"| {_cell(s.get('server_core_ms_per_request'))} | {video} |")
+              f"| {_cell(s.get('server_core_ms_per_request'))} | {video} | {_memory(r.get('memory', {}))} |")
+
+
+def _memory(m: dict[str, float]) -> str:
+    rss = [m[k] for k in ("rss_worker_mib", "rss_device_mib") if k in m]
+    return ", ".join([" + ".join(f"{v:.0f}" for v in rss) or "—",
+                      *(_cell(None if k not in m else round(m[k])) for k in ("gpu_reserved_mib", "gpu_used_mib"))])
 
 
 def _cell(value: object, unit: str = "") -> str:

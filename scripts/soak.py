@@ -9,6 +9,8 @@ up before the answer (their tiles are mid-batch). After a short settle it measur
 
 * no 5xx and no unexpected status (good → 200, bad → its 4xx);
 * RSS within ``--rss-margin-mb`` (default 96 MB) of the warm baseline, threads within 4, open files within 8;
+* on a GPU host, from ``/metrics``: the device process's RSS within the same margin, and the GPU memory the
+  service holds (``sr_device_memory_bytes{kind="reserved"}``, every process) within ``--gpu-margin-mb``;
 * ``/readyz`` still 200.
 
     .venv/bin/python scripts/soak.py --requests 5000 --concurrency 24
@@ -35,6 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from app.cli.benchlib.launch import open_files, rss_mb, serving, status_kib  # noqa: E402
+from app.observability.memory import SAMPLE_S, exposed_totals  # noqa: E402
 
 SERVER_ENV = {"SR_WORKERS": "1", "SR_MAX_BODY_BYTES": str(256 * 1024)}  # one process; "too_large" is 300 KB
 
@@ -157,12 +160,26 @@ async def traffic(url: str, total: int, concurrency: int, seed: int) -> Tally:
     return tally
 
 
+def gauged_memory(url: str) -> dict[str, float]:
+    """From ``/metrics``, after the processes' next sample: the device process's RSS and the GPU memory reserved
+    by every process, in MiB; empty where neither exists (one CPU worker: :func:`proc_figures` has it all)."""
+    def read() -> dict[str, float]:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            totals = exposed_totals(r.read().decode())
+        return {k: totals[k] for k in ("rss_device_mib", "gpu_reserved_mib") if k in totals}
+
+    if not read():
+        return {}
+    time.sleep(SAMPLE_S + 0.5)  # a sample taken after the traffic
+    return read()
+
+
 def soak(url: str, pid: int, total: int, concurrency: int, *, warm: int = 300, settle_s: float = 3.0,
-         rss_margin_mb: float = 96, seed: int = 0) -> dict:
+         rss_margin_mb: float = 96, gpu_margin_mb: float = 256, seed: int = 0) -> dict:
     """Warm up, take the baseline, soak, settle, compare; returns the figures and ``ok``."""
     asyncio.run(traffic(url, warm, concurrency, seed + 1))
     time.sleep(settle_s)
-    before = proc_figures(pid)
+    before = proc_figures(pid) | gauged_memory(url)
     started = time.perf_counter()
     tally = asyncio.run(traffic(url, total, concurrency, seed))
     elapsed = time.perf_counter() - started
@@ -173,6 +190,7 @@ def soak(url: str, pid: int, total: int, concurrency: int, *, warm: int = 300, s
         settled = (after["threads"] <= before["threads"] + 4 and after["open_files"] <= before["open_files"] + 8)
         if settled or time.monotonic() > deadline:
             break
+    after |= gauged_memory(url)
     with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
         ready = r.status
     figures = {
@@ -180,10 +198,14 @@ def soak(url: str, pid: int, total: int, concurrency: int, *, warm: int = 300, s
         "requests_per_s": round(total / elapsed, 1),
         "baseline": {k: round(v, 1) for k, v in before.items()}, "after": {k: round(v, 1) for k, v in after.items()},
         "rss_growth_mb": round(after["rss_mb"] - before["rss_mb"], 1),
+        **{f"{k.removesuffix('_mib')}_growth_mb": round(after[k] - before[k], 1)
+           for k in ("rss_device_mib", "gpu_reserved_mib") if k in before and k in after},
         "by_kind": dict(sorted(tally.by_kind.items())), "unexpected": tally.unexpected[:20],
         "readyz": ready,
     }
     figures["ok"] = (not tally.unexpected and ready == 200 and figures["rss_growth_mb"] <= rss_margin_mb
+                     and figures.get("rss_device_growth_mb", 0) <= rss_margin_mb
+                     and figures.get("gpu_reserved_growth_mb", 0) <= gpu_margin_mb
                      and after["threads"] <= before["threads"] + 4 and after["open_files"] <= before["open_files"] + 8)
     return figures
 
@@ -193,6 +215,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--rss-margin-mb", type=float, default=96)
+    ap.add_argument("--gpu-margin-mb", type=float, default=256,
+                    help="growth allowed in the GPU memory the service's processes reserve")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=1,
                     help="soak the same server this many times: a cache that fills in round 1 (ONNX Runtime's "
@@ -203,7 +227,8 @@ def main() -> None:
     with serving(SERVER_ENV, timeout_s=120) as server:
         for n in range(args.rounds):
             rounds.append(soak(server.url, server.pid, args.requests, args.concurrency,
-                               rss_margin_mb=args.rss_margin_mb, seed=args.seed + n))
+                               rss_margin_mb=args.rss_margin_mb, gpu_margin_mb=args.gpu_margin_mb,
+                               seed=args.seed + n))
     print(json.dumps(rounds[0] if args.rounds == 1 else rounds, indent=1))
     if args.rounds > 1:
         print("RSS growth per round (MB):", [r["rss_growth_mb"] for r in rounds])

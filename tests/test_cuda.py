@@ -145,3 +145,19 @@ def test_device_process_on_cuda_answers_like_the_cpu_service(seeded_store: Path,
         expected = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
     got, want = (np.asarray(open_bytes(r.content)).astype(int) for r in (answer, expected))
     assert got.shape == want.shape and np.abs(got - want).max() <= 1
+
+
+def test_memory_gauges_read_the_gpus_counters(seeded_store: Path) -> None:
+    """A process holding models on the GPU exposes its allocator's counters and the device's free and total."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.engine.device import concrete, memory_stats
+
+    gpu = concrete("cuda")
+    with TestClient(create_app(make_settings(seeded_store, device="cuda"))) as c:
+        text = c.get("/metrics").text
+    exposed = {s.labels["kind"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "sr_device_memory_bytes" and s.labels["device"] == str(gpu)}
+    assert set(exposed) == {"allocated", "reserved", "free", "total"}
+    assert 0 < exposed["allocated"] <= exposed["reserved"]  # the models' weights, at least
+    assert 0 < exposed["free"] < exposed["total"] == memory_stats(gpu)["total"]

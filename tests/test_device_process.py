@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli.benchlib import launch
 from app.main import create_app
@@ -101,6 +102,20 @@ def test_every_workers_tiles_share_the_device_processes_batches(service: tuple[s
     tiles = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("sr_batch_size_sum"))
     assert batches > 0, "the device process's batch metrics reach /metrics of a worker"
     assert tiles / batches > 4, "tiles of several requests shared model calls"
+
+
+def test_every_process_reports_its_own_memory(service: tuple[str, subprocess.Popen]) -> None:
+    """One resident-memory series per living process, by pid and role, each near what the kernel says of it."""
+    base, server = service
+    text = httpx.get(f"{base}/metrics").text
+    exposed = {(s.labels["role"], int(s.labels["pid"])): s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "sr_process_resident_bytes"}
+    expected = {("device", device_pid(server))} | {("worker", pid) for pid in worker_pids(server)}
+    assert set(exposed) == expected
+    for (_, pid), value in exposed.items():
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        assert 0.5 * rss < value < 1.5 * rss, (pid, value, rss)  # sampled a few seconds ago
+    assert "sr_device_memory_bytes{" not in text  # the CPU has no device memory series
 
 
 def test_a_full_queue_refuses_across_processes(service: tuple[str, subprocess.Popen]) -> None:

@@ -131,8 +131,11 @@ def test_render_exposes_every_family() -> None:
     metrics.QUEUE_DEPTH.set(0)
     with metrics.time_stage(metrics.STAGE_DECODE):
         pass
+    metrics.set_process_memory("worker", 100 << 20)
+    metrics.set_device_memory("cuda:0", {"allocated": 1 << 20})  # what a GPU process samples
 
     body, content_type = metrics.render()
+    metrics.DEVICE_MEMORY.remove("cuda:0", "allocated")  # this process holds no GPU memory
     assert content_type.startswith("text/plain")
     parsed = {family.name: family for family in text_string_to_metric_families(body.decode())}
     for name, kind in _families().items():

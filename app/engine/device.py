@@ -75,6 +75,18 @@ def configure_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def memory_stats(device: torch.device) -> dict[str, int]:
+    """Bytes of device memory: this process's tensors (``allocated``), what its caching allocator holds
+    (``reserved``), and the device's ``free`` and ``total`` (every process's use); empty on the CPU,
+    where the process's resident memory says it all. The only CUDA-specific lines of the memory gauges.
+    """
+    if device.type != "cuda":
+        return {}
+    free, total = torch.cuda.mem_get_info(device)
+    return {"allocated": torch.cuda.memory_allocated(device), "reserved": torch.cuda.memory_reserved(device),
+            "free": free, "total": total}
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

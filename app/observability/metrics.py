@@ -30,7 +30,14 @@ sr_video_frames_total              scale                       video frame super
 sr_worker_restarts_total           —                           batching worker restarted after it died
 sr_jpeg_codec_total                codec                       JPEG → JPEG answer with device JPEG on: ``device``
                                                                or ``pillow`` (the fallback, see ``JPEG_CODECS``)
+sr_process_resident_bytes          role (+ pid)                (gauge) the process's resident memory, sampled
+                                                               every few seconds (``PROCESS_ROLES``)
+sr_device_memory_bytes             device, kind (+ pid)        (gauge) GPU memory seen by a process that holds
+                                                               models there (``DEVICE_MEMORY_KINDS``); none on CPU
 =================================  ==========================  =============================================
+
+In multiprocess mode the two memory gauges carry a ``pid`` label too (``liveall``): a leak
+shows in the process that has it, and a process that dies takes its series with it.
 
 Labels stay bounded: ``scale`` is ``"1"``…``"8"`` (the manifests' range) or ``""`` (invalid),
 ``endpoint`` must be a route template, never a raw path, and reasons and stages are
@@ -85,6 +92,11 @@ REJECT_REASONS = (QUEUE_FULL, TOO_LARGE, TIMEOUT, BAD_INPUT, CLIENT_GONE)
 
 # Who answered a JPEG → JPEG request with device JPEG on (label values of sr_jpeg_codec_total).
 JPEG_CODECS = ("device", "pillow")
+
+# Who a process is (label values of sr_process_resident_bytes): an HTTP worker, or the device process
+PROCESS_ROLES = ("worker", "device")
+# What sr_device_memory_bytes measures: this process's tensors, its caching allocator's hold, the device's free and total
+DEVICE_MEMORY_KINDS = ("allocated", "reserved", "free", "total")
 
 # Stages (label values of sr_stage_duration_seconds).
 STAGE_DECODE = "decode"
@@ -162,6 +174,10 @@ METRIC_DOCS: dict[str, str] = {
     "sr_jpeg_codec_total": "JPEG uploads answered as JPEG while device JPEG is on (SR_DEVICE_JPEG), by the codec that "
     "did it: device (decode and encode beside the model), or pillow (the upload needed the CPU path: progressive, "
     "greyscale, CMYK...).",
+    "sr_process_resident_bytes": "Resident memory of each process (role worker: an HTTP worker; device: the device "
+    "process), sampled every few seconds; with several processes each has its pid label.",
+    "sr_device_memory_bytes": "GPU memory, sampled every few seconds by each process holding models on a GPU: "
+    "allocated (its tensors), reserved (held by its caching allocator), free and total (the whole device's).",
 }
 
 REQUESTS = _metric(Counter, "sr_requests_total", METRIC_DOCS["sr_requests_total"], ("endpoint", "scale", "status"))
@@ -210,6 +226,10 @@ JOBS_BACKEND = _metric(Gauge, "sr_jobs_backend", METRIC_DOCS["sr_jobs_backend"],
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
 WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
 JPEG_CODEC = _metric(Counter, "sr_jpeg_codec_total", METRIC_DOCS["sr_jpeg_codec_total"], ("codec",))
+PROCESS_RESIDENT = _metric(Gauge, "sr_process_resident_bytes", METRIC_DOCS["sr_process_resident_bytes"], ("role",),
+                           multiprocess_mode="liveall")
+DEVICE_MEMORY = _metric(Gauge, "sr_device_memory_bytes", METRIC_DOCS["sr_device_memory_bytes"], ("device", "kind"),
+                        multiprocess_mode="liveall")
 # Every job series exists from the start at 0, so rate() and absent() need no first event.
 for _kind in JOB_KINDS:
     for _state in JOB_STATES:
@@ -242,6 +262,8 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     VIDEO_FRAMES,
     WORKER_RESTARTS,
     JPEG_CODEC,
+    PROCESS_RESIDENT,
+    DEVICE_MEMORY,
 )
 
 
@@ -358,6 +380,22 @@ def set_jobs_active(state: str, count: int) -> None:
 def count_video_frames(scale: int | str, frames: int = 1) -> None:
     """Video frames super-resolved and written by a job."""
     VIDEO_FRAMES.labels(scale_label(scale)).inc(frames)
+
+
+def set_process_memory(role: str, resident_bytes: int) -> None:
+    """This process's resident memory; ``role`` is one of :data:`PROCESS_ROLES`."""
+    if role not in PROCESS_ROLES:
+        raise ValueError(f"unknown process role {role!r}; expected one of {PROCESS_ROLES}")
+    PROCESS_RESIDENT.labels(role).set(resident_bytes)
+
+
+def set_device_memory(device: str, stats: dict[str, int]) -> None:
+    """GPU memory as this process sees it: ``stats`` maps kinds of :data:`DEVICE_MEMORY_KINDS` to bytes."""
+    unknown = set(stats) - set(DEVICE_MEMORY_KINDS)
+    if unknown:
+        raise ValueError(f"unknown device memory kinds {sorted(unknown)}; expected some of {DEVICE_MEMORY_KINDS}")
+    for kind, value in stats.items():
+        DEVICE_MEMORY.labels(device, kind).set(value)
 
 
 def render(accept: str | None = None) -> tuple[bytes, str]:
