@@ -161,3 +161,26 @@ def test_memory_gauges_read_the_gpus_counters(seeded_store: Path) -> None:
     assert set(exposed) == {"allocated", "reserved", "free", "total"}
     assert 0 < exposed["allocated"] <= exposed["reserved"]  # the models' weights, at least
     assert 0 < exposed["free"] < exposed["total"] == memory_stats(gpu)["total"]
+
+
+def test_out_of_memory_splits_the_batch_and_answers_the_same() -> None:
+    """A batch the GPU cannot hold (the allocator capped at 256 MiB here) is split in halves until it fits: the
+    same answer, and the fallback reported (``sr_model_fallbacks_total{reason="cuda_oom"}`` in the service)."""
+    from tests.test_device_paths import Fallbacks
+
+    seen = Fallbacks()
+    runner = ModelRunner(model(), CUDA, tile=32, observer=seen)
+    windows = torch.rand(64, 1, 200, 200, generator=torch.Generator().manual_seed(5))  # layer 1 alone: 630 MB
+    free_run = runner(windows)
+    assert seen.reasons == []
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(CUDA).total_memory
+    torch.cuda.set_per_process_memory_fraction((256 << 20) / total, CUDA)
+    try:
+        capped = runner(windows)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, CUDA)
+        torch.cuda.empty_cache()
+    assert seen.reasons and set(seen.reasons) == {"cuda_oom"}
+    assert (capped - free_run).abs().max() <= 1e-5

@@ -15,6 +15,8 @@ from app.core.espcn import ESPCN
 from app.engine.device import concrete, resolve_device, transfer
 from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
+from app.observability import metrics
+from app.observability.adapters import PrometheusObserver
 
 CPU = torch.device("cpu")
 
@@ -84,6 +86,11 @@ def test_half_overflow_is_recomputed_in_fp32() -> None:
     fp32 = ModelRunner(m, CPU, backend="eager", tile=32)(windows)
     assert seen.reasons == ["half_nonfinite"]
     assert torch.equal(fp16, fp32)
+
+    counted = metrics.MODEL_FALLBACKS.labels("half_nonfinite")  # what the service's observer makes of it
+    before = counted._value.get()
+    ModelRunner(m, CPU, half=True, tile=32, observer=PrometheusObserver())(windows)
+    assert counted._value.get() == before + 1
 
 
 def test_luma_divides_by_a_tensor_on_its_own_device() -> None:

@@ -93,6 +93,12 @@ def test_every_metric_is_documented_and_named_by_convention() -> None:
             assert name.endswith("_seconds"), name
 
 
+def test_every_metric_has_a_row_in_the_operations_guide() -> None:
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    first_cells = [line.split("|")[1] for line in guide.splitlines() if line.startswith("| `sr_")]
+    assert {name for cell in first_cells for name in re.findall(r"`(sr_[a-z_]+)", cell)} == set(metrics.METRIC_DOCS)
+
+
 def test_labels_and_bucket_boundaries_are_the_contract() -> None:
     assert metrics.REQUESTS._labelnames == ("endpoint", "scale", "status")
     assert metrics.INFERENCE_DURATION._labelnames == ("scale", "device")

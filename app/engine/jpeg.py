@@ -61,6 +61,8 @@ import torch
 from PIL import ExifTags, Image
 from torch import Tensor
 
+from app.engine.device import concrete
+
 MAX_SEGMENTS = 20_000  # marker segments before the scan (ImageLimits.max_chunks's default)
 ORIENTATION = ExifTags.Base.Orientation
 _FILL = re.compile(rb"\xff+")
@@ -275,8 +277,7 @@ def available(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return False
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = concrete(device)  # the form decoded tensors report, compared below
     with _lock:
         known = _works.get(device)
     if known is not None:

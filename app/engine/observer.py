@@ -6,6 +6,10 @@ plug in a recorder. Every method has a no-op default.
 
 from __future__ import annotations
 
+HALF_NONFINITE = "half_nonfinite"  # fp16 gave inf/NaN: the batch is recomputed in fp32
+CUDA_OOM = "cuda_oom"  # the GPU ran out of memory: the batch is split in halves, a lone tile runs on the CPU
+FALLBACK_REASONS = (HALF_NONFINITE, CUDA_OOM)
+
 
 class EngineObserver:
     """Receives one call per event; override what you need."""
@@ -23,7 +27,7 @@ class EngineObserver:
         """Work refused or dropped for load reasons: ``queue_full``, ``timeout`` or ``client_gone``."""
 
     def fallback(self, reason: str) -> None:
-        """The runner left its fast path: ``half_nonfinite``, ``cuda_oom``."""
+        """The runner left its fast path, for one of :data:`FALLBACK_REASONS`."""
 
     def worker_restarted(self) -> None:
         """The batching worker died and its supervisor is restarting it."""

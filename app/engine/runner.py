@@ -39,7 +39,7 @@ from app.core.espcn import ESPCN
 from app.engine import onnx_backend
 from app.engine.core_tokens import CoreTokens
 from app.engine.device import concrete, transfer
-from app.engine.observer import EngineObserver
+from app.engine.observer import CUDA_OOM, HALF_NONFINITE, EngineObserver
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,11 @@ class ModelRunner:
             x = transfer(windows, self.device)
             y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
             if self.half and not torch.isfinite(y).all():
-                self.observer.fallback("half_nonfinite")
+                self.observer.fallback(HALF_NONFINITE)
                 y = self._fp32.forward_valid(x)
             return transfer(y.float(), source)
         except torch.cuda.OutOfMemoryError:
-            self.observer.fallback("cuda_oom")
+            self.observer.fallback(CUDA_OOM)
             torch.cuda.empty_cache()
             if len(windows) == 1:
                 log.warning("CUDA out of memory on a single tile; running it on the CPU")

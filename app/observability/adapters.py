@@ -34,6 +34,9 @@ class PrometheusObserver(EngineObserver):
     def worker_restarted(self) -> None:
         metrics.WORKER_RESTARTS.inc()
 
+    def fallback(self, reason: str) -> None:
+        metrics.count_fallback(reason)
+
     def rejected(self, reason: str) -> None:
         metrics.reject(reason)
         counted = COUNTED.get()

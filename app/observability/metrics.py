@@ -28,6 +28,7 @@ sr_jobs_backend                    state                       (gauge) jobs queu
                                                                backend, every replica (same value on each)
 sr_video_frames_total              scale                       video frame super-resolved and encoded
 sr_worker_restarts_total           —                           batching worker restarted after it died
+sr_model_fallbacks_total           reason                      model call that left its fast path (``FALLBACK_REASONS``)
 sr_jpeg_codec_total                codec                       JPEG → JPEG answer with device JPEG on: ``device``
                                                                or ``pillow`` (the fallback, see ``JPEG_CODECS``)
 sr_process_resident_bytes          role (+ pid)                (gauge) the process's resident memory, sampled
@@ -77,6 +78,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from app.config import MAX_BATCH_LIMIT
+from app.engine.observer import FALLBACK_REASONS
 from app.store.manifest import MAX_SCALE, MIN_SCALE
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -171,6 +173,8 @@ METRIC_DOCS: dict[str, str] = {
     "every process of the host without), by state: each replica exports the same value, so aggregate with max.",
     "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
     "sr_worker_restarts_total": "Times the batching worker died and its supervisor restarted it (0 when healthy).",
+    "sr_model_fallbacks_total": "Model calls that left their fast path, by reason: half_nonfinite (fp16 overflowed, "
+    "recomputed in fp32), cuda_oom (the GPU ran out of memory: the batch was split, a lone tile ran on the CPU).",
     "sr_jpeg_codec_total": "JPEG uploads answered as JPEG while device JPEG is on (SR_DEVICE_JPEG), by the codec that "
     "did it: device (decode and encode beside the model), or pillow (the upload needed the CPU path: progressive, "
     "greyscale, CMYK...).",
@@ -225,6 +229,7 @@ JOBS_BACKEND = _metric(Gauge, "sr_jobs_backend", METRIC_DOCS["sr_jobs_backend"],
                        multiprocess_mode="livemax")
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
 WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
+MODEL_FALLBACKS = _metric(Counter, "sr_model_fallbacks_total", METRIC_DOCS["sr_model_fallbacks_total"], ("reason",))
 JPEG_CODEC = _metric(Counter, "sr_jpeg_codec_total", METRIC_DOCS["sr_jpeg_codec_total"], ("codec",))
 PROCESS_RESIDENT = _metric(Gauge, "sr_process_resident_bytes", METRIC_DOCS["sr_process_resident_bytes"], ("role",),
                            multiprocess_mode="liveall")
@@ -241,6 +246,8 @@ for _scale in KNOWN_SCALES:
     VIDEO_FRAMES.labels(_scale)
 for _codec in JPEG_CODECS:
     JPEG_CODEC.labels(_codec)
+for _reason in FALLBACK_REASONS:
+    MODEL_FALLBACKS.labels(_reason)
 
 ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     REQUESTS,
@@ -261,6 +268,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     JOBS_BACKEND,
     VIDEO_FRAMES,
     WORKER_RESTARTS,
+    MODEL_FALLBACKS,
     JPEG_CODEC,
     PROCESS_RESIDENT,
     DEVICE_MEMORY,
@@ -317,6 +325,13 @@ def observe_batch(*, scale: int | str, device: str, tiles: int, max_batch: int, 
     STAGE_DURATION.labels(STAGE_INFERENCE).observe(seconds)
     BATCH_SIZE.observe(tiles)
     BATCH_FILL_RATIO.observe(min(tiles / max_batch, 1.0) if max_batch > 0 else 0.0)
+
+
+def count_fallback(reason: str) -> None:
+    """One model call that left its fast path; ``reason`` is one of :data:`FALLBACK_REASONS`."""
+    if reason not in FALLBACK_REASONS:
+        raise ValueError(f"unknown fallback reason {reason!r}; expected one of {FALLBACK_REASONS}")
+    MODEL_FALLBACKS.labels(reason).inc()
 
 
 def count_jpeg_codec(codec: str) -> None:
