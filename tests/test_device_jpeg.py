@@ -251,9 +251,17 @@ def test_batches_answer_as_single_calls_and_refuse_one_by_one(device: str) -> No
     good, turned = photo(), photo((64, 48), exif=exif(3))
     decoded = jpeg.decode_batch([good, photo(progressive=True), turned, good[:-200]], dev)
     assert [type(d).__name__ for d in decoded] == ["Tensor", "NotEligible", "Tensor", "NotEligible"]
-    assert torch.equal(decoded[0], jpeg.decode(good, dev)) and torch.equal(decoded[2], jpeg.decode(turned, dev))
     planes = [decoded[0], decoded[2]]
-    assert jpeg.encode_batch(planes, 80, [SRGB, None]) == [jpeg.encode(planes[0], 80, SRGB), jpeg.encode(planes[1], 80)]
+    together = jpeg.encode_batch(planes, 80, [SRGB, None])
+    alone = [jpeg.encode(planes[0], 80, SRGB), jpeg.encode(planes[1], 80)]
+    if dev.type == "cpu":  # libjpeg-turbo: the same pixels and bytes however called
+        assert torch.equal(decoded[0], jpeg.decode(good, dev)) and torch.equal(decoded[2], jpeg.decode(turned, dev))
+        assert together == alone
+    else:  # nvJPEG's batched calls may take another decoder (a hardware one): the GPU's bound, one grey level
+        for got, want in [(decoded[0], jpeg.decode(good, dev)), (decoded[2], jpeg.decode(turned, dev))]:
+            assert (got.float() - want.float()).abs().mean() <= GREY_LEVEL
+        for got, want in zip(together, alone, strict=True):
+            assert np.abs(pixels(got) - pixels(want)).mean() <= GREY_LEVEL
     with pytest.raises(ValueError, match="quality"):
         jpeg.encode(planes[0], 0)
 
