@@ -11,6 +11,7 @@ Where ``redis-server`` or the ``redis`` client is missing these tests skip, sayi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ pytestmark = [
 PREFIX = "sr:jobs:"
 LEASE_S = 4.0  # heartbeats every 1.3 s; an orphan is claimed within 4 + 1 s of its owner's death
 TTL_S = 40.0
+DRAIN_S = 1.0  # a SIGTERM'd replica hands back the jobs it has not finished by then
 QUOTA = 4 << 20
 
 
@@ -89,7 +91,7 @@ class Cluster:
         return {"SR_MODEL_STORE": str(self.store), "SR_WORKERS": "1", "SR_DEVICE": "cpu", "SR_TILE_SIZE": "32",
                 "SR_JOBS_DIR": str(self.jobs), "SR_JOBS_REDIS_URL": self.redis.url, "SR_JOBS_LEASE_S": str(LEASE_S),
                 "SR_JOBS_TTL_S": str(TTL_S), "SR_JOBS_MAX_BYTES": str(QUOTA), "SR_JOBS_CONCURRENCY": "1",
-                "SR_DRAIN_TIMEOUT_S": "5", "TMPDIR": str(tmp)}
+                "SR_DRAIN_TIMEOUT_S": str(DRAIN_S), "TMPDIR": str(tmp)}
 
     def start(self, name: str) -> Service:
         self.replicas[name] = start_service(self.env(name), log=self.root / f"{name}.log", timeout_s=240)
@@ -349,6 +351,31 @@ def test_a_killed_owners_job_is_taken_over_then_failed_with_the_reason(cluster: 
     assert not list((cluster.jobs / job_id).iterdir())  # input and partial results gone; the record says why
     assert not r.sismember(f"{PREFIX}running", job_id) and owner_pid(r, job_id) is None
     cluster.start(other)
+
+
+def test_a_job_running_at_a_graceful_stop_goes_back_to_the_queue_and_finishes_elsewhere(
+        cluster: Cluster, clips: dict[str, bytes]) -> None:
+    """SIGTERM (a rolling update): the owner drains for SR_DRAIN_TIMEOUT_S, then hands the job it could not
+    finish back to the shared queue, at once and not as a failure; the other replica runs it to the end."""
+    r = cluster.redis.client()
+    job_id = post(cluster.url("a"), clips["long"]).json()["id"]
+    wait_for(cluster.url("a"), job_id, ("running",), timeout=60)
+    pid = owner_pid(r, job_id)
+    (owner,) = [name for name, s in cluster.replicas.items() if s.pid == pid]
+    other = "b" if owner == "a" else "a"
+    stopping = time.monotonic()
+    stop_service(cluster.replicas.pop(owner), timeout_s=60)  # uvicorn drains, then exits by the signal
+    stopped = time.monotonic() - stopping
+    deadline = time.monotonic() + LEASE_S / 2  # handed back: no lease to wait out, no janitor pass
+    while time.monotonic() < deadline and owner_pid(r, job_id) != cluster.replicas[other].pid:
+        time.sleep(0.02)
+    assert owner_pid(r, job_id) == cluster.replicas[other].pid, (stopped, status(cluster.url(other), job_id))
+    record = JobRecord.from_dict(json.loads(r.get(f"{PREFIX}job:{job_id}")))
+    assert record.attempts == 0  # not a takeover: a job whose replica is killed twice fails, this one may go on
+    done = wait_for(cluster.url(other), job_id, ("done", "failed", "cancelled"), timeout=240)
+    assert done["state"] == "done", done
+    assert httpx.get(f"{cluster.url(other)}/jobs/{job_id}/result", timeout=30).status_code == 200
+    cluster.start(owner)
 
 
 def test_redis_going_away_gives_503s_and_loses_no_finished_result(cluster: Cluster,

@@ -19,11 +19,14 @@ Uploads reserve their bytes against the quota before writing them
 (:meth:`JobManager.reserve` for the declared length, :meth:`JobManager.grow`
 as a body of unknown length arrives), across processes (:meth:`JobStore.reserve`).
 
-Shutdown (:meth:`close`): no new jobs; queued ones fail at once ("the service
-shut down before the job started"); running ones get ``drain_timeout_s`` to
-finish, then are cancelled and fail with that reason. A job is never left
-"running" by a process that is gone: the next start (or any live sibling's
-janitor) finds its lock free and fails it as interrupted.
+Shutdown (:meth:`close`): no new jobs, and no more taken from a shared queue;
+queued ones fail at once ("the service shut down before the job started");
+running ones get ``drain_timeout_s`` to finish, then are cancelled. With a
+shared queue (Redis) a cancelled one goes back to the queue for another replica
+to run from the start (a rolling update loses no job); without one it fails
+with that reason. A job is never left "running" by a process that is gone: the
+next start (or any live sibling's janitor) finds its lock free and fails it as
+interrupted.
 
 Where the records, ownership, cancels, quota and queue live is the backend's
 (:class:`app.jobs.backend.JobBackend`): this host's folder by default, Redis with a
@@ -356,7 +359,7 @@ class JobManager:
 
     async def _work(self) -> None:
         """Run queued jobs one after another, forever: nothing a job (or the backend) does ends this loop."""
-        while True:
+        while not self._closing:  # a draining process takes no more work: another replica will
             try:
                 job_id, lease = await self.store.next_job()
             except asyncio.CancelledError:
@@ -368,6 +371,9 @@ class JobManager:
             active = self._active.get(job_id)
             if active is None and lease is not None:  # from a shared queue: admitted by any replica
                 active = self._adopt(job_id, lease)
+            if active is not None and self._closing and lease is not None:  # taken as the drain began
+                self._hand_back(active, restarted=False)
+                return
             if active is None or active.record.state != QUEUED:
                 continue  # cancelled or failed while it waited
             try:
@@ -416,7 +422,7 @@ class JobManager:
         except asyncio.CancelledError:
             if active.user_cancelled:
                 self._finish(active, CANCELLED, "cancelled", "cancelled")
-            else:
+            elif not (self._closing and self._hand_back(active, restarted=True)):
                 self._finish(active, FAILED, "the service shut down before the job finished", "shutting_down")
             return
         except _Cancelled:
@@ -524,6 +530,29 @@ class JobManager:
             return self.store.cancel_requested(job_id)
         except (OSError, KeyError):
             return True
+
+    def _hand_back(self, active: _Active, *, restarted: bool) -> bool:
+        """Shutting down: put a job this process holds back in the shared queue for another replica to run
+        from the start. ``False`` where the queue is this process's own (the caller fails the job then).
+
+        A hand-back is no failure, so it does not count against :data:`MAX_TAKEOVERS` (a job
+        whose replica is killed does): a rolling update restarts a long job, it does not lose it.
+        """
+        record = active.record
+        if self._active.get(record.id) is not active or active.lost:
+            return False
+        try:
+            if restarted:
+                self.store.drop_files(record.id, keep=("job.json", "lock", record.input_name))
+            if not self.store.requeue(_queued_again(record, record.attempts), active.lock_fd):
+                return False
+        except Exception as exc:  # the backend is away: the job fails here, as without a shared queue
+            log.warning("job %s: could not hand it back to the queue (%s)", record.id, exc)
+            return False
+        self._active.pop(record.id, None)
+        self._count_active()
+        log.info("job %s: handed back to the queue for another replica (this one is shutting down)", record.id)
+        return True
 
     def _finish(self, active: _Active, state: str, error: str | None, code: str | None) -> None:
         """End the job in ``state``: the bookkeeping always happens, the files are written if they can be."""
@@ -666,10 +695,7 @@ class JobManager:
         if record is None or record.state not in ACTIVE:
             return
         if record.attempts < MAX_TAKEOVERS:
-            retry = JobRecord(record.id, record.kind, record.scale, record.format, record.media_type,
-                              record.input_name, record.result_name, created=record.created,
-                              frames_total=record.frames_total, input_bytes=record.input_bytes,
-                              upload_name=record.upload_name, info=record.info, attempts=record.attempts + 1)
+            retry = _queued_again(record, record.attempts + 1)
             self.store.drop_files(job_id, keep=("job.json", "lock", record.input_name))
             if self.store.requeue(retry, lease):
                 log.warning("job %s: its owner (pid %d) stopped; queued again to run elsewhere",
@@ -683,6 +709,14 @@ class JobManager:
         self.store.write(record, lease)
         self.store.settle(job_id)
         self.observer.entered(record.kind, FAILED)
+
+
+def _queued_again(record: JobRecord, attempts: int) -> JobRecord:
+    """``record`` as it was when admitted: queued, nothing done, its upload kept, ``attempts`` runs behind it."""
+    return JobRecord(record.id, record.kind, record.scale, record.format, record.media_type, record.input_name,
+                     record.result_name, created=record.created, frames_total=record.frames_total,
+                     input_bytes=record.input_bytes, upload_name=record.upload_name, info=record.info,
+                     attempts=attempts)
 
 
 def _waiting(active: _Active) -> bool:
