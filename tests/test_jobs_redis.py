@@ -314,14 +314,19 @@ def test_the_quota_holds_across_replicas(cluster: Cluster) -> None:
     assert held() == before
 
 
-def test_a_killed_owners_job_is_taken_over_then_failed_with_the_reason(cluster: Cluster,
-                                                                       clips: dict[str, bytes]) -> None:
-    r = cluster.redis.client()
-    job_id = post(cluster.url("a"), clips["long"]).json()["id"]
+def running_job(cluster: Cluster, r: redis.Redis, clip: bytes) -> tuple[str, int, str, str]:
+    """A job posted to ``a`` and running: its id, its owner's pid, the owner's name and the other replica's."""
+    job_id = post(cluster.url("a"), clip).json()["id"]
     wait_for(cluster.url("a"), job_id, ("running",), timeout=60)
     pid = owner_pid(r, job_id)
     (owner,) = [name for name, s in cluster.replicas.items() if s.pid == pid]
-    other = "b" if owner == "a" else "a"
+    return job_id, pid, owner, "b" if owner == "a" else "a"
+
+
+def test_a_killed_owners_job_is_taken_over_then_failed_with_the_reason(cluster: Cluster,
+                                                                       clips: dict[str, bytes]) -> None:
+    r = cluster.redis.client()
+    job_id, pid, owner, other = running_job(cluster, r, clips["long"])
     cluster.kill(owner)
     killed = time.monotonic()
     # Taken over: the other replica runs it again from the start, within the lease (+ one janitor pass).
@@ -358,11 +363,7 @@ def test_a_job_running_at_a_graceful_stop_goes_back_to_the_queue_and_finishes_el
     """SIGTERM (a rolling update): the owner drains for SR_DRAIN_TIMEOUT_S, then hands the job it could not
     finish back to the shared queue, at once and not as a failure; the other replica runs it to the end."""
     r = cluster.redis.client()
-    job_id = post(cluster.url("a"), clips["long"]).json()["id"]
-    wait_for(cluster.url("a"), job_id, ("running",), timeout=60)
-    pid = owner_pid(r, job_id)
-    (owner,) = [name for name, s in cluster.replicas.items() if s.pid == pid]
-    other = "b" if owner == "a" else "a"
+    job_id, _, owner, other = running_job(cluster, r, clips["long"])
     stopping = time.monotonic()
     stop_service(cluster.replicas.pop(owner), timeout_s=60)  # uvicorn drains, then exits by the signal
     stopped = time.monotonic() - stopping
