@@ -1,8 +1,9 @@
 """A small kustomize renderer for ``deploy/k8s``, so the manifest tests need no binary.
 
 It covers the subset the manifests use: ``resources`` (files or kustomization folders),
-``components``, ``namespace``, ``images`` and ``patches`` (strategic-merge patches from a file or
-inline, matched by kind and name). Any other field raises :class:`UnsupportedKustomization`, so a
+``components``, ``namespace``, ``images`` and ``patches``: strategic-merge patches from a file or
+inline, matched by kind and name, and inline JSON 6902 patches of ``add`` operations on the one
+object a ``target`` (group, version, kind, name) names. Any other field raises :class:`UnsupportedKustomization`, so a
 manifest that starts using another feature fails the tests until this file covers it;
 ``tests/test_k8s.py`` also compares its output with ``kubectl kustomize`` wherever that exists.
 
@@ -99,8 +100,11 @@ def _build(directory: Path, kind: str, objects: list[Obj] | None = None) -> list
 def _transform(directory: Path, kust: Obj, objects: list[Obj]) -> list[Obj]:
     objects = copy.deepcopy(objects)
     for patch in kust.get("patches", []):
+        if set(patch) == {"target", "patch"}:
+            objects = _apply_json6902(objects, patch["target"], yaml.safe_load(patch["patch"]), directory)
+            continue
         if set(patch) - {"path", "patch"} or len(patch) != 1:
-            raise UnsupportedKustomization(f"{directory}: only `path` or inline `patch`, no targets: {patch}")
+            raise UnsupportedKustomization(f"{directory}: only `path`, inline `patch`, or `target` + `patch`: {patch}")
         text = (directory / patch["path"]).read_text() if "path" in patch else patch["patch"]
         for doc in yaml.safe_load_all(text):
             if doc:
@@ -132,6 +136,30 @@ def _apply_patch(objects: list[Obj], patch: Obj) -> list[Obj]:
         return objects[:index] + objects[index + 1:]
     target = objects[index]
     objects[index] = _merge(target, patch, builtin=_is_builtin(target["apiVersion"]))
+    return objects
+
+
+def _apply_json6902(objects: list[Obj], target: Obj, ops: list[Obj], directory: Path) -> list[Obj]:
+    """JSON 6902 ``add`` operations on the one object ``target`` names (``/-`` appends to a list)."""
+    if set(target) - {"group", "version", "kind", "name"} or not isinstance(ops, list):
+        raise UnsupportedKustomization(f"{directory}: a target by group, version, kind and name, and a list of ops")
+    api_version = f"{target['group']}/{target['version']}" if target.get("group") else target["version"]
+    matches = [i for i, obj in enumerate(objects)
+               if (obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) == (api_version, target["kind"], target["name"])]
+    if len(matches) != 1:
+        raise ValueError(f"target {target} matches {len(matches)} objects")
+    objects[matches[0]] = obj = copy.deepcopy(objects[matches[0]])
+    for op in ops:
+        if op.get("op") != "add" or not op.get("path", "").startswith("/"):
+            raise UnsupportedKustomization(f"{directory}: only `add` operations: {op}")
+        *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in op["path"][1:].split("/")]
+        node: Any = obj
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), op["value"])
+        else:
+            node[last] = op["value"]
     return objects
 
 

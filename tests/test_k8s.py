@@ -35,7 +35,7 @@ from tests.k8s_render import object_id, render
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-keda", "gpu-keda", "cpu-redis")
+OVERLAYS = ("cpu", "gpu", "cpu-keda", "gpu-keda", "cpu-redis", "cpu-redis-keda")
 BARE = ("cpu", "gpu")  # overlays that need nothing but a cluster: no custom resources, no storage class, no registry
 # The oldest release the manifests target, and the newest whose schemas the package ships.
 K8S_VERSIONS = ("1.30", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
@@ -311,7 +311,7 @@ def test_autoscaler_reads_the_exported_queue_gauge(overlay, rendered):
     deployment = only(objects, "Deployment")
     assert rules["target"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
     assert "replicas" not in deployment["spec"], "an apply would reset the autoscaler's count"
-    assert list(rules["queue"]) == ["sr_queue_depth"]
+    assert list(rules["queue"])[0] == "sr_queue_depth" and set(rules["queue"]) <= {"sr_queue_depth", "sr_jobs_backend"}
     assert rules["queue"]["sr_queue_depth"] > 0
     body, _ = metrics.render()
     families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
@@ -322,17 +322,38 @@ def test_autoscaler_reads_the_exported_queue_gauge(overlay, rendered):
     assert pdb["maxUnavailable"] < rules["min"] <= rules["max"]
 
 
-@pytest.mark.parametrize("overlay", ["cpu-keda", "gpu-keda"])
+@pytest.mark.parametrize("overlay", ["cpu-keda", "gpu-keda", "cpu-redis-keda"])
 def test_keda_alternative_matches_its_hpa_overlay(overlay, rendered):
-    """Both autoscalers of one overlay pair scale on the same signals, targets and bounds."""
+    """Both autoscalers of one overlay pair scale on the same signals, targets and bounds (KEDA on the jobs
+    backlog too where jobs are shared: the next test)."""
     keda, hpa = autoscaling(rendered[overlay]), autoscaling(rendered[overlay.removesuffix("-keda")])
+    keda["queue"].pop("sr_jobs_backend", None)
     assert keda == hpa
     (so,) = [o for o in rendered[overlay] if o["kind"] == "ScaledObject"]
-    (query,) = [t["metadata"]["query"] for t in so["spec"]["triggers"] if t["type"] == "prometheus"]
+    (query,) = [t["metadata"]["query"] for t in so["spec"]["triggers"] if t.get("name") == "queue-depth"]
     namespace = so["metadata"]["namespace"]
     assert f'namespace="{namespace}"' in query  # kustomize's namespace does not reach into a query string
     pod_pattern = re.search(r'pod=~"([^"]+)"', query).group(1)
     assert re.fullmatch(pod_pattern, only(rendered[overlay], "Deployment")["metadata"]["name"] + "-5d8f7c9b6-x2x4q")
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if "keda" in o])
+def test_keda_scales_on_the_jobs_backlog_where_jobs_are_shared(overlay, rendered, monkeypatch):
+    """Shared jobs (Redis): one pod per SR_WORKERS × SR_JOBS_CONCURRENCY jobs queued or running in the whole
+    backend, a figure every pod exports alike (hence max, not sum). Per-pod jobs: no such trigger."""
+    objects = rendered[overlay]
+    for name in SETTING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(**{k.removeprefix("SR_").lower(): v for k, v in config(objects).items()})
+    (so,) = [o for o in objects if o["kind"] == "ScaledObject"]
+    jobs = [t for t in so["spec"]["triggers"] if "sr_jobs_backend" in t.get("metadata", {}).get("query", "")]
+    assert bool(jobs) == bool(settings.jobs_redis_url)
+    for trigger in jobs:
+        query = trigger["metadata"]["query"]
+        assert query.count("max(sr_jobs_backend{") == 2 and "sum" not in query
+        assert {f'state="{s}"' for s in metrics.JOB_ACTIVE_STATES} <= set(re.findall(r'state="[a-z]+"', query))
+        assert query.count(f'namespace="{so["metadata"]["namespace"]}"') == 2
+        assert float(trigger["metadata"]["threshold"]) == int(settings.workers) * settings.jobs_concurrency
 
 
 def test_prometheus_adapter_serves_the_metric_the_hpa_asks_for(rendered):
@@ -448,7 +469,7 @@ def test_jobs_storage_is_sized_to_the_quota(overlay, rendered, monkeypatch):
 def test_redis_is_a_documented_dependency_of_the_redis_overlay_only(rendered):
     for name in OVERLAYS:
         parts = [o for o in rendered[name] if _redis_part(o)]
-        assert bool(parts) == (name == "cpu-redis"), name
+        assert bool(parts) == name.startswith("cpu-redis"), name
     objects = rendered["cpu-redis"]
     service = only(objects, "Service", redis=True)
     url = config(objects)["SR_JOBS_REDIS_URL"]
