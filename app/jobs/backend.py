@@ -50,6 +50,7 @@ class JobBackend(ABC):
     root: Path
     heartbeat_s: float = 5.0  # how often the manager renews its leases and refreshes the backend gauges
     janitor_s: float | None = None  # at most this between janitor passes (a shared backend: a lease's quarter)
+    shared_queue: bool = False  # any replica runs a queued job (requeue() hands work to another process)
 
     # -- files (both backends keep uploads and results as files under root) ---------------------
     @abstractmethod

@@ -539,10 +539,10 @@ class JobManager:
         whose replica is killed does): a rolling update restarts a long job, it does not lose it.
         """
         record = active.record
-        if self._active.get(record.id) is not active or active.lost:
+        if not self.store.shared_queue or self._active.get(record.id) is not active or active.lost:
             return False
         try:
-            if restarted:
+            if restarted:  # before the queue has it: the next owner's partial result must not be ours to drop
                 self.store.drop_files(record.id, keep=("job.json", "lock", record.input_name))
             if not self.store.requeue(_queued_again(record, record.attempts), active.lock_fd):
                 return False

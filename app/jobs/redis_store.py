@@ -118,6 +118,8 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
 class RedisJobStore(JobStore):
     """:class:`app.jobs.backend.JobBackend` on Redis; inherits only the file handling of :class:`JobStore`."""
 
+    shared_queue = True
+
     def __init__(self, root: Path, url: str, prefix: str = "sr:jobs:", lease_s: float = 30.0) -> None:
         try:
             import redis
