@@ -144,7 +144,8 @@ class Settings(BaseSettings):
         "`python -m app.serve` makes one in the temp folder for CPU workers and removes it at exit; set it only "
         "to share cores with processes started some other way"
     )
-    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long admitted work may finish")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, how long admitted work may finish; "
+                                   "then jobs still running go back to a shared queue (Redis) or fail")
 
     # limits: what a request may ask for, and the answer when the service is full
     max_queue_tiles: int = Field(
