@@ -159,23 +159,32 @@ class ModelRunner:
         return self._torch(windows)
 
     def _torch(self, windows: Tensor) -> Tensor:
-        """The PyTorch path, the same lines on a GPU and on the CPU (eager): only the OOM clause is CUDA's."""
-        source = windows.device
+        """The PyTorch path, the same lines on a GPU and on the CPU (eager): only the out-of-memory recovery is CUDA's.
+
+        The recovery runs after the ``except`` block, not in it: while the exception is being
+        handled its traceback keeps the failed attempt's frames, and with them the activations
+        it did allocate, so halves retried inside the block would meet a GPU still that full.
+        """
         try:
-            x = transfer(windows, self.device)
-            y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
-            if self.half and not torch.isfinite(y).all():
-                self.observer.fallback(HALF_NONFINITE)
-                y = self._fp32.forward_valid(x)
-            return transfer(y.float(), source)
+            return self._forward(windows)
         except torch.cuda.OutOfMemoryError:
-            self.observer.fallback(CUDA_OOM)
-            torch.cuda.empty_cache()
-            if len(windows) == 1:
-                log.warning("CUDA out of memory on a single tile; running it on the CPU")
-                return transfer(self._cpu.forward_valid(windows.cpu()), source)
-            half = len(windows) // 2
-            return torch.cat([self._torch(windows[:half]), self._torch(windows[half:])])
+            pass
+        self.observer.fallback(CUDA_OOM)
+        torch.cuda.empty_cache()
+        if len(windows) == 1:
+            log.warning("CUDA out of memory on a single tile; running it on the CPU")
+            return transfer(self._cpu.forward_valid(windows.cpu()), windows.device)
+        half = len(windows) // 2
+        return torch.cat([self._torch(windows[:half]), self._torch(windows[half:])])
+
+    def _forward(self, windows: Tensor) -> Tensor:
+        """One model call on the device (fp16 recomputed in fp32 if it overflowed), the answer where ``windows`` are."""
+        x = transfer(windows, self.device)
+        y = self._main.forward_valid(x.to(self.dtype, memory_format=torch.channels_last))
+        if self.half and not torch.isfinite(y).all():
+            self.observer.fallback(HALF_NONFINITE)
+            y = self._fp32.forward_valid(x)
+        return transfer(y.float(), windows.device)
 
     def warm_up(self, tile: int, max_batch: int = 1) -> None:
         """Calls at the serving shape, alone and in a full batch, so the first requests do not pay for allocation.
