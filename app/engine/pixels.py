@@ -150,7 +150,7 @@ class PixelEngine:
         except Exception:
             if len(items) == 1:
                 raise
-            return _each_alone(PixelEngine._compose_into, items)
+        return _each_alone(PixelEngine._compose_into, items)  # after the block: its traceback holds the stack's tensors
 
     async def upscale_jpeg(
         self, data: bytes, scale: int, *, quality: int, icc_profile: bytes | None = None,
@@ -215,7 +215,7 @@ class PixelEngine:
         except Exception:
             if len(answers) == 1:
                 raise
-            return _each_alone(PixelEngine._encode_jpegs, answers)
+        return _each_alone(PixelEngine._encode_jpegs, answers)  # after the block: its traceback holds the stack's tensors
 
 
 def _each_alone(batch: Callable[[list[_T]], list[_R]], items: list[_T]) -> list[_R | Exception]:
