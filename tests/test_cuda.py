@@ -118,11 +118,12 @@ def test_tensor_compose_on_the_gpu_equals_the_cpu_bytes(scale: int) -> None:
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
 def test_service_on_cuda_composes_on_the_gpu_like_the_cpu_service(seeded_store: Path, mode: str) -> None:
-    """SR_DEVICE=cuda (tensor compose by default) against SR_DEVICE=cpu (Pillow compose): one grey level."""
+    """SR_DEVICE=cuda (tensor compose by default, here for every size) against SR_DEVICE=cpu (Pillow compose):
+    one grey level."""
     source = natural((70, 52)).convert(mode)
     answers = []
     for device in ("cuda", "cpu"):
-        with TestClient(create_app(make_settings(seeded_store, device=device))) as c:
+        with TestClient(create_app(make_settings(seeded_store, device=device, gpu_compose_min_pixels=0))) as c:
             r = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", encoded(source), "image/png")})
             assert r.status_code == 200
             answers.append(np.asarray(open_bytes(r.content)).astype(int))
@@ -136,15 +137,16 @@ def test_device_process_on_cuda_answers_like_the_cpu_service(seeded_store: Path,
 
     from tests.test_device_process import post, serving
 
-    data = encoded(natural((70, 45)))
+    uploads = [encoded(natural(size)) for size in ((70, 45), (90, 60))]  # luma sent, then planes composed there
     with serving(seeded_store, tmp_path / "serve.log", SR_DEVICE="cuda") as (base, _):
         assert "cuda" in httpx.get(f"{base}/readyz").json()["device"]
-        answer = post(base, data, scale=3)
-        assert answer.status_code == 200, answer.text[:300]
+        answers = [post(base, data, scale=3) for data in uploads]
+        assert [a.status_code for a in answers] == [200, 200], answers[0].text[:300]
     with TestClient(create_app(make_settings(seeded_store, device="cpu", tile_size=32))) as c:
-        expected = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
-    got, want = (np.asarray(open_bytes(r.content)).astype(int) for r in (answer, expected))
-    assert got.shape == want.shape and np.abs(got - want).max() <= 1
+        for answer, data in zip(answers, uploads, strict=True):
+            expected = c.post("/upscale", params={"scale": 3}, files={"file": ("x.png", data, "image/png")})
+            got, want = (np.asarray(open_bytes(r.content)).astype(int) for r in (answer, expected))
+            assert got.shape == want.shape and np.abs(got - want).max() <= 1
 
 
 def test_memory_gauges_read_the_gpus_counters(seeded_store: Path) -> None:
@@ -184,3 +186,26 @@ def test_out_of_memory_splits_the_batch_and_answers_the_same() -> None:
         torch.cuda.empty_cache()
     assert seen.reasons and set(seen.reasons) == {"cuda_oom"}
     assert (capped - free_run).abs().max() <= 1e-5
+
+
+def test_one_batch_takes_luma_from_the_host_and_from_the_gpu() -> None:
+    """Small uploads send host luma, device-decoded and large ones GPU luma: one engine batches their tiles in one
+    model call, and each answer comes back on the device its luma came from, as whole-image inference has it."""
+    m = model(3)
+    g = torch.Generator().manual_seed(7)
+    lumas = [torch.rand(1, 30, 40, generator=g), torch.rand(1, 28, 36, generator=g).to(CUDA),
+             torch.rand(1, 70, 50, generator=g).to(CUDA), torch.rand(1, 45, 66, generator=g)]  # 1, 1, 6, 6 tiles
+
+    async def run() -> list[torch.Tensor]:
+        eng = Engine({3: ModelRunner(m, CUDA, tile=32)}, tile=32, max_batch=64, max_delay_s=0.05,
+                     whole_max_pixels=0)  # tiled, so every tile shares the one batch
+        await eng.start()
+        try:
+            return list(await asyncio.gather(*(eng.upscale(x, 3) for x in lumas)))
+        finally:
+            await eng.close()
+
+    for out, x in zip(asyncio.run(run()), lumas, strict=True):
+        assert out.device == x.device
+        with torch.no_grad():
+            assert (out.cpu() - m(x.cpu()[None])[0].clamp(0, 1)).abs().max() <= 1e-4

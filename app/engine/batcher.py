@@ -49,6 +49,7 @@ from torch import Tensor
 
 from app.config import TILE_SIZE, WHOLE_IMAGE_MAX_PIXELS
 from app.core.tiling import Tile, count_tiles, pad_image, plan_tiles, stitch_tile
+from app.engine.device import transfer
 from app.engine.errors import (
     DeadlineExceeded,
     EngineClosed,
@@ -422,19 +423,21 @@ class Engine:
             job.out = out[:, : h * runner.scale, : w * runner.scale]  # the model's own output: no copy
             return
         size = self.tile + 2 * runner.radius
-        windows = torch.stack([
+        windows = [
             s.job.padded_for(runner.radius, self.tile)[
                 :, s.tile.rows.start : s.tile.rows.start + size, s.tile.cols.start : s.tile.cols.start + size
             ]
             for s in batch
-        ])
-        outputs = runner(windows)
+        ]
+        if len({w.device for w in windows}) > 1:  # on a GPU: small uploads' luma (host) beside decoded-there luma
+            windows = [transfer(w, runner.device) for w in windows]
+        outputs = runner(torch.stack(windows))
         for slot, tile_out in zip(batch, outputs, strict=True):
             job = slot.job
             if job.future.done():
                 continue
-            if len(job.tiles) == 1:  # the tile is the image (cut to its size): hand out a view, copy nothing
+            if len(job.tiles) == 1:  # the tile is the image (cut to its size): a view where the luma was, no copy
                 _, h, w = job.luma.shape
-                job.out = tile_out[:, : h * runner.scale, : w * runner.scale]
+                job.out = transfer(tile_out[:, : h * runner.scale, : w * runner.scale], job.luma.device)
             else:
-                stitch_tile(job.out, tile_out, slot.tile, runner.scale)
+                stitch_tile(job.out, tile_out, slot.tile, runner.scale)  # copies across devices where they differ
