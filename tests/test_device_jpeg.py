@@ -451,3 +451,26 @@ def test_uploads_that_arrive_together_decode_in_one_call_with_the_answers_of_sin
         else:  # nvJPEG may take another decoder for a batch than for one picture
             assert np.abs(pixels(body) - pixels(single)).mean() <= GREY_LEVEL
     assert isinstance(together[-1], jpeg.NotEligible) and "progressive" in together[-1].reason
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", [p for p in DEVICES if p.id == "cuda"])
+def test_device_decodes_never_write_memory_that_queued_kernels_still_read(device: str) -> None:
+    """pytorch/vision#9606: torchvision allocates nvJPEG's outputs on the current stream and writes them from
+    another, so blocks freed while kernels queued on the current stream still read them could be overwritten.
+    Blocks the size of a decoded picture are freed behind a long kernel, then pictures are decoded: every sum
+    queued before the decode must come out exact (``_nvjpeg_streams`` gives the decoder a stream of its own)."""
+    dev = torch.device(device)
+    data = photo((640, 360), quality=85)
+    elements = 3 * 640 * 360 // 4  # float32 blocks of one decoded picture's size: the allocator's first pick
+    corrupted = 0
+    for _ in range(20):
+        blocks = [torch.full((elements,), float(k), device=dev) for k in range(8)]
+        torch.cuda.synchronize(dev)
+        torch.cuda._sleep(20_000_000)  # a long kernel first, so the sums below are still queued at the decode
+        sums = [b.sum() for b in blocks]
+        del blocks
+        jpeg.decode_batch([data] * 4, dev)
+        torch.cuda.synchronize(dev)
+        corrupted += sum(float(s) != k * elements for k, s in enumerate(sums))
+    assert corrupted == 0

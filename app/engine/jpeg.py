@@ -48,12 +48,13 @@ into such batches is the caller's business.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import struct
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -250,6 +251,7 @@ def _frame_problem(frame: _Frame, max_pixels: int | None) -> str | None:
 _lock = threading.Lock()
 _imported: list[ModuleType | None] = []  # [torchvision.io] or [None] once tried
 _works: dict[torch.device, bool] = {}
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}  # one per GPU for nvJPEG calls: see _nvjpeg_streams
 
 
 def _io() -> ModuleType | None:
@@ -317,7 +319,40 @@ def _as_tensor(data: bytes | memoryview) -> Tensor:
 
 def _decode_tensors(encoded: list[Tensor], device: torch.device) -> list[Tensor]:
     tvio = _tvio()
-    return list(tvio.decode_jpeg(encoded, mode=tvio.ImageReadMode.RGB, device=device))
+    with _nvjpeg_streams(device) as caller:
+        decoded = list(tvio.decode_jpeg(encoded, mode=tvio.ImageReadMode.RGB, device=device))
+    if caller is not None:
+        for planes in decoded:  # read on the caller's stream from now on: not reused before that work has run
+            planes.record_stream(caller)
+    return decoded
+
+
+@contextlib.contextmanager
+def _nvjpeg_streams(device: torch.device, *, reads_planes: bool = False) -> Iterator[torch.cuda.Stream | None]:
+    """Around a torchvision nvJPEG call on a GPU: a stream of its own current, and the caller's stream after it.
+
+    torchvision allocates a call's outputs on the current stream but has nvJPEG write them
+    from a private stream that does not wait for it (pytorch/vision#9606): on the caller's
+    stream, shared here by the inference and pixel threads, a block just freed while kernels
+    queued there still read it could be handed to the decoder and overwritten. On a side
+    stream of its own the allocator only hands the call memory freed there. An encode
+    (``reads_planes``) also waits for the planes it reads, made by kernels on the caller's
+    stream (corrupt files otherwise: pytorch/vision#8587, #9060). On the CPU, nothing.
+    Yields the caller's stream (``None`` on the CPU).
+    """
+    if device.type != "cuda":
+        yield None
+        return
+    caller = torch.cuda.current_stream(device)
+    if reads_planes:
+        caller.synchronize()
+    with _lock:
+        side = _side_streams.get(device)
+        if side is None:
+            side = _side_streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        yield caller
+    caller.wait_stream(side)
 
 
 # -- decode ----------------------------------------------------------------------------------
@@ -412,7 +447,8 @@ def encode_batch(
             raise ValueError(f"expected (3, H, W) uint8 planes, got {tuple(p.shape)} {p.dtype}")
     if not planes:
         return []
-    encoded = _tvio().encode_jpeg(list(planes), quality=quality)
+    with _nvjpeg_streams(planes[0].device, reads_planes=True):
+        encoded = _tvio().encode_jpeg(list(planes), quality=quality)
     out = []
     for bitstream, profile in zip(encoded, profiles, strict=True):
         body = bitstream.cpu().numpy().tobytes()
