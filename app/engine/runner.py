@@ -87,6 +87,10 @@ def exact_or_none(
     return fast
 
 
+# How a library under PyTorch reports a GPU out of memory when the allocator's own error is not what surfaces
+_OUT_OF_MEMORY = ("out of memory", "ALLOC_FAILED", "unable to find an engine")
+
+
 class ModelRunner:
     """Owns the device copies of one :class:`ESPCN` and runs ``forward_valid`` on window batches."""
 
@@ -169,6 +173,9 @@ class ModelRunner:
             return self._forward(windows)
         except torch.cuda.OutOfMemoryError:
             pass
+        except RuntimeError as e:  # cuDNN and cuBLAS say "out of memory" their own way (pytorch/pytorch#108645)
+            if self.device.type != "cuda" or not any(sign in str(e) for sign in _OUT_OF_MEMORY):
+                raise
         self.observer.fallback(CUDA_OOM)
         torch.cuda.empty_cache()
         if len(windows) == 1:
