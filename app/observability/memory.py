@@ -2,9 +2,8 @@
 
 Why: a leak is how a GPU service dies slowly (torchvision's nvJPEG decode leaked to
 out-of-memory on CUDA < 11.6, its CPU decoder on malformed JPEGs: pytorch/vision#4378,
-#5103, #9383), and with several
-processes behind one port it has to show in the process that has it, before the
-out-of-memory killer names it. The multiprocess gauges are files each process writes for
+#5103, #9383), and with several processes behind one port it has to show in the process
+that has it, before the out-of-memory killer names it. The multiprocess gauges are files each process writes for
 itself, so each process samples itself: the HTTP workers from the app's lifespan, the
 device process from its own loop, every :data:`SAMPLE_S` seconds (a scrape interval is
 typically 15 s). A sample reads ``/proc/self/statm`` and, on a GPU, the caching
