@@ -3,11 +3,13 @@
 A real ``python -m app.serve`` with two HTTP workers and one device process: the
 answers are the in-process CPU service's bytes, batches and metrics come from the
 device process, a full queue refuses across processes, and the service survives a
-worker or the device process being killed, and drains on SIGTERM.
+worker or the device process being killed, and drains on SIGTERM. One test runs a
+device server and two workers' connections in-process, to watch what a worker hears.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,12 +22,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli.benchlib import launch
+from app.engine.channel import listen
+from app.engine.device_server import DeviceServer
+from app.engine.pixels import PixelEngine
+from app.engine.remote import RemoteEngine
 from app.main import create_app
+from app.pipeline.build import build_engine
 from tests.conftest import encoded, make_settings, natural, open_bytes
 
 pytestmark = pytest.mark.slow  # a real server for the module: `make test` runs it, `make test-fast` does not
@@ -184,11 +192,56 @@ def test_a_killed_device_process_gives_503s_then_comes_back(service: tuple[str, 
         seen = ready.result()
     assert {a.status_code for a in answers} <= {200, 503}
     refused = [a for a in answers if a.status_code == 503]
-    assert refused and all(a.json()["code"] == "worker_restarted" and "retry-after" in a.headers for a in refused), \
-        [a.json() for a in refused]
+    wrong = [(a.json(), dict(a.headers)) for a in refused
+             if a.json()["code"] != "worker_restarted" or "retry-after" not in a.headers]
+    assert refused and not wrong, wrong
     assert 503 in seen and seen[-1] == 200, seen
     assert device_pid(server) != device
     assert post(base, encoded(natural((48, 40)))).status_code == 200
+
+
+def test_a_quiet_worker_hears_the_queue_fill_and_drain(seeded_store: Path, tmp_path: Path) -> None:
+    """A worker that sends nothing still admits against the device's depth of now, not of its last answer.
+
+    Two workers on one device server; one sends a 1024-tile image, the other only listens. It sees the
+    queue fill and drain within the announcer's period: without the ``depth`` messages it would keep
+    the depth of its hello, and a worker that last heard of a full queue would refuse with 503 for ever.
+    """
+    settings = make_settings(seeded_store)
+    socket_path = str(tmp_path / "device.sock")
+
+    async def work() -> tuple[int, int]:
+        models, engine = build_engine(settings, torch.device("cpu"))
+        server = DeviceServer(PixelEngine(engine, torch.device("cpu"), ThreadPoolExecutor(1)), info={
+            "device": "cpu", "tile": engine.tile, "max_batch": engine.max_batch,
+            "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": 1.0,
+            "backends": {str(s): engine.backend(s) for s in models}, "jpeg": False})
+        await engine.start()
+        accepting = asyncio.create_task(server.serve(listen(socket_path)))
+        busy, quiet = RemoteEngine(socket_path), RemoteEngine(socket_path)
+        await busy.start(10)
+        await quiet.start(10)
+        try:
+            assert busy.ready and quiet.ready and quiet.queue_depth == 0
+            sent = asyncio.create_task(busy.upscale(torch.rand(1, 1024, 1024), 2))
+            peak, deadline = 0, time.monotonic() + 30
+            while peak == 0 and not sent.done() and time.monotonic() < deadline:
+                peak = max(peak, quiet.queue_depth)
+                await asyncio.sleep(0.002)
+            await sent
+            deadline = time.monotonic() + 5
+            while quiet.queue_depth and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            return peak, quiet.queue_depth
+        finally:
+            await busy.close(5)
+            await quiet.close(5)
+            accepting.cancel()
+            await server.drain(5)
+
+    peak, after = asyncio.run(work())
+    assert peak > 0, "the quiet worker never heard of the busy one's tiles"
+    assert after == 0, "the quiet worker never heard that the queue drained"
 
 
 def test_sigterm_drains_the_workers_through_the_device_process(seeded_store: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ clear error for what is not a video or is over the limits.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
@@ -43,6 +44,14 @@ async def with_pipeline(store: Path, work, **overrides):
         return await work(pipeline)
     finally:
         await pipeline.close(5)
+
+
+def stacks(task: asyncio.Task) -> str:
+    """Where ``task`` and every other task of the loop are waiting (for a hang's failure message)."""
+    out = io.StringIO()
+    for t in [task, *(t for t in asyncio.all_tasks() if t is not task)]:
+        t.print_stack(file=out)
+    return out.getvalue()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -174,12 +183,17 @@ def test_cancel_mid_video_leaves_no_output(seeded_store: Path, tmp_path: Path) -
     async def work(pipeline):
         done: list[int] = []
         task = asyncio.create_task(upscale_video(pipeline, src, out, 2, "mp4", lambda d, t: done.append(d)))
-        while len(done) < 5:
-            assert not task.done(), task  # a job that failed early would otherwise keep this loop waiting for ever
-            await asyncio.sleep(0.005)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        try:
+            async with asyncio.timeout(120):  # a hang fails here, with the job's stack, not at CI's time limit
+                while len(done) < 5:
+                    assert not task.done(), task  # a job that failed early would otherwise keep this loop waiting
+                    await asyncio.sleep(0.005)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        except TimeoutError:
+            pytest.fail(f"stuck after {len(done)} frames; the job: {stacks(task)}; "
+                        f"the engine: depth {pipeline.engine.queue_depth}, reserved {pipeline.engine._reserved}")
         assert pipeline.engine.queue_depth == 0  # its frames' tiles were dropped
         return len(done)
 

@@ -19,7 +19,10 @@ Messages (JSON, one datagram each):
   ``NotEligible`` when the device codec refused them and the worker's Pillow must answer;
 - ``cancel``: the worker's client has gone; its tiles are dropped unrun.
 
-Every reply carries the queue depth, which the workers use for early admission.
+Every reply carries the queue depth, which the workers use for early admission,
+and a ``depth`` message tells every worker of each change (at most every
+:data:`DEPTH_EVERY_S`): a worker that sends nothing for a while would otherwise
+admit against the depth of its last answer, and refuse for a queue long gone.
 A worker that disconnects has its requests cancelled. Any failure answers that
 request alone; the server itself only stops when asked.
 """
@@ -42,6 +45,7 @@ from app.engine.channel import Channel, SharedBuffer
 from app.engine.pixels import PixelEngine, PixelTimings, output_shape
 
 log = logging.getLogger(__name__)
+DEPTH_EVERY_S = 0.02  # how stale a worker's view of the queue may get, at most, plus a message's trip
 
 # engine refusals that cross the wire by name; anything else answers as ModelError
 WIRE_ERRORS: dict[str, type[errors.EngineError]] = {
@@ -119,18 +123,34 @@ class DeviceServer:
         self.engine: Engine = pixels.engine
         self.info = info  # what ``hello`` answers besides the live queue
         self._connections: set[asyncio.Task[None]] = set()
+        self._channels: set[Channel] = set()  # the connected workers, told of each change of the depth
         self._requests: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def serve(self, sock: Any) -> None:
         """Accept workers on the listening socket until cancelled."""
         loop = asyncio.get_running_loop()
+        announcer = asyncio.create_task(self._announce_depth(), name="device-depth")
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(sock)
+                conn.setblocking(False)
+                task = asyncio.create_task(self._connection(Channel(conn)), name="device-connection")
+                self._connections.add(task)
+                task.add_done_callback(self._connections.discard)
+        finally:
+            announcer.cancel()
+
+    async def _announce_depth(self) -> None:
+        """Send every worker the queue depth whenever it has changed since the last time."""
+        told = self.engine.queue_depth
         while True:
-            conn, _ = await loop.sock_accept(sock)
-            conn.setblocking(False)
-            task = asyncio.create_task(self._connection(Channel(conn)), name="device-connection")
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            await asyncio.sleep(DEPTH_EVERY_S)
+            depth = self.engine.queue_depth
+            if depth != told:
+                told = depth
+                message = {"op": "depth", "depth": depth}  # a worker that went is its connection's to clean up
+                await asyncio.gather(*(c.send(message) for c in self._channels), return_exceptions=True)
 
     @property
     def connections(self) -> int:
@@ -149,6 +169,7 @@ class DeviceServer:
 
     async def _connection(self, channel: Channel) -> None:
         mine: dict[int, asyncio.Task[None]] = {}
+        self._channels.add(channel)
         try:
             while (received := await channel.receive()) is not None:
                 message, fd = received
@@ -167,6 +188,7 @@ class DeviceServer:
                         os.close(fd)
                     log.warning("device server: unknown message %r", op)
         finally:
+            self._channels.discard(channel)
             for task in mine.values():  # the worker has gone: so have its clients
                 task.cancel()
             channel.close()

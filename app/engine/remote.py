@@ -3,10 +3,11 @@
 A worker that does not own the device holds one connection to the device
 process (:mod:`app.engine.device_server`) and sends each request's 8-bit planes
 in a memfd; the answer's planes come back in the same pages. It keeps only what
-admission needs: the served scales, the queue's bounds and the last depth the
-device reported, plus its own reservations, so an overloaded device is refused
-from the image header, as in-process. The device process still has the last
-word: its own admission refuses what would pass the bound.
+admission needs: the served scales, the queue's bounds and the depth the device
+reports (with each answer, and whenever it changes), plus its own reservations,
+so an overloaded device is refused from the image header, as in-process. The
+device process still has the last word: its own admission refuses what would
+pass the bound.
 
 When the device process goes (killed, restarting), the requests waiting on it
 fail with :class:`DeviceUnavailable` (503, retry), :attr:`ready` turns false, and
