@@ -131,8 +131,9 @@ class Settings(BaseSettings):
         "hand it 8-bit planes in shared memory (an anonymous memfd passed over a Unix socket: nothing pickled, "
         "nothing left in `/dev/shm`); `off` = a model per worker; `auto` = on with a GPU (one CUDA context owns "
         "it, and every worker's tiles share its batches), off on CPU hosts, where a model per worker, lending idle "
-        "cores, measured best (docs/benchmarks.md#figures-behind-the-code). A killed device process is restarted; "
-        "meanwhile requests get 503 `worker_restarted` and `/readyz` says not ready (`app/device_process.py`)"
+        "cores, measured best (docs/benchmarks.md#figures-behind-the-code). A killed device process is restarted, "
+        "as is one whose GPU failed for good (docs/operations.md#device-lost); meanwhile requests get 503 "
+        "`worker_restarted` and `/readyz` says not ready (`app/device_process.py`)"
     )
     device_socket: str = Field(
         "", description="set by `python -m app.serve` for its workers: the device processes' sockets, "

@@ -15,7 +15,10 @@ Its life:
 - on SIGTERM or SIGINT it keeps serving the workers it has until they have all gone
   (they drain first) or ``SR_DRAIN_TIMEOUT_S`` passes; it runs in a session of its own,
   so a Ctrl-C at the terminal reaches the workers, which drain, and not it;
-- it exits with its supervisor (``PR_SET_PDEATHSIG``): no orphan holds the GPU.
+- it exits with its supervisor (``PR_SET_PDEATHSIG``): no orphan holds the GPU;
+- it exits by itself when its device is lost (a sticky CUDA error, after which every
+  call of its context fails: :meth:`app.engine.batcher.Engine.lose`), once the requests
+  it held have had their 503 ``device_lost``: the supervisor starts a fresh one.
 
 Run by hand: ``python -m app.device_process --socket /tmp/sr.sock [--device cuda:1]``.
 """
@@ -39,6 +42,8 @@ from pathlib import Path
 
 log = logging.getLogger("app.device_process")
 RESTART_DELAY_S = (0.5, 10.0)  # first and longest wait before restarting a device process that died
+EXIT_DEVICE_LOST = 70  # the exit status of a device process whose device failed for good (EX_SOFTWARE)
+LOST_FLUSH_S = 2.0  # how long a lost device's process waits for its requests' answers to go out before it exits
 
 
 def device_count(device: str) -> int:
@@ -165,7 +170,16 @@ async def serve(socket_path: str, device_setting: str) -> None:
     sampler = asyncio.create_task(memory.sample_forever("device", device), name="memory-gauges")
     log.info("device process ready in %.1f s: scales %s on %s at %s", time.perf_counter() - started,
              sorted(models), describe(device), socket_path)
-    await stop.wait()
+    stopping, lost = asyncio.create_task(stop.wait()), asyncio.create_task(engine.wait_lost())
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if lost.done():
+        accepting.cancel()
+        await server.settled(LOST_FLUSH_S)
+        log.critical("device process: the device is lost (%s); exiting for the supervisor to start a fresh one",
+                     lost.result())
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_LOST)  # no clean-up: it would make CUDA calls on the broken context, which may hang
+    lost.cancel()
     accepting.cancel()
     sampler.cancel()
     sock.close()

@@ -7,6 +7,8 @@ Batched and alone may pick different cuDNN algorithms, so the GPU promise is the
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,30 @@ def test_one_batch_takes_luma_from_the_host_and_from_the_gpu() -> None:
         assert out.device == x.device
         with torch.no_grad():
             assert (out.cpu() - m(x.cpu()[None])[0].clamp(0, 1)).abs().max() <= 1e-4
+
+
+# A device-side assert (an index out of range in a kernel) poisons the process's CUDA context for good.
+POISON_THE_CONTEXT = """
+import torch
+from app.engine.device import healthy
+gpu = torch.device("cuda:0")
+print("before", healthy(gpu))
+try:
+    x = torch.zeros(4, device=gpu)
+    x[torch.tensor([10], device=gpu)] = 1.0
+    torch.cuda.synchronize(gpu)
+except Exception as exc:
+    print("raised", type(exc).__name__)
+print("after", healthy(gpu))
+"""
+
+
+def test_the_device_check_tells_a_poisoned_context_from_a_working_one() -> None:
+    """What the engine's device-lost handling asks (app.engine.device.healthy), on a real sticky CUDA error, in a
+    process of its own: it would break every later CUDA test of this one. The rest runs on CPU (tests/test_faults)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", POISON_THE_CONTEXT], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "before True" and lines[-1] == "after False", (done.stdout, done.stderr[-2000:])
+    assert any(line.startswith("raised") for line in lines), done.stdout

@@ -4,7 +4,8 @@ A real ``python -m app.serve`` with two HTTP workers and one device process: the
 answers are the in-process CPU service's bytes, batches and metrics come from the
 device process, a full queue refuses across processes, and the service survives a
 worker or the device process being killed, and drains on SIGTERM. One test runs a
-device server and two workers' connections in-process, to watch what a worker hears.
+device server and two workers' connections in-process, to watch what a worker hears;
+another runs a device process whose device fails for good (tests/test_faults.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +244,61 @@ def test_a_quiet_worker_hears_the_queue_fill_and_drain(seeded_store: Path, tmp_p
     peak, after = asyncio.run(work())
     assert peak > 0, "the quiet worker never heard of the busy one's tiles"
     assert after == 0, "the quiet worker never heard that the queue drained"
+
+
+# app.device_process as the supervisor runs it, on a device an all-grey window breaks for good (tests/test_faults.py)
+LOSING_DEVICE_PROCESS = """
+import asyncio, sys
+import app.pipeline.build as build
+from tests.test_faults import LosingRunner
+built = build.build_engine
+def losing(settings, device, **kwargs):
+    models, engine = built(settings, device, **kwargs)
+    context = {"poisoned": False}
+    engine.runners = {s: LosingRunner(m.model, device, backend="eager", tile=engine.tile, context=context)
+                      for s, m in models.items()}
+    return models, engine
+build.build_engine = losing
+from app import device_process
+asyncio.run(device_process.serve(sys.argv[1], "cpu"))
+"""
+
+
+def test_a_device_process_whose_device_is_lost_answers_then_exits(seeded_store: Path, tmp_path: Path) -> None:
+    """A sticky device error: the request that met it is answered ``DeviceLost`` (503 ``device_lost``), and the
+    process exits with its own status, for the supervisor to start a fresh one (a live one would fail for ever)."""
+    from app.device_process import EXIT_DEVICE_LOST
+    from app.engine.errors import DeviceLost
+    from tests.test_faults import GREY
+
+    socket_path = str(tmp_path / "device.sock")
+    env = {**os.environ, "SR_MODEL_STORE": str(seeded_store), "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8",
+           "SR_WHOLE_IMAGE_MAX_PIXELS": "0", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", LOSING_DEVICE_PROCESS, socket_path], cwd=ROOT, env=env)
+
+    async def work() -> BaseException | None:
+        worker = RemoteEngine(socket_path)
+        await worker.start(60)
+        try:
+            assert worker.ready
+            good = await worker.upscale(torch.rand(1, 40, 40), 2)
+            assert good.shape == (1, 80, 80)
+            try:
+                await worker.upscale(torch.full((1, 40, 40), GREY), 3)
+            except DeviceLost as exc:
+                return exc
+            return None
+        finally:
+            await worker.close(1)
+
+    try:
+        raised = asyncio.run(work())
+        assert isinstance(raised, DeviceLost) and "illegal memory access" in str(raised)
+        assert process.wait(30) == EXIT_DEVICE_LOST
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_sigterm_drains_the_workers_through_the_device_process(seeded_store: Path, tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
-"""Fault injection without mocks (issue 15): real runners that fail on a marked input, a worker that dies.
+"""Fault injection without mocks (issue 15): real runners that fail on a marked input, a worker that dies,
+a device that is lost.
 
 :class:`MarkedRunner` is a real :class:`ModelRunner` over a seeded ESPCN; its
 model call raises ``RuntimeError`` when a window of the batch is the black
 level everywhere (an all-black image: a tensor condition of the real input),
 and raises :class:`WorkerKill` (a ``BaseException``: no ``except Exception``
 catches it, as with a thread torn down from inside) when a window is all white,
-which kills the batching worker. Everything else is the real engine, pipeline
-and app.
+which kills the batching worker. :class:`LosingRunner` stands for a GPU whose
+CUDA context an all-grey window poisons: the call raises what PyTorch raises
+for an illegal memory access, and from then on the device's check says it no
+longer computes, for every runner of the process. Everything else is the real
+engine, pipeline and app.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.cli.benchlib.synth_video import make_clip
 from app.core.espcn import ESPCN, pad_for
 from app.engine.batcher import Engine
-from app.engine.errors import ModelError, WorkerRestarted
+from app.engine.errors import DeviceLost, ModelError, WorkerRestarted
+from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
 from app.imaging.compose import luma_tensor
 from app.imaging.decode import decode
@@ -50,6 +56,49 @@ class MarkedRunner(ModelRunner):
         if bool(((flat - WHITE).abs().amax(1) < 1e-6).any()):
             raise WorkerKill("marked input: an all-white window")
         return super().__call__(windows)
+
+
+GREY = float(luma_tensor(decode(encoded(Image.new("L", (16, 16), 128)), 2, ImageLimits())).flatten()[0])
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+
+
+class LosingRunner(MarkedRunner):
+    """A runner on a device that an all-grey window breaks for good (``context`` is the process's, shared)."""
+
+    def __init__(self, *args: object, context: dict[str, bool], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.context = context
+
+    def __call__(self, windows: torch.Tensor, **kwargs: bool) -> torch.Tensor:
+        if self.context["poisoned"] or bool(((windows.flatten(1) - GREY).abs().amax(1) < 1e-6).any()):
+            self.context["poisoned"] = True
+            raise torch.AcceleratorError(ILLEGAL_ACCESS)  # what PyTorch raises for a sticky CUDA error
+        return super().__call__(windows, **kwargs)
+
+    def healthy(self) -> bool:
+        return not self.context["poisoned"]
+
+
+class KillsOnce(ModelRunner):
+    """The real runner whose ``at``-th call (counted over every scale's, in ``calls``) kills the batching worker."""
+
+    def __init__(self, *args: object, calls: list[int], at: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls, self.at = calls, at
+
+    def __call__(self, windows: torch.Tensor, **kwargs: bool) -> torch.Tensor:
+        self.calls.append(len(windows))
+        if len(self.calls) == self.at:
+            raise WorkerKill(f"marked call: number {self.at}")
+        return super().__call__(windows, **kwargs)
+
+
+class Counted(EngineObserver):
+    def __init__(self) -> None:
+        self.lost = 0
+
+    def device_lost(self) -> None:
+        self.lost += 1
 
 
 def seeded(scale: int) -> ESPCN:
@@ -112,6 +161,67 @@ def test_a_dead_worker_is_restarted_and_nothing_queued_is_lost() -> None:
     asyncio.run(run())
 
 
+def test_a_lost_device_fails_what_it_holds_refuses_the_rest_and_says_why() -> None:
+    """A sticky CUDA error: the batch, everything queued (other scales too) and every later request get
+    DeviceLost, readiness goes, the owner of the process is woken; a device whose check still passes after a
+    failed call (test_a_failing_model_call_fails_only_its_batch) keeps serving instead."""
+    async def run() -> None:
+        context = {"poisoned": False}
+        observer = Counted()
+        runners = {r: LosingRunner(seeded(r), torch.device("cpu"), backend="eager", tile=16, context=context)
+                   for r in (2, 3)}
+        eng = Engine(runners, tile=16, max_batch=8, max_delay_s=0.0, whole_max_pixels=0, observer=observer)
+        await eng.start()
+        gen = torch.Generator().manual_seed(2)
+        assert (await eng.upscale(torch.rand(1, 20, 20, generator=gen), 2)).shape == (1, 40, 40)
+        watcher = asyncio.ensure_future(eng.wait_lost())
+        poison = asyncio.ensure_future(eng.upscale(plain(GREY), 2))
+        await asyncio.sleep(0)  # admitted first: its batch runs first
+        queued = [asyncio.ensure_future(eng.upscale(torch.rand(1, 40, 40, generator=gen), 2 + i % 2))
+                  for i in range(4)]
+        results = await asyncio.gather(poison, *queued, return_exceptions=True)
+        assert all(isinstance(r, DeviceLost) for r in results), results
+        assert eng.lost == f"AcceleratorError: {ILLEGAL_ACCESS}" and ILLEGAL_ACCESS in str(results[0])
+        assert await asyncio.wait_for(watcher, 1) == eng.lost
+        assert not eng.ready and eng.queue_depth == 0 and observer.lost == 1
+        with pytest.raises(DeviceLost):
+            eng.reserve(3, 16, 16)
+        with pytest.raises(DeviceLost):
+            await eng.upscale(torch.rand(1, 16, 16, generator=gen), 3)
+        await eng.close(1)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_jobs_wait_out_a_restart_instead_of_failing(seeded_store: Path, tmp_path: Path, kind: str) -> None:
+    """A job's frame refused with WorkerRestarted (503 to /upscale; a device process restarting says the same)
+    is offered again once the engine is back: the job ends done, whole, and as it would have without the fault."""
+    if kind == "video":
+        data, media, at = make_clip(tmp_path / "c.mp4", 64, 36, 30, 1.0).read_bytes(), "video/mp4", 5
+    else:
+        data, media, at = encoded(natural((60, 44))), "image/png", 1
+    with TestClient(create_app(make_settings(seeded_store, jobs_dir=tmp_path / "jobs"))) as c:
+        engine = c.app.state.service.pipeline.engine
+        engine.restart_delay_s = 0.3
+        calls: list[int] = []
+        for scale, loaded in c.app.state.service.pipeline.models.items():
+            engine.runners[scale] = KillsOnce(loaded.model, torch.device("cpu"), backend="eager", tile=32,
+                                              calls=calls, at=at)
+        job = c.post("/jobs", params={"scale": 2}, content=data, headers={"content-type": media}).json()
+        deadline = time.monotonic() + 60
+        while (status := c.get(f"/jobs/{job['id']}").json())["state"] not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        assert status["state"] == "done", status
+        assert engine.restarts == 1 and len(calls) > at  # the worker died once, and the job went on after it
+        result = c.get(f"/jobs/{job['id']}/result").content
+        if kind == "video":
+            assert status["frames_done"] == 30
+        else:
+            assert result == _post(c, data).content
+
+
 def _metric(c: TestClient, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", c.get("/metrics").text, re.M)
     return float(match.group(1)) if match else 0.0
@@ -152,6 +262,30 @@ def test_over_http_a_model_fault_is_a_500_with_a_code_and_a_dead_worker_503_then
     assert _metric(c, "sr_worker_restarts_total") == restarts + 1
     up = _post(c, good, 3)
     assert up.status_code == 200 and Image.open(io.BytesIO(up.content)).size == (120, 96)
+
+
+def test_over_http_a_lost_device_is_a_503_and_fails_liveness(seeded_store: Path) -> None:
+    """In-process models: the request that met the error and every one after get 503 ``device_lost`` with a
+    Retry-After; /readyz and /healthz both say 503 (Kubernetes' liveness probe restarts the pod); it is counted."""
+    with TestClient(create_app(make_settings(seeded_store))) as c:
+        engine = c.app.state.service.pipeline.engine
+        context = {"poisoned": False}
+        for scale, loaded in c.app.state.service.pipeline.models.items():
+            engine.runners[scale] = LosingRunner(loaded.model, torch.device("cpu"), backend="eager", tile=32,
+                                                 context=context)
+        good = encoded(natural((40, 32)))
+        assert _post(c, good).status_code == 200 and c.get("/healthz").json() == {"status": "ok"}
+        lost = _metric(c, "sr_device_lost_total")
+        r = _post(c, encoded(Image.new("L", (40, 32), 128)))
+        assert r.status_code == 503 and r.json()["code"] == "device_lost" and r.headers["retry-after"] == "5"
+        assert ILLEGAL_ACCESS in r.json()["detail"]
+        again = _post(c, good, 3)
+        assert again.status_code == 503 and again.json()["code"] == "device_lost"
+        assert c.get("/readyz").status_code == 503
+        health = c.get("/healthz")
+        assert health.status_code == 503 and health.json() == {"status": "device lost",
+                                                               "detail": f"AcceleratorError: {ILLEGAL_ACCESS}"}
+        assert _metric(c, "sr_device_lost_total") == lost + 1
 
 
 def test_a_huge_debug_upload_costs_a_bounded_crop_with_exact_maps(seeded_store: Path) -> None:

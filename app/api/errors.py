@@ -27,6 +27,8 @@ from app.engine import errors as engine
 from app.imaging.errors import ImageError, ImageTooComplex, ImageTooLarge, InvalidImage, UnsupportedImageType
 from app.pipeline.options import InvalidOptions
 
+DEVICE_RESTART_S = 5  # Retry-After of ``device_lost``: a new device process loads and warms up its models first
+
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +101,8 @@ CODES: dict[str, tuple[str, str]] = {
     "storage_full": ("507", "the jobs storage quota is full"),
     "shutting_down": ("503", "the service is shutting down"),
     "worker_restarted": ("503", "the batching worker died holding the request's tiles; it was restarted"),
+    "device_lost": ("503", "the GPU failed with an error every later call would repeat; the process holding it "
+                           "restarts (see `Retry-After`)"),
     "debug_busy": ("503", "another debug figure is being drawn"),
     "engine_error": ("503", "the engine could not take the request"),
     "timeout": ("504", "the request passed `SR_REQUEST_TIMEOUT_S`"),
@@ -170,6 +174,8 @@ def classify(exc: Exception, overload_status: int) -> ApiError:
         return ApiError(422, "invalid_parameters", str(exc))
     if isinstance(exc, engine.ModelError):  # our fault, not the client's: the one deliberate 500
         return ApiError(500, "model_error", str(exc))
+    if isinstance(exc, engine.DeviceLost):
+        return ApiError(503, "device_lost", str(exc), {"Retry-After": str(DEVICE_RESTART_S)})
     if isinstance(exc, engine.WorkerRestarted):
         return ApiError(503, "worker_restarted", str(exc), {"Retry-After": "1"})
     if isinstance(exc, engine.EngineError):

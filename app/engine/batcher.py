@@ -33,6 +33,13 @@ held (:class:`WorkerRestarted`, 503), counts the restart
 (``EngineObserver.worker_restarted``), keeps :attr:`Engine.ready` false for
 ``restart_delay_s`` (doubling up to 10 s while it keeps dying), then restarts
 it with a fresh inference thread; the queued requests are served after that.
+
+A failed model call is followed by a check of the device (:func:`app.engine.device.healthy`):
+when the device no longer computes (a sticky CUDA error, after which every call of this
+process would fail), :meth:`Engine.lose` fails the batch and everything queued with
+:class:`DeviceLost` (503), refuses what comes after, and wakes :meth:`Engine.wait_lost`,
+on which the owner of the process ends it: only a new CUDA context recovers, and a server
+that stays up answers errors for hours (antirez/ds4#759, sgl-project/sglang#853).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from app.core.tiling import Tile, count_tiles, pad_image, plan_tiles, stitch_til
 from app.engine.device import transfer
 from app.engine.errors import (
     DeadlineExceeded,
+    DeviceLost,
     EngineClosed,
     ModelError,
     QueueFull,
@@ -63,6 +71,7 @@ from app.engine.observer import EngineObserver
 from app.engine.runner import ModelRunner
 
 log = logging.getLogger(__name__)
+HEALTH_TIMEOUT_S = 10.0  # a device that has not answered its check by then is lost too (a hung GPU)
 
 
 @dataclass(eq=False)
@@ -154,6 +163,8 @@ class Engine:
         self.restarts = 0  # times the supervisor restarted a dead worker
         self._alive = False  # the worker loop runs (false while the supervisor waits to restart it)
         self._inflight: list[_Slot] = []  # the batch the worker holds now
+        self.lost: str | None = None  # why the device failed for good (see :meth:`lose`); None while it computes
+        self._lost = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -167,7 +178,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and self._alive and self._worker is not None and not self._worker.done()
+        return (self._accepting and self._alive and self._worker is not None and not self._worker.done()
+                and self.lost is None)
 
     @property
     def queue_depth(self) -> int:
@@ -213,6 +225,8 @@ class Engine:
         return reservation
 
     def _check_room(self, scale: int, tiles: int, pending: int) -> None:
+        if self.lost is not None:
+            raise self.lost_error()
         if not self._accepting:
             raise EngineClosed("the service is not accepting work")
         if scale not in self.runners:
@@ -396,6 +410,8 @@ class Engine:
                 await loop.run_in_executor(self._executor, self._compute, runner, batch)
             except Exception as exc:  # one bad batch fails its requests, never the worker
                 log.exception("model call failed for %d tiles", len(batch))
+                if await self.device_failed(exc):
+                    continue  # lose() failed this batch with the rest
                 error = ModelError(f"the model call for this request's batch failed ({type(exc).__name__}: {exc})")
                 error.__cause__ = exc
                 for job in {slot.job for slot in batch}:
@@ -413,6 +429,50 @@ class Engine:
             finally:
                 self._busy = False
                 self._check_idle()
+
+    # -- a device that fails for good ----------------------------------------------------------
+
+    async def device_failed(self, exc: BaseException) -> bool:
+        """After ``exc`` from work on the device: whether the device is lost (then :meth:`lose` has run).
+
+        Asks the device itself, in the inference thread (a synchronize may wait on queued work);
+        no answer within :data:`HEALTH_TIMEOUT_S` counts as lost, as a hung GPU is no better.
+        """
+        if self.lost is not None:
+            return True
+        runner = next(iter(self.runners.values()))  # one device holds them all
+        try:
+            ok = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._executor, runner.healthy),
+                                        HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            self.lose(exc)
+        return not ok
+
+    def lose(self, exc: BaseException) -> None:
+        """The device no longer computes: fail the batch in hand and everything queued with
+        :class:`DeviceLost`, refuse what comes, count it, and wake :meth:`wait_lost`."""
+        if self.lost is not None:
+            return
+        self.lost = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        log.critical("the device failed for good (%s): every later call would fail; this process must restart",
+                     self.lost)
+        self.observer.device_lost()
+        error = self.lost_error()
+        for job in {slot.job for slot in self._inflight} | {j for jobs in self._pending.values() for j in jobs}:
+            self._fail(job, error)
+        self._inflight = []
+        self._lost.set()
+
+    async def wait_lost(self) -> str:
+        """Return once the device is lost (see :meth:`lose`), with why."""
+        await self._lost.wait()
+        assert self.lost is not None
+        return self.lost
+
+    def lost_error(self) -> DeviceLost:
+        return DeviceLost(f"the device failed ({self.lost}); the service is restarting it: retry")
 
     def _compute(self, runner: ModelRunner, batch: list[_Slot]) -> None:
         """Inference thread: cut windows, run the model once, stitch each tile into its request."""

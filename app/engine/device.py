@@ -56,6 +56,23 @@ def transfer(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device)
 
 
+def healthy(device: torch.device) -> bool:
+    """Whether ``device`` still computes after a failure. The CPU always does.
+
+    Some CUDA errors (an illegal memory access, a device-side assert) are sticky: every later
+    call of this process's CUDA context fails the same way, and only a new process recovers.
+    Their messages do not say which they are, so ask the device: a synchronize and one small
+    kernel. These are the only CUDA-specific lines of the engine's device-lost handling.
+    """
+    if device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add_(1).item() == 2.0
+    except Exception:  # torch.AcceleratorError (a RuntimeError): the context is gone
+        return False
+
+
 def max_batch_for(device: torch.device, setting: int = 0, backend: str = "torchscript") -> int:
     """Tiles per model call: ``setting`` when positive, else what suits the device and CPU backend.
 

@@ -51,7 +51,7 @@ DEPTH_EVERY_S = 0.02  # how stale a worker's view of the queue may get, at most,
 WIRE_ERRORS: dict[str, type[errors.EngineError]] = {
     cls.__name__: cls
     for cls in (errors.QueueFull, errors.TooManyTiles, errors.DeadlineExceeded, errors.ModelError,
-                errors.WorkerRestarted, errors.EngineClosed, errors.UnknownScale)
+                errors.WorkerRestarted, errors.DeviceLost, errors.EngineClosed, errors.UnknownScale)
 }
 
 
@@ -167,6 +167,12 @@ class DeviceServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         await self.engine.close(max(0.0, deadline - time.monotonic()))
 
+    async def settled(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until every request has been answered."""
+        deadline = time.monotonic() + timeout_s
+        while self._requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     async def _connection(self, channel: Channel) -> None:
         mine: dict[int, asyncio.Task[None]] = {}
         self._channels.add(channel)
@@ -177,6 +183,8 @@ class DeviceServer:
                 if op in ("planes", "luma", "jpeg") and fd is not None:
                     task = asyncio.create_task(self._upscale(channel, message, fd))
                     mine[message["id"]] = task
+                    self._requests.add(task)
+                    task.add_done_callback(self._requests.discard)
                     task.add_done_callback(lambda _t, i=message["id"]: mine.pop(i, None))
                 elif op == "cancel":
                     if (task := mine.get(message.get("id", -1))) is not None:

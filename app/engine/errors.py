@@ -34,6 +34,11 @@ class WorkerRestarted(EngineError):
     """The batching worker died while the request's tiles were in its batch; it is being restarted (503)."""
 
 
+class DeviceLost(EngineError):
+    """The device failed with an error every later call would repeat (a sticky CUDA error): the process that
+    holds it must restart, and does (the device process exits; in-process, ``/healthz`` says 503). Retry (503)."""
+
+
 class EngineClosed(EngineError):
     """The engine is shutting down and admits no new work (503)."""
 
@@ -44,3 +49,9 @@ class UnknownScale(EngineError):
     def __init__(self, message: str, served: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.served = served
+
+
+# What the engine refuses while what computes is being restarted (the batching worker, the device process, or a
+# lost device's process): work that can wait, such as a job, waits and offers it again instead of failing
+# (unless the lost device is its own process's: ``Pipeline.lost``).
+RESTARTING: tuple[type[EngineError], ...] = (WorkerRestarted, DeviceLost)

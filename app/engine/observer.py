@@ -31,3 +31,6 @@ class EngineObserver:
 
     def worker_restarted(self) -> None:
         """The batching worker died and its supervisor is restarting it."""
+
+    def device_lost(self) -> None:
+        """The device failed for good (:class:`~app.engine.errors.DeviceLost`): its process must restart."""

@@ -30,6 +30,7 @@ from app.core import planes
 from app.engine import jpeg
 from app.engine.batcher import Engine, Reservation
 from app.engine.device import transfer
+from app.engine.errors import EngineError
 from app.engine.group_call import GroupCall
 
 _T = TypeVar("_T")
@@ -111,11 +112,12 @@ class PixelEngine:
         """As :meth:`upscale_planes`, writing into ``out`` (shape :func:`output_shape`), e.g. shared memory."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        c, a, luma = await self._first_step(reservation, loop.run_in_executor(self.executor, self._before, color, alpha))
+        c, a, luma = await self._first_step(
+            reservation, self._on_device(loop.run_in_executor(self.executor, self._before, color, alpha)))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
-        _raise_if_failed(await self.composes((c, a, sr, scale, out)))
+        await self._on_device(self.composes((c, a, sr, scale, out)))
         return PixelTimings(model_s=modelled - prepared, compose_s=(prepared - started) + (time.perf_counter() - modelled))
 
     @staticmethod
@@ -129,6 +131,19 @@ class PixelEngine:
         except BaseException:
             if reservation is not None:
                 reservation.release()
+            raise
+
+    async def _on_device(self, step: Awaitable[_R | Exception]) -> _R:
+        """A step's result, raising what it raised or returned; after a failure that is not the request's own
+        (a refusal, an ineligible JPEG), the device is asked whether it still computes, and if not the answer
+        is :class:`~app.engine.errors.DeviceLost` (see :meth:`Engine.device_failed`)."""
+        try:
+            return _raise_if_failed(await step)
+        except (EngineError, jpeg.NotEligible):
+            raise
+        except Exception as exc:
+            if await self.engine.device_failed(exc):
+                raise self.engine.lost_error() from exc
             raise
 
     def _before(self, color: np.ndarray, alpha: np.ndarray | None) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -171,20 +186,15 @@ class PixelEngine:
         if not 1 <= quality <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
         started = time.perf_counter()
-        c, luma, decoded = await self._first_step(reservation, self._decode_jpeg((data, max_pixels, probe)))
+        upload = (data, max_pixels, probe)
+        c, luma, decoded = await self._first_step(reservation, self._on_device(self.jpeg_decodes(upload)))
         prepared = time.perf_counter()
         sr = await self.engine.upscale(luma, scale, deadline=deadline, reservation=reservation)
         modelled = time.perf_counter()
-        body, composed = _raise_if_failed(await self.jpeg_encodes((c, sr, scale, quality, icc_profile)))
+        body, composed = await self._on_device(self.jpeg_encodes((c, sr, scale, quality, icc_profile)))
         done = time.perf_counter()
         return body, JpegTimings(model_s=modelled - prepared, compose_s=(prepared - decoded) + (composed - modelled),
                                  decode_s=decoded - started, encode_s=done - composed)
-
-    async def _decode_jpeg(self, upload: _Upload) -> _Decoded:
-        decoded = await self.jpeg_decodes(upload)
-        if isinstance(decoded, jpeg.NotEligible):
-            raise decoded
-        return decoded
 
     def _decode_jpegs(self, uploads: list[_Upload]) -> list[_Decoded | jpeg.NotEligible]:
         """Device decode (upright) and luma of several uploads in one codec call, each probed unless it was; each

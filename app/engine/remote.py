@@ -72,6 +72,7 @@ class RemoteEngine:
         self._accepting = False
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self.lost: str | None = None  # never set: a device process whose device fails exits, and another starts
 
     # -- what the pipeline reads -----------------------------------------------------------
 

@@ -38,7 +38,7 @@ from app.config import TILE_SIZE
 from app.core.espcn import ESPCN
 from app.engine import onnx_backend
 from app.engine.core_tokens import CoreTokens
-from app.engine.device import concrete, transfer
+from app.engine.device import concrete, healthy, transfer
 from app.engine.observer import CUDA_OOM, HALF_NONFINITE, EngineObserver
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,10 @@ class ModelRunner:
             self.observer.fallback(HALF_NONFINITE)
             y = self._fp32.forward_valid(x)
         return transfer(y.float(), windows.device)
+
+    def healthy(self) -> bool:
+        """Whether the model's device still computes (after a failure; see :func:`app.engine.device.healthy`)."""
+        return healthy(self.device)
 
     def warm_up(self, tile: int, max_batch: int = 1) -> None:
         """Calls at the serving shape, alone and in a full batch, so the first requests do not pay for allocation.

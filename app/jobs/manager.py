@@ -50,7 +50,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.errors import DeadlineExceeded, EngineClosed, EngineError, QueueFull, TooManyTiles
+from app.engine.errors import (
+    RESTARTING,
+    DeadlineExceeded,
+    DeviceLost,
+    EngineClosed,
+    EngineError,
+    QueueFull,
+    TooManyTiles,
+    WorkerRestarted,
+)
 from app.imaging.animation import ANIMATION_OUTPUTS, animated_output
 from app.imaging.decode import peek_file
 from app.imaging.encode import OUTPUT_FORMATS
@@ -80,6 +89,7 @@ VIDEO_CHOICES = ("mp4", "webm")
 JOB_FORMATS = ("same", *VIDEO_CHOICES, *OUTPUT_FORMATS)  # same, mp4, webm, png, jpeg, webp
 _WRITE_EVERY_S = 0.5  # progress reaches job.json (read by other processes) at most this often
 _QUOTA_EVERY_S = 2.0
+RESTART_RETRY_S = 0.5  # an image job refused while the engine restarts offers its image again after this
 GROW_AHEAD = 8 << 20  # a body of unknown length reserves this much ahead of what it has written
 MAX_TAKEOVERS = 1  # times a job whose owner died is run again elsewhere before it is failed
 INTERRUPTED = "interrupted: the service stopped before the job finished"
@@ -497,6 +507,10 @@ class JobManager:
                 if time.monotonic() + exc.retry_after_s > deadline:
                     raise
                 await asyncio.sleep(min(exc.retry_after_s, 1.0))
+            except RESTARTING:  # the worker or the device process is coming back: the job waits for it
+                if self.pipeline.lost is not None or time.monotonic() + RESTART_RETRY_S > deadline:
+                    raise  # (this process's own device lost: only a restart of the process helps)
+                await asyncio.sleep(RESTART_RETRY_S)
         await asyncio.to_thread(dst.write_bytes, result.body)
         record.frames_done = 1
         w, h = result.output_size
@@ -737,7 +751,7 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (ImageTooLarge, "image_too_large"), (UnsupportedImageType, "unsupported_media_type"),
     (ImageTooComplex, "image_too_complex"), (ImageError, "invalid_image"), (TooManyTiles, "image_too_large"),
     (DeadlineExceeded, "timeout"), (EngineClosed, "shutting_down"), (InvalidOptions, "invalid_parameters"),
-    (EngineError, "engine_error"),
+    (DeviceLost, "device_lost"), (WorkerRestarted, "worker_restarted"), (EngineError, "engine_error"),
 )
 
 

@@ -34,6 +34,9 @@ class PrometheusObserver(EngineObserver):
     def worker_restarted(self) -> None:
         metrics.WORKER_RESTARTS.inc()
 
+    def device_lost(self) -> None:
+        metrics.DEVICE_LOST.inc()
+
     def fallback(self, reason: str) -> None:
         metrics.count_fallback(reason)
 

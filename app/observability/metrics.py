@@ -28,6 +28,8 @@ sr_jobs_backend                    state                       (gauge) jobs queu
                                                                backend, every replica (same value on each)
 sr_video_frames_total              scale                       video frame super-resolved and encoded
 sr_worker_restarts_total           —                           batching worker restarted after it died
+sr_device_lost_total               —                           device failed for good (a sticky CUDA error): its
+                                                               process exits and is started again
 sr_model_fallbacks_total           reason                      model call that left its fast path (``FALLBACK_REASONS``)
 sr_jpeg_codec_total                codec                       JPEG → JPEG answer with device JPEG on: ``device``
                                                                or ``pillow`` (the fallback, see ``JPEG_CODECS``)
@@ -173,6 +175,8 @@ METRIC_DOCS: dict[str, str] = {
     "every process of the host without), by state: each replica exports the same value, so aggregate with max.",
     "sr_video_frames_total": "Video frames super-resolved and encoded by jobs, per scale.",
     "sr_worker_restarts_total": "Times the batching worker died and its supervisor restarted it (0 when healthy).",
+    "sr_device_lost_total": "Times the device failed with an error every later call would repeat (a sticky CUDA "
+                            "error) and the process holding it had to restart (0 when healthy).",
     "sr_model_fallbacks_total": "Model calls that left their fast path, by reason: half_nonfinite (fp16 overflowed, "
     "recomputed in fp32), cuda_oom (the GPU ran out of memory: the batch was split, a lone tile ran on the CPU).",
     "sr_jpeg_codec_total": "JPEG uploads answered as JPEG while device JPEG is on (SR_DEVICE_JPEG), by the codec that "
@@ -229,6 +233,7 @@ JOBS_BACKEND = _metric(Gauge, "sr_jobs_backend", METRIC_DOCS["sr_jobs_backend"],
                        multiprocess_mode="livemax")
 VIDEO_FRAMES = _metric(Counter, "sr_video_frames_total", METRIC_DOCS["sr_video_frames_total"], ("scale",))
 WORKER_RESTARTS = _metric(Counter, "sr_worker_restarts_total", METRIC_DOCS["sr_worker_restarts_total"])
+DEVICE_LOST = _metric(Counter, "sr_device_lost_total", METRIC_DOCS["sr_device_lost_total"])
 MODEL_FALLBACKS = _metric(Counter, "sr_model_fallbacks_total", METRIC_DOCS["sr_model_fallbacks_total"], ("reason",))
 JPEG_CODEC = _metric(Counter, "sr_jpeg_codec_total", METRIC_DOCS["sr_jpeg_codec_total"], ("codec",))
 PROCESS_RESIDENT = _metric(Gauge, "sr_process_resident_bytes", METRIC_DOCS["sr_process_resident_bytes"], ("role",),
@@ -268,6 +273,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     JOBS_BACKEND,
     VIDEO_FRAMES,
     WORKER_RESTARTS,
+    DEVICE_LOST,
     MODEL_FALLBACKS,
     JPEG_CODEC,
     PROCESS_RESIDENT,

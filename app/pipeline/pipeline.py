@@ -154,6 +154,11 @@ class Pipeline:
         return bool(self.models) and self.engine.ready
 
     @property
+    def lost(self) -> str | None:
+        """Why this process's device failed for good, if it did (then only a restart recovers; see ``/healthz``)."""
+        return self.engine.lost
+
+    @property
     def device_name(self) -> str:
         """Where the models run, in words: this process's device, or the device process's."""
         if isinstance(self.engine, RemoteEngine):

@@ -59,9 +59,19 @@ async def list_models(state: StateDep) -> ModelList:
     return ModelList(models=out)
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="Liveness: the process answers, and its device still computes",
+    responses={503: {"description": "The device this process holds failed for good (a sticky CUDA error): "
+                                    "restart the process"}},
+)
+async def healthz(request: Request) -> JSONResponse:
+    state = getattr(request.app.state, "service", None)
+    lost = state.pipeline.lost if state is not None else None
+    if lost is not None:  # in-process models only: a device process restarts itself
+        return JSONResponse({"status": "device lost", "detail": lost}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(
