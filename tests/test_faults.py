@@ -19,6 +19,7 @@ import asyncio
 import io
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.cli.benchlib.synth_video import make_clip
+from app.core import planes
 from app.core.espcn import ESPCN, pad_for
 from app.engine.batcher import Engine
 from app.engine.errors import DeviceLost, ModelError, WorkerRestarted
 from app.engine.observer import EngineObserver
+from app.engine.pixels import PixelEngine
 from app.engine.runner import ModelRunner
 from app.imaging.compose import luma_tensor
 from app.imaging.decode import decode
@@ -63,17 +66,25 @@ ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
 
 
 class LosingRunner(MarkedRunner):
-    """A runner on a device that an all-grey window breaks for good (``context`` is the process's, shared)."""
+    """A runner on a device that an all-grey window breaks for good (``context`` is the process's, shared).
 
-    def __init__(self, *args: object, context: dict[str, bool], **kwargs: object) -> None:
+    A window all at ``late`` computes, but breaks the device on the way: CUDA reports such errors
+    at a later call, here the next step on the device.
+    """
+
+    def __init__(self, *args: object, context: dict[str, bool], late: float = -1.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.context = context
+        self.context, self.late = context, late
 
     def __call__(self, windows: torch.Tensor, **kwargs: bool) -> torch.Tensor:
-        if self.context["poisoned"] or bool(((windows.flatten(1) - GREY).abs().amax(1) < 1e-6).any()):
+        flat = windows.flatten(1)
+        if self.context["poisoned"] or bool(((flat - GREY).abs().amax(1) < 1e-6).any()):
             self.context["poisoned"] = True
             raise torch.AcceleratorError(ILLEGAL_ACCESS)  # what PyTorch raises for a sticky CUDA error
-        return super().__call__(windows, **kwargs)
+        answer = super().__call__(windows, **kwargs)
+        if bool(((flat - self.late).abs().amax(1) < 1e-6).any()):
+            self.context["poisoned"] = True
+        return answer
 
     def healthy(self) -> bool:
         return not self.context["poisoned"]
@@ -220,6 +231,35 @@ def test_jobs_wait_out_a_restart_instead_of_failing(seeded_store: Path, tmp_path
             assert status["frames_done"] == 30
         else:
             assert result == _post(c, data).content
+
+
+@pytest.mark.parametrize("breaks", [False, True], ids=["device-computes", "device-lost"])
+def test_a_failed_pixel_step_asks_the_device_too(breaks: bool) -> None:
+    """A step of the pixel engine that fails after the model (its compose, here into an output of the wrong
+    size) is its request's error while the device computes, and DeviceLost once the device is broken."""
+    colour = np.full((20, 24, 1), 64, np.uint8)
+    late = float(planes.luma(torch.from_numpy(colour).permute(2, 0, 1))[0, 0, 0])
+
+    async def run() -> BaseException:
+        context = {"poisoned": False}
+        runners = {2: LosingRunner(seeded(2), torch.device("cpu"), backend="eager", tile=16, context=context,
+                                   late=late if breaks else -1.0)}
+        eng = Engine(runners, tile=16, max_batch=8, max_delay_s=0.0, whole_max_pixels=0)
+        await eng.start()
+        pixels = PixelEngine(eng, torch.device("cpu"), ThreadPoolExecutor(1))
+        try:
+            await pixels.upscale_into(colour, None, 2, np.empty((40, 40, 1), np.uint8))  # 48 wide, not 40
+        except Exception as exc:
+            assert eng.ready is not breaks and (eng.lost is not None) is breaks
+            return exc
+        finally:
+            await eng.close(1)
+            pixels.executor.shutdown()
+        raise AssertionError("the compose into the wrong size did not fail")
+
+    raised = asyncio.run(run())
+    assert isinstance(raised, DeviceLost) is breaks, raised
+    assert "size" in str(raised.__cause__ if breaks else raised)  # the compose's own error, kept as the cause
 
 
 def _metric(c: TestClient, name: str) -> float:
