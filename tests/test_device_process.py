@@ -273,7 +273,8 @@ def test_a_device_process_whose_device_is_lost_answers_then_exits(seeded_store: 
 
     socket_path = str(tmp_path / "device.sock")
     env = {**os.environ, "SR_MODEL_STORE": str(seeded_store), "SR_TILE_SIZE": "32", "SR_MAX_BATCH": "8",
-           "SR_WHOLE_IMAGE_MAX_PIXELS": "0", "PYTHONPATH": str(ROOT)}
+           "SR_WHOLE_IMAGE_MAX_PIXELS": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, "-c", LOSING_DEVICE_PROCESS, socket_path], cwd=ROOT, env=env)
 
     async def work() -> BaseException | None:
