@@ -6,7 +6,8 @@
 #
 # 1. installs the carried wheels beside the image's own PyTorch;
 # 2. runs the CUDA tests and every test of the GPU's code path (tests.log);
-# 3. times nvJPEG alone (decode and encode, one picture and batches of 16: jpeg_codec.log);
+# 3. times nvJPEG alone (decode and encode, one picture and batches of 16: jpeg_codec.log), and host → GPU
+#    copies, pinned against pageable (transfer.log: field notes 2 (a) say never pin per request);
 # 4. measures the service from outside with scripts/gpu_probe.py, for the default layout (a device
 #    process on a GPU host, nvJPEG on where torchvision is), the same with Pillow's JPEG, and a model per
 #    worker under CUDA MPS (the no-MPS layout was measured on 2026-12-04: ../shared/gpu): one ×3
@@ -40,6 +41,9 @@ timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -rs test
 
 # nvJPEG alone, one picture and batches of 16: whether batching the encode across requests would pay too
 timeout 45 python3 scripts/jpeg_codec_probe.py --repeat 20 --batch 16 2>&1 | tee "$out/jpeg_codec.log" | tail -16
+
+# host → GPU copies: transfer()'s pinned non_blocking copy against plain .to(), alone and behind queued work
+timeout 30 python3 scripts/transfer_probe.py --repeat 30 2>&1 | tee "$out/transfer.log" | tail -11
 
 timeout "${PROBE_TIMEOUT:-220}" python3 scripts/gpu_probe.py --layouts "${LAYOUTS:-default,default+cpujpeg,off+mps}" \
     --load-s "${LOAD_S:-6}" --video-s "${VIDEO_S:-10}" --video-layouts default --out "$out/probe" 2>&1 | tee "$out/probe.log" | tail -12
