@@ -165,6 +165,8 @@ class Engine:
         self._inflight: list[_Slot] = []  # the batch the worker holds now
         self.lost: str | None = None  # why the device failed for good (see :meth:`lose`); None while it computes
         self._lost = asyncio.Event()
+        # device checks run beside the inference thread, never queued behind a long model call
+        self._checks = ThreadPoolExecutor(1, thread_name_prefix="device-check")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class Engine:
                 self._fail(job, EngineClosed("the service is shutting down"))
             jobs.clear()
         self._executor.shutdown(wait=True)
+        self._checks.shutdown(wait=False)  # a check stuck on a hung GPU keeps its thread
 
     # -- admission -------------------------------------------------------------------------
 
@@ -435,14 +438,15 @@ class Engine:
     async def device_failed(self, exc: BaseException) -> bool:
         """After ``exc`` from work on the device: whether the device is lost (then :meth:`lose` has run).
 
-        Asks the device itself, in the inference thread (a synchronize may wait on queued work);
-        no answer within :data:`HEALTH_TIMEOUT_S` counts as lost, as a hung GPU is no better.
+        Asks the device itself, in a thread of its own (a synchronize waits for the kernels queued
+        before it, milliseconds); no answer within :data:`HEALTH_TIMEOUT_S` counts as lost, as a
+        hung GPU is no better. The CPU answers at once.
         """
         if self.lost is not None:
             return True
         runner = next(iter(self.runners.values()))  # one device holds them all
         try:
-            ok = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._executor, runner.healthy),
+            ok = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._checks, runner.healthy),
                                         HEALTH_TIMEOUT_S)
         except TimeoutError:
             ok = False
