@@ -55,3 +55,4 @@ class UnknownScale(EngineError):
 # lost device's process): work that can wait, such as a job, waits and offers it again instead of failing
 # (unless the lost device is its own process's: ``Pipeline.lost``).
 RESTARTING: tuple[type[EngineError], ...] = (WorkerRestarted, DeviceLost)
+RESTART_RETRY_S = 0.5  # how long such work waits before it offers itself again

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.engine.errors import (
+    RESTART_RETRY_S,
     RESTARTING,
     DeadlineExceeded,
     DeviceLost,
@@ -89,7 +90,6 @@ VIDEO_CHOICES = ("mp4", "webm")
 JOB_FORMATS = ("same", *VIDEO_CHOICES, *OUTPUT_FORMATS)  # same, mp4, webm, png, jpeg, webp
 _WRITE_EVERY_S = 0.5  # progress reaches job.json (read by other processes) at most this often
 _QUOTA_EVERY_S = 2.0
-RESTART_RETRY_S = 0.5  # an image job refused while the engine restarts offers its image again after this
 GROW_AHEAD = 8 << 20  # a body of unknown length reserves this much ahead of what it has written
 MAX_TAKEOVERS = 1  # times a job whose owner died is run again elsewhere before it is failed
 INTERRUPTED = "interrupted: the service stopped before the job finished"

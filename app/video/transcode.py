@@ -73,7 +73,7 @@ import av.error
 import numpy as np
 from PIL import Image
 
-from app.engine.errors import RESTARTING, QueueFull
+from app.engine.errors import RESTART_RETRY_S, RESTARTING, QueueFull
 from app.imaging.decode import DecodedImage
 from app.pipeline import Pipeline
 from app.video import encoders
@@ -111,7 +111,7 @@ class EncoderConfig:
     max_frames: int | None = None  # refuse past this many decoded frames (headers can lie); also limits.max_frames
     frame_timeout_s: float = 60.0  # per-frame deadline in the engine
     retry_s: float = 0.05  # wait before re-offering a frame the engine's full queue refused
-    restart_retry_s: float = 0.5  # wait before re-offering a frame refused while the engine restarts (RESTARTING)
+    restart_retry_s: float = RESTART_RETRY_S  # wait before re-offering a frame refused while the engine restarts
     limits: VideoLimits = field(default_factory=VideoLimits)  # per-frame pixels, frames, duration: every frame
     memory_bytes: int = 768 << 20  # the frames in flight's decoded and output bytes together (frame_bytes)
     audio_buffer_bytes: int = 16 << 20  # audio demuxed but not yet muxed (pre-roll before the first frame included)
