@@ -122,6 +122,36 @@ def test_cancelled_request_drops_its_tiles() -> None:
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("deadline", [None, 60.0], ids=["no-deadline", "deadline"])
+def test_a_cancel_that_meets_the_answer_is_never_lost(deadline: float | None) -> None:
+    """The caller is cancelled in the very step its answer arrives: upscale must raise CancelledError all the same.
+
+    asyncio.wait_for of Python 3.11 returned the answer instead when the two met (it swallowed the
+    cancellation, python/cpython#86296); a video job cancelled at that moment kept encoding and then
+    waited for ever on a queue its cancelled producer would never fill. The hook is the job's future
+    (the engine's own), on which a callback cancels the caller as soon as the answer is set.
+    """
+    async def run() -> tuple[bool, bool]:
+        eng = engine(max_delay_s=0.0)
+        await eng.start()
+        call = asyncio.ensure_future(eng.upscale(torch.rand(1, 16, 16), 2,
+                                                 deadline=None if deadline is None else time.monotonic() + deadline))
+        await asyncio.sleep(0)  # admitted
+        job = eng._pending[2][0]
+        job.future.add_done_callback(lambda _: call.cancel())  # after the engine's own callbacks: same step
+        try:
+            await call
+            cancelled = False
+        except asyncio.CancelledError:
+            cancelled = True
+        await eng.close()
+        return cancelled, job.future.done() and not job.future.cancelled()
+
+    cancelled, answered = asyncio.run(run())
+    assert answered, "the answer was computed (the race this test is about)"
+    assert cancelled, "the cancellation was swallowed: upscale returned the answer to a cancelled caller"
+
+
 def test_deadline_is_enforced_while_queued() -> None:
     async def run() -> None:
         rec = Recorder()

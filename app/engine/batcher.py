@@ -256,10 +256,10 @@ class Engine:
             reservation.release()  # its room becomes the job's own (or, if admission fails now, free)
         job = self._admit(luma, scale, deadline)
         try:
-            if deadline is None:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an answer that arrives in the step
+            # its caller is cancelled, and the cancellation is lost (python/cpython#86296)
+            async with asyncio.timeout(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
                 return await asyncio.shield(job.future)
-            timeout = deadline - time.monotonic()
-            return await asyncio.wait_for(asyncio.shield(job.future), max(timeout, 0.0))
         except TimeoutError:
             self._fail(job, DeadlineExceeded("deadline exceeded while waiting for the model"))
             self.observer.rejected("timeout")
@@ -361,7 +361,8 @@ class Engine:
                 return
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: see upscale (a lost cancel would hang close())
+                    await self._wakeup.wait()
             except TimeoutError:
                 return
 

@@ -67,6 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
@@ -567,9 +568,7 @@ async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderCo
             worker.result()  # raises the first failure
         await asyncio.gather(*workers)
     except BaseException:
-        for task in (*workers, *tasks):
-            task.cancel()
-        await asyncio.gather(*workers, *tasks, return_exceptions=True)
+        await _cancel_and_wait([*workers, *tasks])
         await loop.run_in_executor(encode_pool, t.abort)
         raise
     finally:
@@ -577,6 +576,21 @@ async def _run(pipeline: Pipeline, t: _Transcoder, scale: int, config: EncoderCo
         decode_pool.shutdown(wait=False)
         encode_pool.shutdown(wait=False)
     return slots
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that carried on.
+
+    A cancellation can be lost on its way down (asyncio.wait_for of Python 3.11 returns an answer
+    that meets it, python/cpython#86296); a consumer that carried on would wait for ever on a
+    queue its cancelled producer no longer fills, and the job would never end.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)  # their exceptions retrieved: nothing logged as lost
 
 
 def _rotation(frame: av.VideoFrame) -> int:
