@@ -156,11 +156,7 @@ async def serve(socket_path: str, device_setting: str) -> None:
     pixels = PixelEngine(engine, device, ThreadPoolExecutor(max(2, settings.codec_threads), thread_name_prefix="pixels"),
                          jpeg=jpeg.enabled(settings.device_jpeg, device))
     await engine.start()
-    server = DeviceServer(pixels, info={
-        "device": describe(device), "pid": os.getpid(), "tile": engine.tile, "max_batch": engine.max_batch,
-        "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": engine.retry_after_s,
-        "backends": {str(s): engine.backend(s) for s in models}, "jpeg": pixels.jpeg_ready,
-    })
+    server = DeviceServer(pixels, describe(device), pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -325,12 +325,9 @@ def test_jpeg_requests_through_the_device_process_answer_as_pillow(seeded_store:
     socket_path = str(tmp_path / "device.sock")
 
     async def work():
-        models, engine = build_engine(settings, cpu)
+        _, engine = build_engine(settings, cpu)
         device_pixels = PixelEngine(engine, cpu, ThreadPoolExecutor(2), jpeg=True)
-        server = DeviceServer(device_pixels, info={
-            "device": "cpu", "tile": engine.tile, "max_batch": engine.max_batch,
-            "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": 1.0,
-            "backends": {str(s): engine.backend(s) for s in models}, "jpeg": device_pixels.jpeg_ready})
+        server = DeviceServer(device_pixels, "cpu")
         await engine.start()
         accepting = asyncio.create_task(server.serve(listen(socket_path)))
         codecs = Codecs()

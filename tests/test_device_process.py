@@ -213,11 +213,8 @@ def test_a_quiet_worker_hears_the_queue_fill_and_drain(seeded_store: Path, tmp_p
     socket_path = str(tmp_path / "device.sock")
 
     async def work() -> tuple[int, int]:
-        models, engine = build_engine(settings, torch.device("cpu"))
-        server = DeviceServer(PixelEngine(engine, torch.device("cpu"), ThreadPoolExecutor(1)), info={
-            "device": "cpu", "tile": engine.tile, "max_batch": engine.max_batch,
-            "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": 1.0,
-            "backends": {str(s): engine.backend(s) for s in models}, "jpeg": False})
+        _, engine = build_engine(settings, torch.device("cpu"))
+        server = DeviceServer(PixelEngine(engine, torch.device("cpu"), ThreadPoolExecutor(1)), "cpu")
         await engine.start()
         accepting = asyncio.create_task(server.serve(listen(socket_path)))
         busy, quiet = RemoteEngine(socket_path), RemoteEngine(socket_path)

@@ -447,8 +447,8 @@ class Engine:
             return True
         runner = next(iter(self.runners.values()))  # one device holds them all
         try:
-            ok = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._checks, runner.healthy),
-                                        HEALTH_TIMEOUT_S)
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):  # not wait_for: see upscale
+                ok = await asyncio.get_running_loop().run_in_executor(self._checks, runner.healthy)
         except TimeoutError:
             ok = False
         if not ok:

@@ -118,10 +118,15 @@ def probe_fields(found: jpeg.JpegProbe) -> dict[str, int]:
 class DeviceServer:
     """Serves :class:`PixelEngine` calls to HTTP workers over a Unix ``SOCK_SEQPACKET`` socket."""
 
-    def __init__(self, pixels: PixelEngine, info: dict[str, Any]) -> None:
+    def __init__(self, pixels: PixelEngine, device: str, **extra: Any) -> None:
         self.pixels = pixels
         self.engine: Engine = pixels.engine
-        self.info = info  # what ``hello`` answers besides the live queue
+        engine = self.engine
+        self.info = {  # what ``hello`` answers besides the live queue: ``device`` in words, the engine's bounds
+            "device": device, "tile": engine.tile, "max_batch": engine.max_batch,
+            "max_queue_tiles": engine.max_queue_tiles, "retry_after_s": engine.retry_after_s,
+            "backends": {str(s): engine.backend(s) for s in engine.runners}, "jpeg": pixels.jpeg_ready, **extra,
+        }
         self._connections: set[asyncio.Task[None]] = set()
         self._channels: set[Channel] = set()  # the connected workers, told of each change of the depth
         self._requests: set[asyncio.Task[None]] = set()
